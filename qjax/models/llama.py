@@ -1,0 +1,227 @@
+"""Llama-family decoder (Llama, Mistral, SmolLM2, Qwen2) in Flax linen.
+
+Parameter pytree (a plain nested dict; weights are Dense kernels, shape (in, out)):
+  embed/embedding                       (vocab, hidden)
+  layers_{i}/input_norm/scale           (hidden,)
+  layers_{i}/attn/{q,k,v}_proj/kernel   (hidden, heads * head_dim) / (hidden, kv_heads * head_dim)
+  layers_{i}/attn/{q,k,v}_proj/bias     (Qwen2 only)
+  layers_{i}/attn/o_proj/kernel         (heads * head_dim, hidden)
+  layers_{i}/post_attn_norm/scale       (hidden,)
+  layers_{i}/mlp/{gate,up}_proj/kernel  (hidden, intermediate)
+  layers_{i}/mlp/down_proj/kernel       (intermediate, hidden)
+  final_norm/scale                      (hidden,)
+  lm_head/kernel                        (hidden, vocab)   absent when embeddings are tied
+Any kernel may be replaced by a quantized array (anything with `matmul`); see `qjax.ops.linear`.
+
+Every linear layer sows its input into the `intermediates` collection under `input` when that
+collection is mutable (calibration uses this); otherwise the sow is free.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from qjax.models import kv_cache as kv_cache_lib
+from qjax.models.config import ModelConfig
+from qjax.models.rope import apply_rope, inverse_frequencies
+from qjax.ops import Runtime, linear
+
+_MASK_VALUE = -1e30
+
+
+def _dtype(runtime: Runtime):
+    return jnp.bfloat16 if runtime.compute_dtype == "bfloat16" else jnp.float32
+
+
+class Linear(nn.Module):
+    """Dense layer whose weight may be a quantized array; applies the runtime's activation transform."""
+
+    features: int
+    runtime: Runtime
+    use_bias: bool = False
+
+    @nn.compact
+    def __call__(self, x, runtime_state=None):
+        site = "/".join(self.scope.path)
+        x = self.runtime.activation(site, x, runtime_state)
+        self.sow("intermediates", "input", x)
+        if self.has_variable("params", "kernel"):  # may be a QArray: skip linen's shape check
+            kernel = self.get_variable("params", "kernel")
+        else:
+            kernel = self.param("kernel", nn.initializers.normal(0.02), (x.shape[-1], self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,)) if self.use_bias else None
+        return linear(x, kernel, bias)
+
+
+class RMSNorm(nn.Module):
+    eps: float
+
+    @nn.compact
+    def __call__(self, x):
+        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (scale.astype(jnp.float32) * x32).astype(x.dtype)
+
+
+def causal_mask(query_slots, key_slots, key_mask, sliding_window: Optional[int]):
+    """Boolean (batch, 1, T, S) mask: causal over cache slots, padding keys removed.
+
+    query_slots: (T,) slot index of each query; key_slots: (S,); key_mask: (batch, S) bool.
+    """
+    allowed = key_slots[None, :] <= query_slots[:, None]
+    if sliding_window is not None:
+        allowed &= key_slots[None, :] > query_slots[:, None] - sliding_window
+    return allowed[None, None, :, :] & key_mask[:, None, None, :]
+
+
+def grouped_attention(q, k, v, mask):
+    """Softmax attention with grouped KV heads.
+
+    q: (B, T, H, D); k, v: (B, S, KVH, D) with H a multiple of KVH; mask: (B, 1, T, S) bool.
+    Returns (B, T, H, D). Scores and softmax in float32.
+    """
+    b, t, h, d = q.shape
+    kvh = k.shape[2]
+    q = q.reshape(b, t, kvh, h // kvh, d)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+    scores = scores * (d ** -0.5)
+    scores = jnp.where(mask[:, :, None], scores, _MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=jnp.float32)
+    return out.reshape(b, t, h, d).astype(q.dtype)
+
+
+class Attention(nn.Module):
+    config: ModelConfig
+    runtime: Runtime
+
+    @nn.compact
+    def __call__(self, x, positions, mask, layer_cache, cache_start, runtime_state):
+        cfg, rt = self.config, self.runtime
+        b, t, _ = x.shape
+        bias = cfg.attention_bias
+        q = Linear(cfg.q_size, rt, bias, name="q_proj")(x, runtime_state)
+        k = Linear(cfg.kv_size, rt, bias, name="k_proj")(x, runtime_state)
+        v = Linear(cfg.kv_size, rt, bias, name="v_proj")(x, runtime_state)
+        q = q.reshape(b, t, cfg.num_heads, cfg.head_dim)
+        k = k.reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+        v = v.reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+        inv_freq = inverse_frequencies(cfg)
+        q = apply_rope(q, positions, inv_freq)
+        k = apply_rope(k, positions, inv_freq)
+        if layer_cache is not None:
+            spec = kv_cache_lib.resolve_spec(rt.kv_cache)
+            layer_cache = spec.write_layer(layer_cache, k, v, cache_start)
+            k, v = spec.read_layer(layer_cache, x.dtype)
+        out = grouped_attention(q, k, v, mask)
+        out = Linear(cfg.hidden_size, rt, name="o_proj")(out.reshape(b, t, cfg.q_size), runtime_state)
+        return out, layer_cache
+
+
+class MLP(nn.Module):
+    config: ModelConfig
+    runtime: Runtime
+
+    @nn.compact
+    def __call__(self, x, runtime_state):
+        cfg, rt = self.config, self.runtime
+        gate = Linear(cfg.intermediate_size, rt, name="gate_proj")(x, runtime_state)
+        up = Linear(cfg.intermediate_size, rt, name="up_proj")(x, runtime_state)
+        return Linear(cfg.hidden_size, rt, name="down_proj")(nn.silu(gate) * up, runtime_state)
+
+
+class DecoderLayer(nn.Module):
+    config: ModelConfig
+    runtime: Runtime
+
+    @nn.compact
+    def __call__(self, x, positions, mask, layer_cache=None, cache_start=0, runtime_state=None):
+        cfg = self.config
+        h, layer_cache = Attention(cfg, self.runtime, name="attn")(
+            RMSNorm(cfg.rms_norm_eps, name="input_norm")(x), positions, mask, layer_cache,
+            cache_start, runtime_state)
+        x = x + h
+        x = x + MLP(cfg, self.runtime, name="mlp")(
+            RMSNorm(cfg.rms_norm_eps, name="post_attn_norm")(x), runtime_state)
+        return x, layer_cache
+
+
+class Decoder(nn.Module):
+    """Tokens -> logits, optionally reading and writing a KV cache (see `qjax.models.kv_cache`)."""
+
+    config: ModelConfig
+    runtime: Runtime = Runtime()
+
+    @nn.compact
+    def __call__(self, tokens, positions=None, attention_mask=None, cache=None, runtime_state=None):
+        cfg = self.config
+        dtype = _dtype(self.runtime)
+        b, t = tokens.shape
+        if cache is None:
+            start = jnp.zeros((), jnp.int32)
+            key_mask = jnp.ones((b, t), bool) if attention_mask is None else attention_mask.astype(bool)
+            num_slots = t
+        else:
+            start = cache["length"]
+            key_mask = cache["key_mask"]
+            num_slots = key_mask.shape[1]
+        if positions is None:
+            positions = jnp.broadcast_to(start + jnp.arange(t, dtype=jnp.int32), (b, t))
+        query_slots = start + jnp.arange(t, dtype=jnp.int32)
+        mask = causal_mask(query_slots, jnp.arange(num_slots, dtype=jnp.int32), key_mask,
+                                 cfg.sliding_window)
+
+        embedding = self.param("embed", nn.initializers.normal(0.02), (cfg.vocab_size, cfg.hidden_size))
+        x = jnp.take(embedding, tokens, axis=0).astype(dtype)
+        new_layers = []
+        for i in range(cfg.num_layers):
+            layer_cache = None if cache is None else cache["layers"][i]
+            x, layer_cache = DecoderLayer(cfg, self.runtime, name=f"layers_{i}")(
+                x, positions, mask, layer_cache, start, runtime_state)
+            new_layers.append(layer_cache)
+        x = RMSNorm(cfg.rms_norm_eps, name="final_norm")(x)
+        if cfg.tie_word_embeddings:
+            logits = jnp.einsum("btd,vd->btv", x, embedding.astype(dtype),
+                                preferred_element_type=jnp.float32)
+        else:
+            logits = Linear(cfg.vocab_size, self.runtime, name="lm_head")(x, runtime_state)
+        new_cache = None
+        if cache is not None:
+            new_cache = {"layers": new_layers, "length": start + t, "key_mask": key_mask}
+        return logits.astype(jnp.float32), new_cache
+
+
+
+def _to_linen(params: dict) -> dict:
+    """qjax params -> linen variables: the embedding is a direct param of the Decoder."""
+    linen = {k: v for k, v in params.items() if k != "embed"}
+    linen["embed"] = params["embed"]["embedding"]
+    return {"params": linen}
+
+
+@functools.partial(jax.jit, static_argnames=("config", "runtime"))
+def forward(params: dict, tokens: jax.Array, config: ModelConfig, runtime: Runtime = Runtime(),
+            positions: Optional[jax.Array] = None, attention_mask: Optional[jax.Array] = None,
+            cache: Optional[dict] = None, runtime_state: Any = None):
+    """Logits (batch, T, vocab) float32 and the updated cache (None without a cache).
+
+    tokens: (batch, T) int32. positions: (batch, T) RoPE positions (default: cache length + arange).
+    attention_mask: (batch, T) with 0 for padding keys, used when there is no cache (with a cache the
+    mask lives in `cache["key_mask"]`). One compilation per (shapes, config, runtime).
+    """
+    return Decoder(config, runtime).apply(_to_linen(params), tokens, positions, attention_mask, cache,
+                                          runtime_state)
+
+
+def init_params(config: ModelConfig, key: jax.Array) -> dict:
+    """Random parameters (normal, std 0.02; norms at 1) in the qjax layout."""
+    variables = Decoder(config).init(key, jnp.zeros((1, 2), jnp.int32))
+    params = dict(variables["params"])
+    params["embed"] = {"embedding": params["embed"]}
+    return params
