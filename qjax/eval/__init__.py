@@ -1,0 +1,1 @@
+"""Evaluation: perplexity, tasks, generation, efficiency; results store."""
