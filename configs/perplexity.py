@@ -1,0 +1,20 @@
+"""Perplexity experiment: `--config=configs/perplexity.py[:quick]`, any field overridable by flag."""
+
+import ml_collections
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.model = "smollm2-135m"
+    config.datasets = ("wikitext2",)
+    config.split = "test"
+    config.seqlen = 2048
+    config.max_windows = -1  # -1: every window
+    config.batch_size = 1
+    config.compute_dtype = "float32"
+    config.results = "results/perplexity.jsonl"
+    if variant == "quick":
+        config.max_windows = 4
+    elif variant:
+        raise ValueError(f"unknown perplexity config variant {variant!r} (known: quick)")
+    return config

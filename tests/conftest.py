@@ -1,0 +1,36 @@
+"""Shared fixtures: the real SmolLM2 model (loaded once per session) and the data directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    from qjax.data.paths import data_dir as resolve
+
+    return resolve()
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """(config, params, tokenizer) of SmolLM2-135M-Instruct, dequantized from its GGUF."""
+    from qjax.checkpoints import load_model
+
+    return load_model("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    from qjax.checkpoints import resolve
+
+    return resolve("smollm2-135m")
+
+
+def pytest_configure(config):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
