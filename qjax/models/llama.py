@@ -32,6 +32,7 @@ from qjax.models.rope import apply_rope, inverse_frequencies
 from qjax.ops import Runtime, linear
 
 _MASK_VALUE = -1e30
+CAUSAL_CHUNK = 128  # query block of the cache-free causal prefill (see causal_chunked_attention)
 
 
 def _dtype(runtime: Runtime):
@@ -84,17 +85,35 @@ def grouped_attention(q, k, v, mask):
     """Softmax attention with grouped KV heads.
 
     q: (B, T, H, D); k, v: (B, S, KVH, D) with H a multiple of KVH; mask: (B, 1, T, S) bool.
-    Returns (B, T, H, D). Scores and softmax in float32.
+    Returns (B, T, H, D). Scores and softmax in float32. The G = H / KVH query heads that share a
+    KV head are folded into the query rows, so each product is one batched matmul per KV head.
     """
     b, t, h, d = q.shape
     kvh = k.shape[2]
-    q = q.reshape(b, t, kvh, h // kvh, d)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
-    scores = scores * (d ** -0.5)
-    scores = jnp.where(mask[:, :, None], scores, _MASK_VALUE)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=jnp.float32)
-    return out.reshape(b, t, h, d).astype(q.dtype)
+    g = h // kvh
+    q = q.reshape(b, t, kvh, g, d).transpose(0, 2, 3, 1, 4).reshape(b, kvh, g * t, d)
+    k = k.transpose(0, 2, 1, 3)
+    v = v.transpose(0, 2, 1, 3)
+    scores = jnp.einsum("bkqd,bksd->bkqs", q, k, preferred_element_type=jnp.float32) * (d ** -0.5)
+    scores = jnp.where(mask[:, :, None], scores.reshape(b, kvh, g, t, -1), _MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, kvh, g * t, -1)
+    out = jnp.einsum("bkqs,bksd->bkqd", probs, v, preferred_element_type=jnp.float32)
+    return out.reshape(b, kvh, g, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d).astype(q.dtype)
+
+
+def causal_chunked_attention(q, k, v, mask, chunk: int = CAUSAL_CHUNK):
+    """`grouped_attention` for a causal prefill without cache (query i sits at key slot i).
+
+    Query block j (rows [j*chunk, (j+1)*chunk)) attends only keys [0, (j+1)*chunk): the keys after
+    it are masked anyway, so skipping them halves the work and keeps each softmax cache-sized.
+    Same shapes and result as `grouped_attention`.
+    """
+    t = q.shape[1]
+    outs = []
+    for start in range(0, t, chunk):
+        end = min(start + chunk, t)
+        outs.append(grouped_attention(q[:, start:end], k[:, :end], v[:, :end], mask[:, :, start:end, :end]))
+    return jnp.concatenate(outs, axis=1)
 
 
 class Attention(nn.Module):
@@ -119,7 +138,9 @@ class Attention(nn.Module):
             spec = kv_cache_lib.resolve_spec(rt.kv_cache)
             layer_cache = spec.write_layer(layer_cache, k, v, cache_start)
             k, v = spec.read_layer(layer_cache, x.dtype)
-        out = grouped_attention(q, k, v, mask)
+            out = grouped_attention(q, k, v, mask)
+        else:
+            out = causal_chunked_attention(q, k, v, mask)
         out = Linear(cfg.hidden_size, rt, name="o_proj")(out.reshape(b, t, cfg.q_size), runtime_state)
         return out, layer_cache
 
