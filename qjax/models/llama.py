@@ -32,7 +32,7 @@ from qjax.models.rope import apply_rope, inverse_frequencies
 from qjax.ops import Runtime, linear
 
 _MASK_VALUE = -1e30
-CAUSAL_CHUNK = 128  # query block of the cache-free causal prefill (see causal_chunked_attention)
+CAUSAL_CHUNK = 256  # query block of the cache-free causal prefill (see causal_chunked_attention)
 
 
 def _dtype(runtime: Runtime):
