@@ -86,7 +86,8 @@ def grouped_attention(q, k, v, mask):
 
     q: (B, T, H, D); k, v: (B, S, KVH, D) with H a multiple of KVH; mask: (B, 1, T, S) bool.
     Returns (B, T, H, D). Scores and softmax in float32. The G = H / KVH query heads that share a
-    KV head are folded into the query rows, so each product is one batched matmul per KV head.
+    KV head are folded into the query rows, so each product is one batched matmul per KV head; the
+    softmax normalisation is applied to the (T, D) output rather than the (T, S) probabilities.
     """
     b, t, h, d = q.shape
     kvh = k.shape[2]
@@ -94,11 +95,12 @@ def grouped_attention(q, k, v, mask):
     q = q.reshape(b, t, kvh, g, d).transpose(0, 2, 3, 1, 4).reshape(b, kvh, g * t, d)
     k = k.transpose(0, 2, 1, 3)
     v = v.transpose(0, 2, 1, 3)
-    scores = jnp.einsum("bkqd,bksd->bkqs", q, k, preferred_element_type=jnp.float32) * (d ** -0.5)
+    scores = jnp.einsum("bkqd,bksd->bkqs", q * (d ** -0.5), k, preferred_element_type=jnp.float32)
     scores = jnp.where(mask[:, :, None], scores.reshape(b, kvh, g, t, -1), _MASK_VALUE)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, kvh, g * t, -1)
-    out = jnp.einsum("bkqs,bksd->bkqd", probs, v, preferred_element_type=jnp.float32)
-    return out.reshape(b, kvh, g, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d).astype(q.dtype)
+    weights = jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True))
+    out = jnp.einsum("bkgts,bksd->bkgtd", weights.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    out = out / jnp.sum(weights, axis=-1)[..., None]
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, d).astype(q.dtype)
 
 
 def causal_chunked_attention(q, k, v, mask, chunk: int = CAUSAL_CHUNK):
