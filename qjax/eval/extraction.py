@@ -16,14 +16,13 @@ surrounding whitespace is stripped.
 from __future__ import annotations
 
 import re
-from typing import Optional, Sequence
+from typing import Sequence
 
 INVALID = "[invalid]"
 
-_STRICT_PATTERNS = (
-    re.compile(r"#### (\-?[0-9\.\,]+)"),
-    re.compile(r"The answer is (\-?[0-9\.\,]+)"),
-)
+HASH_ANSWER = re.compile(r"#### (\-?[0-9\.\,]+)")  # GSM8K's own marker (lm-eval gsm8k strict-match)
+ANSWER_IS = re.compile(r"The answer is (\-?[0-9\.\,]+)")  # CoT exemplars' marker (gsm8k_cot strict)
+_STRICT_PATTERNS = (HASH_ANSWER, ANSWER_IS)
 _FLEXIBLE_PATTERN = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
 _IGNORE = (re.compile(r","), re.compile(r"\$"), re.compile(r"(?s).*#### "), re.compile(r"\.$"))
 
@@ -69,15 +68,3 @@ def exact_match(prediction: str, target: str) -> bool:
     if prediction == INVALID:
         return False
     return normalize_answer(prediction) == normalize_answer(target)
-
-
-def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
-    """`text` cut before the earliest occurrence of any stop string (unchanged if none occurs)."""
-    cut: Optional[int] = None
-    for s in stop:
-        if not s:
-            continue
-        i = text.find(s)
-        if i >= 0 and (cut is None or i < cut):
-            cut = i
-    return text if cut is None else text[:cut]

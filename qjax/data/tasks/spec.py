@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Callable, Hashable, Optional, Sequence, Union
+from typing import Any, Callable, Hashable, Optional, Union
 
 Doc = dict[str, Any]
 Template = Union[str, Callable[[Doc], str]]
@@ -70,6 +70,8 @@ class TaskSpec:
       partial_context: WinoGrande's partial scoring (see module docstring).
       subject_field: documents are partitioned by this field; `limit` applies per subject and
         results are reported per subject plus the macro average.
+      breakdown_field: results are also reported for each value of this document field (BBQ's
+        categories), besides the whole task.
       strata: document -> stratum key for stratified `limit` sampling (default: the gold label).
       metrics: metric names computed by `qjax.eval.task_metrics`.
       hub: the dataset's name on the Hugging Face hub, for reference or for loading.
@@ -91,6 +93,7 @@ class TaskSpec:
     fewshot_sampler: str = "random"
     partial_context: bool = False
     subject_field: Optional[str] = None
+    breakdown_field: Optional[str] = None
     strata: Optional[Callable[[Doc], Hashable]] = None
     metrics: tuple[str, ...] = ("acc", "acc_norm", "ece")
     hub: Optional[str] = None
@@ -150,13 +153,3 @@ def render(template: Template, doc: Doc) -> str:
     except KeyError as e:
         raise KeyError(f"template {template!r} needs document field {e}; the document has "
                        f"{sorted(doc)}") from None
-
-
-def check_docs(name: str, docs: Sequence[Doc], fields: Sequence[str]) -> None:
-    """Every document must have `fields`; raises DataError naming the first gap."""
-    from qjax.data.paths import DataError
-
-    for i, doc in enumerate(docs):
-        missing = [f for f in fields if f not in doc]
-        if missing:
-            raise DataError(f"{name}: document {i} lacks field(s) {missing}")

@@ -53,9 +53,13 @@ def _sentence_tokenizer() -> PunktSentenceTokenizer:
     return PunktSentenceTokenizer(params)
 
 
+def split_sentences(text: str) -> list[str]:
+    """Sentences found by the Punkt tokenizer (see the module docstring)."""
+    return _sentence_tokenizer().tokenize(text)
+
+
 def count_sentences(text: str) -> int:
-    """Number of sentences found by the Punkt tokenizer (see the module docstring)."""
-    return len(_sentence_tokenizer().tokenize(text))
+    return len(split_sentences(text))
 
 
 def word_tokens(text: str) -> list[str]:

@@ -1,0 +1,40 @@
+"""Markdown report of suite results: tables, perplexity-benchmark correlations, Pareto fronts, plots.
+
+  python experiments/analyze.py --results=results/suite.jsonl --out_dir=results/report
+"""
+
+from __future__ import annotations
+
+from absl import app, flags
+
+from qjax.analysis import build_table, load_rows, write_report
+
+_RESULTS = flags.DEFINE_list("results", ["results/suite.jsonl"], "result JSONL files (comma-separated)")
+_OUT_DIR = flags.DEFINE_string("out_dir", "results/report", "where report.md and plots/ are written")
+_PERPLEXITY = flags.DEFINE_string("perplexity", "wikitext2/test:perplexity",
+                                  "the perplexity measurement as task:metric")
+_MEMORY = flags.DEFINE_string("memory", "efficiency:weight_bytes",
+                              "the memory measurement (Pareto cost) as task:metric")
+_EFFICIENCY_TASK = flags.DEFINE_string("efficiency_task", "efficiency", "task name of efficiency rows")
+
+
+def _measurement(text: str) -> tuple[str, str]:
+    task, sep, metric = text.rpartition(":")
+    if not sep or not task or not metric:
+        raise app.UsageError(f"expected task:metric, got {text!r}")
+    return task, metric
+
+
+def main(argv):
+    del argv
+    table = build_table(load_rows(_RESULTS.value))
+    if not table.configs:
+        raise app.UsageError(f"no result rows in {_RESULTS.value}")
+    report = write_report(table, _OUT_DIR.value, perplexity=_measurement(_PERPLEXITY.value),
+                          memory=_measurement(_MEMORY.value), efficiency_task=_EFFICIENCY_TASK.value,
+                          sources=_RESULTS.value)
+    print(f"wrote {report}")
+
+
+if __name__ == "__main__":
+    app.run(main)

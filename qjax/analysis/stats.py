@@ -1,0 +1,76 @@
+"""Correlation of perplexity with benchmarks across configurations, and Pareto fronts.
+
+`correlate(table, perplexity, benchmarks)`: for each benchmark measurement, the configurations that
+have both it and the perplexity measurement give paired samples (x = perplexity, y = score);
+Pearson's r and Spearman's rho with their two-sided p-values come from `scipy.stats.pearsonr` /
+`spearmanr`. With fewer than 3 pairs, or a constant side, the coefficients are NaN (undefined).
+
+`pareto_front(points)`: points (cost, score); a point is on the front when no other point has
+cost <= and score >= with at least one strict inequality (lower cost and higher score are better).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from typing import Hashable, Optional, Sequence
+
+import numpy as np
+from scipy import stats
+
+from qjax.analysis.table import Measurement, ResultTable
+
+
+@dataclasses.dataclass(frozen=True)
+class Correlation:
+    benchmark: Measurement
+    n: int
+    pearson_r: float
+    pearson_p: float
+    spearman_rho: float
+    spearman_p: float
+
+
+def correlation(x: Sequence[float], y: Sequence[float]) -> tuple[float, float, float, float]:
+    """(pearson r, p, spearman rho, p) of paired samples; NaNs when undefined (n < 3 or constant)."""
+    x = np.asarray(x, np.float64)
+    y = np.asarray(y, np.float64)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"paired 1-D samples needed, got shapes {x.shape} and {y.shape}")
+    if x.size < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return (math.nan,) * 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scipy warns on near-constant input; the NaNs speak for it
+        pearson = stats.pearsonr(x, y)
+        spearman = stats.spearmanr(x, y)
+    return (float(pearson.statistic), float(pearson.pvalue), float(spearman.statistic),
+            float(spearman.pvalue))
+
+
+def correlate(table: ResultTable, perplexity: Measurement,
+              benchmarks: Optional[Sequence[Measurement]] = None) -> list[Correlation]:
+    """Correlation of `perplexity` with each benchmark (default: every other measurement)."""
+    ppl = table.column(perplexity)
+    if not ppl:
+        raise KeyError(f"no configuration has the perplexity measurement {perplexity}")
+    if benchmarks is None:
+        benchmarks = [m for m in table.measurements() if m != perplexity]
+    out = []
+    for bench in benchmarks:
+        scores = table.column(bench)
+        shared = [c for c in ppl if c in scores]
+        r, rp, rho, rhop = correlation([ppl[c] for c in shared], [scores[c] for c in shared])
+        out.append(Correlation(bench, len(shared), r, rp, rho, rhop))
+    return out
+
+
+def pareto_front(points: dict[Hashable, tuple[float, float]]) -> list[Hashable]:
+    """Keys of the non-dominated (cost, score) points, sorted by cost (ties: higher score first)."""
+    front = []
+    for key, (cost, score) in points.items():
+        dominated = any(c <= cost and s >= score and (c < cost or s > score)
+                        for k, (c, s) in points.items() if k != key)
+        if not dominated:
+            front.append(key)
+    return sorted(front, key=lambda k: (points[k][0], -points[k][1]))

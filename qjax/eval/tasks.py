@@ -1,0 +1,243 @@
+"""Run a registered task on a model: documents -> prompts -> scores -> metric rows.
+
+    rows = run_task("arc_easy", params, config, tokenizer, limit=500)
+    for row in rows:
+        store.append(make_row(model="smollm2-135m", transform="float", **row))
+
+Each row is a dict with the `qjax.eval.results.make_row` fields task, metric, value, stderr, items,
+seconds and config (num_fewshot, limit, seed, chat_template); model and transform are the caller's.
+Tasks with subjects (MMLU) give one row per subject and metric (task "mmlu/<subject>") plus the task
+row (macro average over subjects, stderr sqrt(sum se_s^2) / S; ECE pooled over all items); tasks with
+a breakdown field (BBQ) add rows "bbq/<value>". `limit` is per subject where there are subjects.
+
+Runners are chosen by the task's kind (`RUNNERS`); the generate_until runner is registered by the
+generation package with `register_runner`. `prepare_prompts` is shared by every runner.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import time
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from qjax.data.fewshot import available_examples, build_context, select_examples
+from qjax.data.tasks import TASKS, get_task
+from qjax.data.tasks.sampling import stratified_indices
+from qjax.data.tasks.spec import LOGLIKELIHOOD, MULTIPLE_CHOICE, ROLLING, Doc, TaskSpec
+from qjax.eval.loglikelihood import encode_pair, prefix_token_id, rolling_windows, score_requests
+from qjax.eval.task_metrics import MetricValue, ScoredItem, metric_fn
+from qjax.ops.runtime import Runtime
+
+__all__ = ["TASKS", "RUNNERS", "TaskOptions", "PreparedDoc", "run_task", "register_runner",
+           "prepare_prompts", "metric_rows"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskOptions:
+    """How to run a task (the keyword arguments of `run_task`)."""
+
+    limit: Optional[int] = None
+    num_fewshot: Optional[int] = None
+    seed: int = 0
+    runtime: Runtime = Runtime()
+    runtime_state: Any = None
+    chat_template: bool = False
+    data_dir: Optional[str] = None
+    batch_size: int = 16
+    max_length: Optional[int] = None
+    progress: bool = False
+
+    def row_config(self, spec: TaskSpec) -> dict:
+        return {"num_fewshot": self.fewshot_count(spec), "limit": self.limit, "seed": self.seed,
+                "chat_template": self.chat_template}
+
+    def fewshot_count(self, spec: TaskSpec) -> int:
+        return spec.num_fewshot if self.num_fewshot is None else self.num_fewshot
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedDoc:
+    """A selected document: its index in the evaluation split and its prompt(s) (one per choice for
+    partial-context tasks, else one)."""
+
+    index: int
+    doc: Doc
+    contexts: tuple[str, ...]
+
+
+Runner = Callable[[TaskSpec, Any, Any, Any, TaskOptions], list[dict]]
+RUNNERS: dict[str, Runner] = {}
+
+
+def register_runner(kind: str, runner: Runner) -> None:
+    RUNNERS[kind] = runner
+
+
+def run_task(name: str, params, config, tokenizer, *, limit: Optional[int] = None,
+             num_fewshot: Optional[int] = None, seed: int = 0, runtime: Runtime = Runtime(),
+             runtime_state: Any = None, chat_template: bool = False, data_dir: Optional[str] = None,
+             batch_size: int = 16, max_length: Optional[int] = None, progress: bool = False) -> list[dict]:
+    """Metric rows of task `name` (see the module docstring)."""
+    spec = get_task(name)
+    if spec.kind not in RUNNERS:
+        raise ValueError(f"task {name!r} is of kind {spec.kind!r}, which has no runner registered")
+    options = TaskOptions(limit=limit, num_fewshot=num_fewshot, seed=seed, runtime=runtime,
+                          runtime_state=runtime_state, chat_template=chat_template, data_dir=data_dir,
+                          batch_size=batch_size, max_length=max_length, progress=progress)
+    return RUNNERS[spec.kind](spec, params, config, tokenizer, options)
+
+
+# -- prompts -------------------------------------------------------------------------------------------
+def prepare_prompts(spec: TaskSpec, tokenizer, options: TaskOptions) -> list[PreparedDoc]:
+    """Loads the evaluation split, selects `limit` documents (per subject) and builds their prompts."""
+    docs = spec.load(spec.eval_split, options.data_dir)
+    n_shot = options.fewshot_count(spec)
+    if n_shot < 0:
+        raise ValueError(f"num_fewshot must be >= 0, got {n_shot}")
+    same_split = spec.fewshot_split == spec.eval_split
+    pool_docs: list[Doc] = []
+    if n_shot:
+        if spec.fewshot_split is None:
+            raise ValueError(f"task {spec.name!r} has no few-shot split; it runs with num_fewshot=0 only")
+        pool_docs = docs if same_split else spec.load(spec.fewshot_split, options.data_dir)
+    subject_of = (lambda d: d[spec.subject_field]) if spec.subject_field else (lambda d: None)
+    subjects: dict[Any, list[int]] = {}
+    for i, doc in enumerate(docs):
+        subjects.setdefault(subject_of(doc), []).append(i)
+    pools: dict[Any, list[int]] = {}
+    for j, doc in enumerate(pool_docs):
+        pools.setdefault(subject_of(doc), []).append(j)
+    prepared = []
+    for subject, members in subjects.items():
+        pool = pools.get(subject, [])
+        if n_shot and available_examples(len(pool), same_split) < n_shot:
+            where = f" subject {subject!r}" if subject is not None else ""
+            raise ValueError(
+                f"task {spec.name!r}{where}: num_fewshot={n_shot} exceeds the "
+                f"{available_examples(len(pool), same_split)} examples of its few-shot split "
+                f"{spec.fewshot_split!r}")
+        position = {j: k for k, j in enumerate(pool)}
+        chosen = stratified_indices([docs[i] for i in members], options.limit, options.seed, spec.stratum)
+        for k in chosen:
+            i = members[k]
+            exclude = position.get(i) if same_split else None
+            examples = select_examples(spec, [pool_docs[j] for j in pool], n_shot, seed=options.seed,
+                                       doc_key=i, exclude=exclude)
+            questions = spec.doc_choices(docs[i]) if spec.partial_context else [spec.doc_text(docs[i])]
+            contexts = tuple(build_context(spec, docs[i], examples, q, chat_template=options.chat_template,
+                                           tokenizer=tokenizer) for q in questions)
+            prepared.append(PreparedDoc(i, docs[i], contexts))
+    return prepared
+
+
+# -- runners -------------------------------------------------------------------------------------------
+def _score(pairs: Sequence[tuple[list[int], list[int]]], params, config, options: TaskOptions):
+    return score_requests(params, config, pairs, runtime=options.runtime,
+                          runtime_state=options.runtime_state, batch_size=options.batch_size,
+                          max_length=options.max_length, progress=options.progress)
+
+
+def run_multiple_choice(spec: TaskSpec, params, config, tokenizer, options: TaskOptions) -> list[dict]:
+    start = time.perf_counter()
+    prepared = prepare_prompts(spec, tokenizer, options)
+    delimiter = "" if options.chat_template else spec.target_delimiter
+    pairs, spans = [], []
+    for p in prepared:
+        choices = spec.doc_choices(p.doc)
+        if spec.partial_context:
+            requests = [(ctx, delimiter + spec.doc_target(p.doc)) for ctx in p.contexts]
+        else:
+            requests = [(p.contexts[0], delimiter + choice) for choice in choices]
+        spans.append((len(pairs), len(pairs) + len(requests)))
+        pairs.extend(encode_pair(tokenizer, c, x) for c, x in requests)
+    scores = _score(pairs, params, config, options)
+    items = []
+    for p, (a, b) in zip(prepared, spans):
+        lls = np.array([s[0] for s in scores[a:b]])
+        greedy = np.array([s[1] for s in scores[a:b]])
+        chars = np.array([float(len(c)) for c in spec.doc_choices(p.doc)])
+        items.append(ScoredItem(p.doc, lls, greedy, spec.gold_indices(p.doc), chars))
+    return metric_rows(spec, items, options, time.perf_counter() - start)
+
+
+def run_loglikelihood(spec: TaskSpec, params, config, tokenizer, options: TaskOptions) -> list[dict]:
+    start = time.perf_counter()
+    prepared = prepare_prompts(spec, tokenizer, options)
+    delimiter = "" if options.chat_template else spec.target_delimiter
+    pairs = [encode_pair(tokenizer, p.contexts[0], delimiter + spec.doc_target(p.doc)) for p in prepared]
+    scores = _score(pairs, params, config, options)
+    items = [ScoredItem(p.doc, np.array([ll]), np.array([greedy])) for p, (ll, greedy) in zip(prepared, scores)]
+    return metric_rows(spec, items, options, time.perf_counter() - start)
+
+
+def run_rolling(spec: TaskSpec, params, config, tokenizer, options: TaskOptions) -> list[dict]:
+    """Whole-document log-likelihood in rolling windows of the model's length (no prompt, no shots)."""
+    start = time.perf_counter()
+    if options.fewshot_count(spec) or options.chat_template:
+        raise ValueError(f"task {spec.name!r} is a rolling log-likelihood task: no few-shot, no chat template")
+    docs = spec.load(spec.eval_split, options.data_dir)
+    chosen = stratified_indices(docs, options.limit, options.seed, spec.stratum)
+    max_length = options.max_length or config.max_position_embeddings
+    prefix = prefix_token_id(tokenizer)
+    texts = [spec.doc_text(docs[i]) for i in chosen]
+    pairs, spans = [], []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+        windows = rolling_windows(ids, prefix, max_length)
+        spans.append((len(pairs), len(pairs) + len(windows)))
+        pairs.extend(windows)
+    scores = _score(pairs, params, config, options)
+    items = [ScoredItem(docs[i], np.array([sum(s[0] for s in scores[a:b])]), np.array([True]),
+                        words=len(re.split(r"\s+", text)), bytes=len(text.encode("utf-8")))
+             for i, text, (a, b) in zip(chosen, texts, spans)]
+    return metric_rows(spec, items, options, time.perf_counter() - start)
+
+
+register_runner(MULTIPLE_CHOICE, run_multiple_choice)
+register_runner(LOGLIKELIHOOD, run_loglikelihood)
+register_runner(ROLLING, run_rolling)
+
+
+# -- rows ----------------------------------------------------------------------------------------------
+def metric_rows(spec: TaskSpec, items: Sequence[ScoredItem], options: TaskOptions,
+                seconds: float) -> list[dict]:
+    """Result rows of scored items (see the module docstring for subjects and breakdowns)."""
+    config = options.row_config(spec)
+
+    def row(task, metric, value):
+        return {"task": task, "metric": metric, "value": value.value, "stderr": value.stderr,
+                "items": value.items, "seconds": seconds, "config": config}
+
+    def evaluate(subset):
+        return {m: metric_fn(spec.kind, m)(subset, options.seed) for m in spec.metrics}
+
+    rows = []
+    group_field = spec.subject_field or spec.breakdown_field
+    per_group = {}
+    if group_field:
+        groups: dict[Any, list[ScoredItem]] = {}
+        for it in items:
+            groups.setdefault(it.doc[group_field], []).append(it)
+        for key, subset in groups.items():
+            per_group[key] = evaluate(subset)
+            rows.extend(row(f"{spec.name}/{key}", m, v) for m, v in per_group[key].items())
+    pooled = evaluate(items)
+    for m in spec.metrics:
+        value = pooled[m]
+        if spec.subject_field and m != "ece":
+            value = _macro_average([per_group[k][m] for k in per_group])
+        rows.append(row(spec.name, m, value))
+    return rows
+
+
+def _macro_average(values: Sequence[MetricValue]) -> MetricValue:
+    mean = float(np.mean([v.value for v in values]))
+    if any(v.stderr is None for v in values):
+        stderr = None
+    else:
+        stderr = math.sqrt(sum(v.stderr ** 2 for v in values)) / len(values)
+    return MetricValue(mean, stderr, sum(v.items for v in values))

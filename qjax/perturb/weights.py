@@ -1,0 +1,101 @@
+"""Weight perturbation: params -> params, leaves selected by the quantization rules' regexes.
+
+`perturb_params(params, rules, intensity, key)` applies, to every leaf whose "/"-joined path fully
+matches a rule's regex (first match wins; `qjax.quant.rules.map_params_by_rule`), that rule's kind:
+
+    leaf' = kind(leaf, intensity[path] or intensity, fold_in(key, site_id(path)))
+
+so each tensor gets independent noise from one key, reproducibly. A rule whose kind is None keeps
+what it matches unperturbed (put it before a broader rule to exclude tensors); leaves matched by no
+rule are returned unchanged. A rule that matches no leaf is an error: it is almost always a typo,
+and a silent no-op would make a perturbation study measure nothing.
+
+`GridRoundTrip(spec)` is the quant core's grid as a function W -> dequantize(quantize(W)), for
+`QuantError` ("quantization as perturbation") and for measuring a quantizer's error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from qjax.perturb.activations import site_id
+from qjax.perturb.kinds import Kind, relative_l2
+from qjax.quant.grids import expand_stat, make_grid
+from qjax.quant.rtn import rtn_codes
+from qjax.quant.rules import map_params_by_rule
+from qjax.quant.spec import WeightQuantSpec
+
+
+def perturb_params(params: dict, rules: Sequence[tuple[str, Any]], intensity: Any,
+                   key: jax.Array) -> dict:
+    """Perturbed copy of `params`; see the module docstring. Traceable in `intensity` and `key`.
+
+    Args:
+      params: the model's nested params dict (kernels (in, out)).
+      rules: ordered (regex over leaf paths, kind or None); e.g. ((DEFAULT_WEIGHT_PATTERN,
+        Gaussian()),).
+      intensity: the kinds' amount: one scalar (may be traced) for every matched leaf, or a mapping
+        from leaf path to scalar (e.g. per-tensor intensities matched to a quantizer's error); a
+        mapping must cover every perturbed path.
+      key: PRNG key; leaf `path` uses fold_in(key, site_id(path)).
+    Raises:
+      ValueError: a rule matches no leaf, or a mapping lacks a perturbed path.
+    """
+    def apply(path: str, leaf: Any, kind: Kind) -> Any:
+        if isinstance(intensity, Mapping):
+            if path not in intensity:
+                raise ValueError(f"per-tensor intensity mapping has no entry for matched leaf {path!r}")
+            amount = intensity[path]
+        else:
+            amount = intensity
+        return kind(leaf, amount, jax.random.fold_in(key, site_id(path)))
+
+    new_params, _ = map_params_by_rule(params, rules, apply, raise_on_unused=True)
+    return new_params
+
+
+@dataclasses.dataclass(frozen=True)
+class GridRoundTrip:
+    """W (in, out) -> dequantize(quantize(W)) with RTN statistics of `spec` (float32; traceable)."""
+
+    spec: WeightQuantSpec
+
+    @property
+    def name(self) -> str:
+        s = self.spec
+        group = {None: "ch", -1: "t"}.get(s.group_size, f"g{s.group_size}")
+        grid = s.grid if s.grid != "companded" else f"pow{s.companding_power:.3g}"
+        return f"w{s.bits}{group}-{grid}-{'sym' if s.symmetric else 'asym'}"
+
+    def __call__(self, w: jax.Array) -> jax.Array:
+        w = jnp.asarray(w, jnp.float32)
+        if w.ndim != 2:
+            raise ValueError(f"GridRoundTrip: expected an (in, out) kernel, got shape {w.shape}")
+        codes, scale, zero = rtn_codes(w, self.spec)
+        rows = self.spec.rows_per_group(w.shape[0])
+        grid = make_grid(self.spec)
+        z = None if zero is None else expand_stat(zero, w.shape[0], rows)
+        return grid.dequantize(codes, expand_stat(scale, w.shape[0], rows), z)
+
+
+def quantization_error(params: dict, pattern: str, roundtrip: GridRoundTrip) -> dict:
+    """{path: relative L2 ||Q(W) - W|| / ||W||} (float32 scalars) of every leaf matching `pattern`."""
+    out = {}
+
+    def measure(path, w, rt):
+        out[path] = relative_l2(w, rt(w))[0]
+        return w
+
+    map_params_by_rule(params, ((pattern, roundtrip),), measure, raise_on_unused=True)
+    return out
+
+
+def quantize_params(params: dict, pattern: str, roundtrip: GridRoundTrip) -> dict:
+    """params with every leaf matching `pattern` replaced by its grid round trip (dequantized floats)."""
+    new_params, _ = map_params_by_rule(params, ((pattern, roundtrip),),
+                                       lambda path, w, rt: rt(w).astype(w.dtype), raise_on_unused=True)
+    return new_params

@@ -1,0 +1,126 @@
+"""Batched, prefix-reusing log-likelihood scoring against an unbatched numpy reference."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from qjax.eval import loglikelihood as ll_lib
+from qjax.eval.loglikelihood import encode_pair, rolling_windows, score_requests
+from qjax.models import ModelConfig, forward, init_params
+
+CONFIG = ModelConfig("llama", vocab_size=61, hidden_size=32, intermediate_size=48, num_layers=2,
+                     num_heads=4, num_kv_heads=2, head_dim=8, max_position_embeddings=256)
+
+
+@pytest.fixture(scope="module")
+def params():
+    # Weights x4 so that next-token distributions are far from uniform (a wrong position or a
+    # wrong token would change the log-likelihood by much more than the tolerance).
+    return jax.tree_util.tree_map(lambda x: x * 4.0, init_params(CONFIG, jax.random.key(0)))
+
+
+def reference(params, context, continuation):
+    """Plain forward on the concatenated sequence, log-softmax and sum in float64 numpy."""
+    tokens = np.asarray(list(context) + list(continuation), np.int32)
+    logits = np.asarray(forward(params, tokens[None], CONFIG)[0][0], np.float64)
+    shifted = logits - logits.max(-1, keepdims=True)
+    logp = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    steps = np.arange(len(context) - 1, len(tokens) - 1)
+    targets = tokens[len(context):]
+    return logp[steps, targets].sum(), bool(np.all(logits[steps].argmax(-1) == targets))
+
+
+def random_requests(seed, n_contexts=7):
+    rng = np.random.default_rng(seed)
+    requests = []
+    for _ in range(n_contexts):
+        context = rng.integers(0, CONFIG.vocab_size, rng.integers(1, 40)).tolist()
+        for _ in range(rng.integers(1, 5)):  # several continuations share the context
+            requests.append((context, rng.integers(0, CONFIG.vocab_size, rng.integers(1, 12)).tolist()))
+    order = rng.permutation(len(requests))
+    return [requests[i] for i in order]
+
+
+@pytest.mark.parametrize("batch_size,max_cache_tokens", [(16, 1 << 15), (3, 1 << 15), (4, 200)])
+def test_batched_prefix_reuse_matches_unbatched_reference(params, batch_size, max_cache_tokens):
+    requests = random_requests(0)
+    got = score_requests(params, CONFIG, requests, batch_size=batch_size, max_cache_tokens=max_cache_tokens)
+    for (context, continuation), (ll, greedy) in zip(requests, got):
+        want_ll, want_greedy = reference(params, context, continuation)
+        np.testing.assert_allclose(ll, want_ll, atol=1e-4, rtol=0)
+        assert greedy == want_greedy
+
+
+def test_greedy_flag_is_true_for_the_models_own_argmax_continuation(params):
+    context = [5, 9, 17, 3]
+    tokens = list(context)
+    for _ in range(4):  # greedy decode with plain forwards
+        logits = np.asarray(forward(params, np.asarray(tokens, np.int32)[None], CONFIG)[0][0, -1])
+        tokens.append(int(logits.argmax()))
+    wrong = tokens[4:-1] + [(tokens[-1] + 1) % CONFIG.vocab_size]
+    (_, greedy), (_, not_greedy) = score_requests(params, CONFIG, [(context, tokens[4:]), (context, wrong)])
+    assert greedy and not not_greedy
+
+
+def test_long_context_is_cut_from_the_left_like_lm_eval(params):
+    rng = np.random.default_rng(3)
+    context = rng.integers(0, CONFIG.vocab_size, 50).tolist()
+    continuation = rng.integers(0, CONFIG.vocab_size, 6).tolist()
+    (got, _), = score_requests(params, CONFIG, [(context, continuation)], max_length=20)
+    # lm-eval: (context + continuation)[-(max_length + 1):][:-1] is the model input.
+    want, _ = reference(params, context[-(20 + 1 - 6):], continuation)
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+def test_compiles_once_per_bucket(params):
+    ll_lib._score_batch.clear_cache()
+    rng = np.random.default_rng(4)
+    requests = [(rng.integers(0, 61, n).tolist(), rng.integers(0, 61, 3).tolist()) for n in (20, 21, 25, 30)]
+    score_requests(params, CONFIG, requests, batch_size=2)  # two batches, identical padded shapes
+    assert ll_lib._score_batch._cache_size() == 1
+
+
+def test_bad_requests_raise_one_clear_error(params):
+    with pytest.raises(ValueError, match="empty continuation"):
+        score_requests(params, CONFIG, [([1, 2], [])])
+    with pytest.raises(ValueError, match="empty context"):
+        score_requests(params, CONFIG, [([], [1])])
+    with pytest.raises(ValueError, match="exceeds max_length"):
+        score_requests(params, CONFIG, [([1], [2] * 30)], max_length=20)
+
+
+def test_rolling_windows_predict_every_token_once_within_the_window():
+    tokens = list(range(100, 125))
+    windows = rolling_windows(tokens, prefix_token=1, max_length=10)
+    assert windows[0] == ([1], tokens[:10])
+    predicted = [t for _, cont in windows for t in cont]
+    assert predicted == tokens
+    for context, continuation in windows[1:]:
+        assert len(context) + len(continuation) - 1 <= 10
+        start = tokens.index(continuation[0])
+        assert context == tokens[start - len(context):start]  # the tokens just before, no gap
+    # lm-eval's windows for 25 tokens and max_length 10: predict 10, 10, then the last 5 tokens
+    assert windows[1:] == [(tokens[9:10], tokens[10:20]), (tokens[14:20], tokens[20:25])]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from qjax.checkpoints import resolve
+    from qjax.checkpoints.tokenizer import tokenizer_from_gguf
+
+    return tokenizer_from_gguf(resolve("smollm2-135m"))
+
+
+def test_encode_pair_moves_trailing_space_into_the_continuation(tokenizer):
+    context, continuation = encode_pair(tokenizer, "Question: Is ice cold?\nAnswer: ", "yes")
+    assert tokenizer.decode(context) == "Question: Is ice cold?\nAnswer:"
+    assert tokenizer.decode(continuation) == " yes"
+    assert len(continuation) == 1  # " yes" is one token, as when the space is not split off
+
+
+def test_encode_pair_empty_context_becomes_bos(tokenizer):
+    context, continuation = encode_pair(tokenizer, "", "Hello world")
+    assert context == [tokenizer.bos_token_id]
+    assert tokenizer.decode(continuation) == "Hello world"
