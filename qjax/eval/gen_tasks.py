@@ -543,17 +543,22 @@ GEN_TASKS: dict[str, Callable[[TaskContext, str], list[Row]]] = {
 FLORES_PREFIX = "flores200:"
 
 
+def _flores_pair(name: str) -> Optional[list[str]]:
+    pair = name[len(FLORES_PREFIX):].split("-")
+    return pair if len(pair) == 2 and all(pair) else None
+
+
 def is_generation_task(name: str) -> bool:
-    """Whether `name` is a generation task (a GEN_TASKS key or flores200:<src>-<tgt>)."""
-    return name in GEN_TASKS or name.startswith(FLORES_PREFIX)
+    """Whether `name` is a generation task: a GEN_TASKS key or flores200:<src>-<tgt>."""
+    return name in GEN_TASKS or (name.startswith(FLORES_PREFIX) and _flores_pair(name) is not None)
 
 
 def _resolve(name: str) -> Callable[[TaskContext, str], list[Row]]:
     if name in GEN_TASKS:
         return GEN_TASKS[name]
     if name.startswith(FLORES_PREFIX):
-        pair = name[len(FLORES_PREFIX):].split("-")
-        if len(pair) != 2 or not all(pair):
+        pair = _flores_pair(name)
+        if pair is None:
             raise KeyError(f"FLORES task {name!r} must be flores200:<src>-<tgt>, "
                            f"e.g. flores200:eng_Latn-fra_Latn")
         return lambda ctx, task: _run_flores(ctx, task, pair[0], pair[1])

@@ -1,4 +1,4 @@
-"""Quantize / dequantize primitives for activations and the KV cache, and low-bit code packing.
+"""Quantize / dequantize primitives for activations and the KV cache (packing: `qjax.quant.packing`).
 
 Grid. b-bit codes q are unsigned integers in [0, 2^b - 1] and x ≈ (q - zero) * scale:
   symmetric:  scale = max|x| / (2^(b-1) - 1), zero = 2^(b-1) (so q - zero ∈ [-2^(b-1), 2^(b-1) - 1];
@@ -106,46 +106,3 @@ def fake_quant(x: jax.Array, bits: int, symmetric: bool, granularity: Granularit
 def fake_quant_static(x: jax.Array, scale: jax.Array, zero: jax.Array, bits: int) -> jax.Array:
     """x quantized on a fixed grid (scale, zero broadcastable to x) and dequantized, in x's dtype."""
     return dequantize(quantize(x, scale, zero, bits), scale, zero, x.dtype)
-
-
-def packed_size(n: int, bits: int) -> int:
-    """Bytes holding n codes of `bits` bits; n * bits must be a multiple of 8."""
-    if (n * bits) % 8:
-        raise ValueError(f"{n} codes of {bits} bits do not fill whole bytes")
-    return n * bits // 8
-
-
-def pack_codes(codes: jax.Array, bits: int) -> jax.Array:
-    """Packs codes (..., n) uint8 < 2^bits along the last axis into (..., n * bits / 8) uint8.
-
-    Little-endian bit order: code i occupies bits [i * bits, (i + 1) * bits) of the packed bit string.
-    """
-    check_bits(bits)
-    n = codes.shape[-1]
-    packed_size(n, bits)
-    codes = codes.astype(jnp.uint8)
-    if bits == 8:
-        return codes
-    if 8 % bits == 0:  # whole codes per byte
-        per = 8 // bits
-        c = codes.reshape(*codes.shape[:-1], n // per, per)
-        shifts = jnp.arange(per, dtype=jnp.uint8) * bits
-        return jnp.sum(c << shifts, axis=-1, dtype=jnp.uint8)  # disjoint bits: sum == or
-    bit_idx = jnp.arange(bits, dtype=jnp.uint8)
-    stream = ((codes[..., None] >> bit_idx) & 1).reshape(*codes.shape[:-1], n * bits // 8, 8)
-    return jnp.sum(stream << jnp.arange(8, dtype=jnp.uint8), axis=-1, dtype=jnp.uint8)
-
-
-def unpack_codes(packed: jax.Array, bits: int, n: int) -> jax.Array:
-    """Inverse of `pack_codes`: (..., n * bits / 8) uint8 -> (..., n) uint8."""
-    check_bits(bits)
-    if bits == 8:
-        return packed
-    mask = jnp.uint8(qmax(bits))
-    if 8 % bits == 0:
-        per = 8 // bits
-        shifts = jnp.arange(per, dtype=jnp.uint8) * bits
-        return ((packed[..., None] >> shifts) & mask).reshape(*packed.shape[:-1], n)
-    stream = (packed[..., None] >> jnp.arange(8, dtype=jnp.uint8)) & 1
-    stream = stream.reshape(*packed.shape[:-1], n, bits)
-    return jnp.sum(stream << jnp.arange(bits, dtype=jnp.uint8), axis=-1, dtype=jnp.uint8)

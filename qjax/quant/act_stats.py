@@ -66,6 +66,22 @@ class SiteStats:
         return self.outliers / self.count
 
 
+def calibration_windows(tokenizer, *, dataset: str = "wikitext2", split: str = "valid", num: int = 32,
+                        seqlen: int = 512, seed: int = 0, data_dir: Optional[str] = None) -> np.ndarray:
+    """(num, seqlen) int32 windows starting at random offsets (numpy seed) of a corpus split.
+
+    Default: WikiText-2 *valid*, so calibration never sees the test split that perplexity scores.
+    """
+    from qjax.data.text import load_text
+    from qjax.eval.perplexity import tokenize_corpus
+
+    ids = tokenize_corpus(tokenizer, load_text(dataset, split, data_dir))
+    if len(ids) <= seqlen:
+        raise ValueError(f"{dataset}/{split} has {len(ids)} tokens, not more than seqlen {seqlen}")
+    starts = np.random.default_rng(seed).integers(0, len(ids) - seqlen, size=num)
+    return np.stack([ids[s:s + seqlen] for s in starts]).astype(np.int32)
+
+
 def _flatten_sows(tree, prefix=()) -> dict:
     out = {}
     for k, v in tree.items():
@@ -112,11 +128,16 @@ def collect(params, config: ModelConfig, batches: Iterable[np.ndarray], *, runti
 
 
 def summary(stats: dict[str, SiteStats]) -> list[dict]:
-    """One row per site (in forward order): site, layer, family, max_abs, kurtosis, outlier_share."""
+    """One row per site in forward order: site, layer, family, max_abs, kurtosis, outlier_share.
+
+    Sites outside the decoder layers (an untied lm_head) get layer = last layer + 1.
+    """
+    parsed = {site: re.match(r"layers_(\d+)/\w+/(\w+)", site) for site in stats}
+    after = 1 + max((int(m.group(1)) for m in parsed.values() if m), default=-1)
     rows = []
     for site, s in stats.items():
-        m = re.match(r"layers_(\d+)/\w+/(\w+)", site)
-        rows.append({"site": site, "layer": int(m.group(1)) if m else -1,
+        m = parsed[site]
+        rows.append({"site": site, "layer": int(m.group(1)) if m else after,
                      "family": m.group(2) if m else site, "max_abs": s.absmax,
                      "kurtosis": s.kurtosis, "outlier_share": s.outlier_share})
     return sorted(rows, key=lambda r: (r["layer"], _FAMILY_ORDER.get(r["family"], 99)))

@@ -34,8 +34,11 @@ import numpy as np
 from qjax.models.config import ModelConfig
 from qjax.ops import act_quant
 from qjax.ops.runtime import Runtime
-from qjax.quant import act_stats
+from qjax.quant import act_stats, smoothquant
 from qjax.quant.kv import KV_BITS, kv_spec
+from qjax.quant.rtn import rtn_quantize_params
+from qjax.quant.rules import default_rules
+from qjax.quant.spec import WeightQuantSpec
 
 STATE_KEY = "act_scales"
 FAMILIES = {
@@ -127,13 +130,16 @@ def calibrate_static(params, config: ModelConfig, batches: Iterable[np.ndarray],
 class QuantSetting:
     """A W/A/KV configuration. 16 bits means "not quantized".
 
-    wbits/wgroup: weight bits and group size along the input dimension (0: per output channel);
+    wbits/wgroup/wsymmetric: RTN weight bits, group size along the input dimension (0: per output
+      channel; groups that do not divide the input dimension end in a shorter group, see
+      `qjax.quant.spec`), symmetric or asymmetric grid;
     abits/agranularity/asymmetric/agroup/astatic/afamilies: activation quantization (ActQuant);
     kvbits/kvgroup/kvsymmetric: KV cache (`qjax.quant.kv`); smoothquant/alpha: SmoothQuant first.
     """
 
     wbits: int = 16
     wgroup: int = 0
+    wsymmetric: bool = True
     abits: int = 16
     agranularity: str = "token"
     asymmetric: bool = False
@@ -171,6 +177,11 @@ class QuantSetting:
             return None
         return ActQuant(self.abits, not self.asymmetric, self.agranularity, self.agroup, self.astatic)
 
+    def weight_spec(self) -> Optional[WeightQuantSpec]:
+        if self.wbits == 16:
+            return None
+        return WeightQuantSpec(self.wbits, self.wgroup or None, symmetric=self.wsymmetric)
+
     def runtime(self, compute_dtype: str = "float32") -> Runtime:
         """The Runtime for activations and KV (weights are quantized in the params, not here)."""
         quant = self.activation_quant()
@@ -185,8 +196,8 @@ _NAME = re.compile(r"(?:W(\d+)A(\d+))?(?:KV(\d+))?(-SQ)?")
 def parse_setting(name: str, **overrides) -> QuantSetting:
     """QuantSetting of a name such as "float", "W8A8", "W4A16", "KV4", "W4A8KV4", "W8A8-SQ".
 
-    Weights below 8 bits default to groups of 64 input channels (divides SmolLM2's 576 and 1536);
-    override any field by keyword.
+    Weights: 8 bits per output channel symmetric (SmoothQuant's W8); below 8 bits asymmetric in
+    groups of 128 input rows (GPTQ / AWQ's g128). Override any field by keyword.
     """
     m = _NAME.fullmatch(name)
     if name != "float" and (m is None or not any(m.groups())):
@@ -196,13 +207,38 @@ def parse_setting(name: str, **overrides) -> QuantSetting:
     if m is not None and m.group(1):
         fields["wbits"], fields["abits"] = int(m.group(1)), int(m.group(2))
         if fields["wbits"] < 8:
-            fields["wgroup"] = 64
+            fields["wgroup"], fields["wsymmetric"] = 128, False
     if m is not None and m.group(3):
         fields["kvbits"] = int(m.group(3))
     if m is not None and m.group(4):
         fields["smoothquant"] = True
     fields.update(overrides)
     return QuantSetting(**fields)
+
+
+def apply_setting(params, config: ModelConfig, setting: QuantSetting, *,
+                  calibration: Optional[Iterable[np.ndarray]] = None, compute_dtype: str = "float32"):
+    """(params, runtime, runtime_state) realising `setting` on a float model.
+
+    Order: SmoothQuant (folds activation maxima from `calibration` into the float weights), then RTN
+    weight quantization of every decoder linear (`qjax.quant.rtn`; QArray leaves), then static
+    activation scales from `calibration` when `astatic`. `calibration`: (B, T) int32 token batches,
+    required for SmoothQuant and static activations (ValueError otherwise).
+    """
+    batches = None if calibration is None else [np.asarray(b) for b in calibration]
+    needs = [what for what, on in (("SmoothQuant", setting.smoothquant),
+                                   ("static activation scales", setting.astatic)) if on]
+    if needs and not batches:
+        raise ValueError(f"{setting.name}: {' and '.join(needs)} need calibration batches")
+    runtime = setting.runtime(compute_dtype)
+    if setting.smoothquant:
+        stats = act_stats.collect(params, config, batches, sites=FAMILIES["all"])
+        params = smoothquant.smooth(params, config, smoothquant.absmax_of(stats), alpha=setting.alpha)
+    state = calibrate_static(params, config, batches, runtime) if setting.astatic else None
+    spec = setting.weight_spec()
+    if spec is not None:
+        params, _ = rtn_quantize_params(params, default_rules(spec), raise_on_unused=True)
+    return params, runtime, state
 
 
 NAMED_SETTINGS = ("float", "W8A8", "W8A8-SQ", "W4A8", "W4A4", "W4A16", "W8A16", "KV8", "KV4", "KV3", "KV2")

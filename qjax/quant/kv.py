@@ -4,7 +4,8 @@
 Each written token's K (after RoPE) and V are quantized once, in groups of `group_size` consecutive
 head_dim entries per (token, KV head), on the grid of `qjax.ops.act_quant` (asymmetric min/max by
 default), and stored as:
-  k_codes, v_codes  uint8 (batch, max_len, num_kv_heads, head_dim * bits / 8)  packed codes
+  k_codes, v_codes  uint8 (batch, max_len, num_kv_heads, ceil(head_dim * bits / 8)), packed along
+                    head_dim with `qjax.quant.packing` (its little-endian bit stream)
   k_scale, v_scale  float16 (batch, max_len, num_kv_heads, head_dim / group_size)
   k_min,   v_min    float16, same shape: the group minimum (asymmetric only), x ≈ code * scale + min
                     (symmetric: x ≈ (code - 2^(b-1)) * scale)
@@ -29,6 +30,7 @@ from qjax.models.config import ModelConfig
 from qjax.models.kv_cache import FloatKVSpec, init_cache
 from qjax.models.llama import forward
 from qjax.ops import act_quant
+from qjax.quant import packing
 from qjax.ops.runtime import Runtime
 
 KV_BITS = (2, 3, 4, 8, 16)  # 16: the float cache in the compute dtype
@@ -36,7 +38,7 @@ KV_BITS = (2, 3, 4, 8, 16)  # 16: the float cache in the compute dtype
 
 @dataclasses.dataclass(frozen=True)
 class QuantKVSpec:
-    """K and V stored as packed `bits`-bit codes with float16 scales (and zeros) per token and group."""
+    """K and V stored as packed `bits`-bit codes with float16 scales (and minima) per token and group."""
 
     bits: int
     group_size: int = 32
@@ -52,12 +54,11 @@ class QuantKVSpec:
     def _check(self, head_dim: int) -> None:
         if head_dim % self.group_size:
             raise ValueError(f"KV group_size {self.group_size} does not divide head_dim {head_dim}")
-        act_quant.packed_size(head_dim, self.bits)
 
     def init_layer(self, batch, max_len, num_kv_heads, head_dim, dtype):
         self._check(head_dim)
         lead = (batch, max_len, num_kv_heads)
-        packed = (*lead, act_quant.packed_size(head_dim, self.bits))
+        packed = (*lead, packing.packed_length(head_dim, self.bits))
         groups = (*lead, head_dim // self.group_size)
         layer = {}
         for name in ("k", "v"):
@@ -83,12 +84,12 @@ class QuantKVSpec:
             out["min"] = low[..., 0]
             zero = -low.astype(jnp.float32) / scale.astype(jnp.float32)
         codes = act_quant.quantize(g, scale.astype(jnp.float32), zero, self.bits)
-        out["codes"] = act_quant.pack_codes(codes.reshape(x.shape), self.bits)
+        out["codes"] = _pack_last(codes.reshape(x.shape), self.bits)
         return out
 
     def decode(self, enc: dict, head_dim: int, dtype) -> jax.Array:
         """Inverse of `encode` up to quantization error: (..., head_dim) in `dtype`."""
-        codes = act_quant.group_last(act_quant.unpack_codes(enc["codes"], self.bits, head_dim),
+        codes = act_quant.group_last(_unpack_last(enc["codes"], self.bits, head_dim),
                                      self.group_size).astype(jnp.float32)
         scale = enc["scale"][..., None].astype(jnp.float32)
         if self.symmetric:
@@ -106,7 +107,7 @@ class QuantKVSpec:
         return new
 
     def _read(self, layer, name, dtype):
-        head_dim = layer[f"{name}_codes"].shape[-1] * 8 // self.bits
+        head_dim = layer[f"{name}_scale"].shape[-1] * self.group_size
         enc = {"codes": layer[f"{name}_codes"], "scale": layer[f"{name}_scale"]}
         if not self.symmetric:
             enc["min"] = layer[f"{name}_min"]
@@ -117,6 +118,15 @@ class QuantKVSpec:
 
     def nbytes_layer(self, layer) -> int:
         return sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree_util.tree_leaves(layer))
+
+
+def _pack_last(codes: jax.Array, bits: int) -> jax.Array:
+    """`qjax.quant.packing.pack` along the last axis: (..., n) -> (..., ceil(n * bits / 8)) uint8."""
+    return jnp.moveaxis(packing.pack(jnp.moveaxis(codes, -1, 0), bits), 0, -1)
+
+
+def _unpack_last(packed: jax.Array, bits: int, n: int) -> jax.Array:
+    return jnp.moveaxis(packing.unpack(jnp.moveaxis(packed, -1, 0), bits, n), 0, -1)
 
 
 def _to_f16(x: jax.Array, up: bool) -> jax.Array:

@@ -16,6 +16,8 @@ The functions are jnp-traceable (static loops over the 8 codes of a chunk) and r
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -43,7 +45,7 @@ def _overlaps(bits: int):
 
 
 def pack(codes: jax.Array, bits: int) -> jax.Array:
-    """Pack codes along axis 0.
+    """Pack codes along axis 0 (jit-compiled once per shape and width).
 
     Args:
       codes: (n, ...) integer array with values in [0, 2**bits - 1] (not checked: values are masked).
@@ -52,7 +54,11 @@ def pack(codes: jax.Array, bits: int) -> jax.Array:
       (ceil(n*bits/8), ...) uint8.
     """
     _check_bits(bits)
-    codes = jnp.asarray(codes)
+    return _pack(jnp.asarray(codes), bits)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _pack(codes: jax.Array, bits: int) -> jax.Array:
     n, rest = codes.shape[0], codes.shape[1:]
     mask = (1 << bits) - 1
     if bits == 8:
@@ -77,6 +83,11 @@ def unpack(packed: jax.Array, bits: int, n: int) -> jax.Array:
             f"unpack: {n} codes of {bits} bits take {packed_length(n, bits)} bytes, got {packed.shape[0]}")
     if packed.dtype != jnp.uint8:
         raise ValueError(f"unpack: packed codes must be uint8, got {packed.dtype}")
+    return _unpack(packed, bits, n)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _unpack(packed: jax.Array, bits: int, n: int) -> jax.Array:
     if bits == 8:
         return packed
     rest = packed.shape[1:]

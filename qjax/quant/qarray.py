@@ -26,6 +26,7 @@ outlier indices and values, codebook); `bits_per_param` = 8 * nbytes / (n_in * n
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Optional, Sequence, Union
 
@@ -111,6 +112,7 @@ class QStat:
         return _leaf_nbytes(self)
 
 
+@functools.partial(jax.jit, static_argnums=1)
 def quantize_stat(x: jax.Array, spec: SecondLevelSpec = SecondLevelSpec()) -> QStat:
     """Min-max quantize a (rows, cols) statistic in groups of spec.group_size along axis 1.
 
@@ -306,7 +308,10 @@ class QArray:
         return scale, _stat_f32(self.zero)
 
     def dequantize(self) -> jax.Array:
-        """(in, out) float32 reconstruction (module docstring)."""
+        """(in, out) float32 reconstruction (module docstring); jit-compiled per structure."""
+        return _dequantize_jit(self)
+
+    def _dequantize(self) -> jax.Array:
         n_in = self.shape[0]
         g = self.rows_per_group
         q = self.unpacked_codes()
@@ -336,5 +341,7 @@ class QArray:
     def bits_per_param(self) -> float:
         return 8.0 * self.nbytes / self.numel
 
+
+_dequantize_jit = jax.jit(lambda qa: qa._dequantize())
 
 __all__ = ["QArray", "QStat", "Outliers", "SecondLevelSpec", "quantize_stat"]

@@ -13,7 +13,10 @@ unchanged:
             one factor per (kv head, d) is shared by the G query heads: its activation and weight
             maxima are taken over those G heads.
   up_down : up_proj columns /= s;  down_proj rows *= s  (down's input silu(gate) * up is linear in up).
-Then `W8A8` (per-token dynamic int8 activations, per-channel int8 weights) is applied on top.
+The inner folds (vo, up_down) are applied first, so the weight maxima of the norm folds (qkv,
+gate_up) are those of the rescaled v/up kernels: with alpha = 0.5 every smoothed input then has
+max|X_j / s_j| = max_k |s_j W_jk|. Then `W8A8` (per-token dynamic int8 activations, per-channel
+int8 weights) is applied on top.
 """
 
 from __future__ import annotations
@@ -85,20 +88,7 @@ def smooth(params: dict, config: ModelConfig, act_absmax: dict[str, np.ndarray],
                 new[(block, proj, leaf)] = _dense(layer[block][proj][leaf])
             return new[(block, proj, leaf)]
 
-        if "qkv" in folds:
-            ws = [get("attn", p) for p in ("q_proj", "k_proj", "v_proj")]
-            s = smoothing_factors(act("attn/q_proj"), _rows_absmax(*ws), alpha)
-            layer["input_norm"] = {"scale": _cast(_dense(layer["input_norm"]["scale"]) / s,
-                                                  layer["input_norm"]["scale"])}
-            for w in ws:
-                w *= s[:, None]
-        if "gate_up" in folds:
-            ws = [get("mlp", p) for p in ("gate_proj", "up_proj")]
-            s = smoothing_factors(act("mlp/gate_proj"), _rows_absmax(*ws), alpha)
-            layer["post_attn_norm"] = {"scale": _cast(_dense(layer["post_attn_norm"]["scale"]) / s,
-                                                      layer["post_attn_norm"]["scale"])}
-            for w in ws:
-                w *= s[:, None]
+        # inner folds first: they rescale v/up columns, which the norm folds' weight maxima then see
         if "vo" in folds:
             wo = get("attn", "o_proj")
             a = act("attn/o_proj").reshape(kvh, g, d).max(axis=1)
@@ -113,6 +103,20 @@ def smooth(params: dict, config: ModelConfig, act_absmax: dict[str, np.ndarray],
             s = smoothing_factors(act("mlp/down_proj"), np.abs(wd).max(axis=1), alpha)
             get("mlp", "up_proj")[:] /= s[None, :]
             wd *= s[:, None]
+        if "qkv" in folds:
+            ws = [get("attn", p) for p in ("q_proj", "k_proj", "v_proj")]
+            s = smoothing_factors(act("attn/q_proj"), _rows_absmax(*ws), alpha)
+            layer["input_norm"] = {"scale": _cast(_dense(layer["input_norm"]["scale"]) / s,
+                                                  layer["input_norm"]["scale"])}
+            for w in ws:
+                w *= s[:, None]
+        if "gate_up" in folds:
+            ws = [get("mlp", p) for p in ("gate_proj", "up_proj")]
+            s = smoothing_factors(act("mlp/gate_proj"), _rows_absmax(*ws), alpha)
+            layer["post_attn_norm"] = {"scale": _cast(_dense(layer["post_attn_norm"]["scale"]) / s,
+                                                      layer["post_attn_norm"]["scale"])}
+            for w in ws:
+                w *= s[:, None]
         for (block, proj, leaf), value in new.items():
             layer[block][proj][leaf] = _cast(value, params[name][block][proj][leaf])
         out[name] = layer

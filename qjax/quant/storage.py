@@ -7,6 +7,8 @@ On disk, a checkpoint directory holds
   qjax_quant.json   {"format": 1, "qarrays": {P: static metadata (spec, shape, dtype, which fields
                     are present and the static fields of their QStats)}}.
 Restoring rebuilds the QArrays from both; every array comes back with its dtype and bytes.
+Arrays are stored uncompressed, so the bytes on disk are `params_nbytes` plus Orbax / JSON
+metadata (a few hundred bytes per array leaf plus a few KiB per checkpoint).
 """
 
 from __future__ import annotations
@@ -150,7 +152,7 @@ def save_params(path: Union[str, os.PathLike], params: Mapping, *, overwrite: bo
     tree = _split(params, "", meta)
     tree = jax.tree_util.tree_map(np.asarray, tree)
     path.mkdir(parents=True)
-    with ocp.PyTreeCheckpointer() as ckptr:
+    with ocp.PyTreeCheckpointer(use_compression=False) as ckptr:
         ckptr.save(path / ARRAYS_DIR, tree)
     (path / META_FILE).write_text(json.dumps({"format": FORMAT_VERSION, "qarrays": meta}, indent=1))
     return {"path": str(path), "disk_bytes": disk_bytes(path), "nbytes": params_nbytes(params)}

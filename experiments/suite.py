@@ -1,0 +1,316 @@
+"""Suite runner: models x transforms x tasks from `configs/suite.py`, one result row per
+(model, transform, task, metric) in an append-only `ResultStore`, resumable after any kill.
+
+  nice -n 10 .venv/bin/python experiments/suite.py --config=configs/suite.py > results/suite.log 2>&1 &
+  .venv/bin/python experiments/analyze.py --results=results/suite.jsonl
+
+Crash safety (a `kill -9` at any instant loses nothing finished and repeats nothing finished):
+  * a task's rows are first written to a journal file `<work_dir>/journal/<key>.json` (temp file,
+    fsync, rename: the file exists whole or not at all), then appended to the store one row at a
+    time, skipping keys already there (the store drops a torn trailing line when opened);
+  * at start, every journal file is replayed into the store (rows a kill cut off get appended), and
+    a task whose journal file exists is done: it is never run again;
+  * quantized params are cached per (model, transform) under `<work_dir>/params/` with Orbax
+    (`qjax.quant.storage.save_params`) into a temp directory renamed into place when complete, so
+    a resumed run restores them instead of quantizing again; leftover temp directories are removed.
+Progress lines: "[run] model transform task" when a task starts, "[done] ..." when its rows are in
+the store, "[skip] ..." for tasks already done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import jax
+from absl import app, flags
+from ml_collections import config_flags
+
+from qjax.data.text import DATASETS as PERPLEXITY_DATASETS
+from qjax.eval.gen_tasks import is_generation_task, run_generation_task
+from qjax.eval.results import ResultStore, make_row, row_key
+from qjax.models.config import ModelConfig
+from qjax.ops.runtime import Runtime
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/suite.py", "suite config")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "data directory (default: $QJAX_DATA_DIR)")
+
+RANDOM_TINY = ModelConfig(architecture="llama", vocab_size=49152, hidden_size=64, intermediate_size=128,
+                          num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
+                          max_position_embeddings=4096, tie_word_embeddings=True, bos_token_id=1,
+                          eos_token_id=2)
+
+
+def load_suite_model(name: str):
+    """(config, params, tokenizer). "random-tiny": a 2-layer random model (PRNGKey(0)) with SmolLM2's
+    tokenizer, for tests; anything else goes to `qjax.checkpoints.load_model`."""
+    if name == "random-tiny":
+        from qjax.checkpoints import resolve
+        from qjax.checkpoints.tokenizer import tokenizer_from_gguf
+        from qjax.models import init_params
+
+        return RANDOM_TINY, init_params(RANDOM_TINY, jax.random.PRNGKey(0)), tokenizer_from_gguf(
+            resolve("smollm2-135m"))
+    from qjax.checkpoints import load_model
+
+    return load_model(name)
+
+
+# --- transforms -----------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Transform:
+    """A weight transform of the grid: "float", or `method` at `bits` with extra options."""
+
+    name: str
+    method: str
+    bits: Optional[int]
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def info(self) -> dict:
+        return {"name": self.name, "method": self.method, "bits": self.bits, **dict(self.options)}
+
+    def fingerprint(self, calibration: dict) -> str:
+        blob = json.dumps({"transform": self.info(), "calibration": calibration}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+_TRANSFORM = re.compile(r"(?P<method>[a-z][a-z0-9]*)_w(?P<bits>\d+)")
+
+
+def parse_transform(name: str, options: dict) -> Transform:
+    if name == "float":
+        return Transform("float", "float", None)
+    match = _TRANSFORM.fullmatch(name)
+    if not match:
+        raise ValueError(f"transform {name!r} is neither 'float' nor '<method>_w<bits>' (e.g. gptq_w4)")
+    return Transform(name, match["method"], int(match["bits"]), tuple(sorted(options.items())))
+
+
+def quantize_params(params, config: ModelConfig, tokenizer, transform: Transform, calibration: dict,
+                    data_dir: Optional[str]):
+    """(quantized params, report) of `transform` (see qjax.quant.quantize)."""
+    from qjax.quant.calibration import CalibrationData, calibration_tokens
+    from qjax.quant.quantize import method_config_for, quantize
+
+    method_config = method_config_for(transform.method, transform.bits, **dict(transform.options))
+    tokens = calibration_tokens(tokenizer, CalibrationData(**calibration), data_dir)
+    return quantize(params, config, method_config, tokens)
+
+
+def transformed_params(model: str, params, config: ModelConfig, tokenizer, transform: Transform,
+                       calibration: dict, work_dir: Path, data_dir: Optional[str]):
+    """Params of `transform`: the float params, or quantized ones from the on-disk cache (quantized
+    and cached atomically on first use). Returns (params, cache info dict)."""
+    if transform.method == "float":
+        return params, {}
+    from qjax.quant.storage import restore_params, save_params
+
+    folder = work_dir / "params" / _slug(model)
+    final = folder / f"{transform.name}-{transform.fingerprint(calibration)}"
+    for stale in folder.glob(f".{transform.name}-*.tmp*"):
+        shutil.rmtree(stale, ignore_errors=True)  # a run killed while saving
+    if final.is_dir():
+        start = time.perf_counter()
+        restored = restore_params(final)
+        return restored, {"cache": str(final), "restored_seconds": time.perf_counter() - start}
+    start = time.perf_counter()
+    quantized, report = quantize_params(params, config, tokenizer, transform, calibration, data_dir)
+    seconds = time.perf_counter() - start
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{final.name}.tmp{os.getpid()}"
+    save_params(tmp, quantized)
+    (tmp / "quantize_report.json").write_text(json.dumps(
+        {"seconds": seconds, "report": report}, default=str, indent=1))
+    os.replace(tmp, final)
+    return quantized, {"cache": str(final), "quantize_seconds": seconds}
+
+
+# --- journal --------------------------------------------------------------------------------------
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
+
+
+class Journal:
+    """Finished tasks: one JSON file of complete rows per (model, transform, task)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def path(self, model: str, transform: str, task: str) -> Path:
+        digest = hashlib.sha256(json.dumps([model, transform, task]).encode()).hexdigest()[:10]
+        return self.folder / f"{_slug(model)}__{_slug(transform)}__{_slug(task)}__{digest}.json"
+
+    def done(self, model: str, transform: str, task: str) -> bool:
+        return self.path(model, transform, task).is_file()
+
+    def write(self, model: str, transform: str, task: str, rows: list[dict]) -> None:
+        final = self.path(model, transform, task)
+        tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"model": model, "transform": transform, "task": task, "rows": rows}, f, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        _fsync_dir(self.folder)
+
+    def replay(self, store: ResultStore) -> int:
+        """Appends every journaled row missing from the store; returns how many were appended."""
+        for stale in self.folder.glob(".*.tmp*"):
+            stale.unlink(missing_ok=True)
+        appended = 0
+        for path in sorted(self.folder.glob("*.json")):
+            appended += append_missing(store, json.loads(path.read_text(encoding="utf-8"))["rows"])
+        return appended
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def append_missing(store: ResultStore, rows: list[dict]) -> int:
+    n = 0
+    for row in rows:
+        if not store.has(row_key(row)):
+            store.append(row)
+            n += 1
+    return n
+
+
+# --- tasks ----------------------------------------------------------------------------------------
+
+def _options(cfg, task: str) -> dict:
+    defaults = {"limit": None, "num_fewshot": None, "chat_template": False, "max_new_tokens": None,
+                "batch_size": None}
+    if task in cfg.task_options:
+        defaults.update({k: v for k, v in cfg.task_options[task].to_dict().items() if v is not None})
+    return defaults
+
+
+def check_task_name(task: str) -> None:
+    """Raises ValueError for a task name that no runner knows."""
+    if task in PERPLEXITY_DATASETS or task == "efficiency" or is_generation_task(task):
+        return
+    from qjax.data.tasks import get_task
+
+    get_task(task)
+
+
+def run_task_rows(task: str, params, config: ModelConfig, tokenizer, cfg, runtime: Runtime,
+                  data_dir: Optional[str], samples_dir: Path) -> list[dict]:
+    """Metric rows of one task (without model / transform)."""
+    opts = _options(cfg, task)
+    if task in PERPLEXITY_DATASETS:
+        from qjax.eval.perplexity import perplexity
+
+        p = cfg.perplexity
+        result = perplexity(params, config, tokenizer, dataset=task, split=p.split, seqlen=p.seqlen,
+                            max_windows=None if p.max_windows < 0 else p.max_windows,
+                            batch_size=p.batch_size, runtime=runtime, data_dir=data_dir, progress=False)
+        return [{"task": f"{task}/{p.split}", "metric": "perplexity", "value": result["ppl"],
+                 "items": result["tokens"], "seconds": result["seconds"], "details": result,
+                 "config": p.to_dict()}]
+    if task == "efficiency":
+        return efficiency_rows(params, config, cfg, runtime)
+    if is_generation_task(task):
+        return run_generation_task(
+            task, params, config, tokenizer, limit=opts["limit"], num_fewshot=opts["num_fewshot"],
+            seed=cfg.seed, runtime=runtime, chat_template=opts["chat_template"], data_dir=data_dir,
+            batch_size=opts["batch_size"] or cfg.gen_batch_size, max_new_tokens=opts["max_new_tokens"],
+            output_dir=samples_dir)
+    from qjax.eval.tasks import run_task
+
+    return run_task(task, params, config, tokenizer, limit=opts["limit"], num_fewshot=opts["num_fewshot"],
+                    seed=cfg.seed, runtime=runtime, chat_template=opts["chat_template"], data_dir=data_dir,
+                    batch_size=opts["batch_size"] or cfg.batch_size)
+
+
+def efficiency_rows(params, config: ModelConfig, cfg, runtime: Runtime) -> list[dict]:
+    """Weight bytes, peak memory, prefill and decode tokens/s of the configuration under test."""
+    from qjax.eval.efficiency import measure_efficiency
+
+    e = cfg.efficiency
+    start = time.perf_counter()
+    result = measure_efficiency(params, config, prompt_tokens=e.prompt_tokens, new_tokens=e.new_tokens,
+                                batch_size=e.batch_size, runtime=runtime, seed=cfg.seed)
+    seconds = time.perf_counter() - start
+    return [{"task": "efficiency", "metric": name, "value": float(value), "seconds": seconds,
+             "config": e.to_dict()} for name, value in result.items() if isinstance(value, (int, float))]
+
+
+def full_rows(rows: list[dict], model: str, transform: Transform, cfg, extra: dict) -> list[dict]:
+    out = []
+    for row in rows:
+        row = dict(row)
+        task_config = row.pop("config", None) or {}
+        out.append(make_row(model=model, transform=transform.name,
+                            config={"transform": transform.info(), "task": task_config,
+                                    "suite": {"seed": cfg.seed, "compute_dtype": cfg.compute_dtype},
+                                    **extra}, **row))
+    return out
+
+
+def run_suite(cfg, data_dir: Optional[str]) -> ResultStore:
+    for task in cfg.tasks:
+        check_task_name(task)
+    transforms = [parse_transform(t, cfg.transform_options.to_dict()) for t in cfg.transforms]
+    store = ResultStore(cfg.results)
+    work_dir = Path(cfg.work_dir)
+    journal = Journal(work_dir / "journal")
+    replayed = journal.replay(store)
+    if replayed:
+        print(f"[replay] {replayed} journaled rows appended to {cfg.results}", flush=True)
+    runtime = Runtime(compute_dtype=cfg.compute_dtype)
+    calibration = cfg.calibration.to_dict()
+    for model in cfg.models:
+        todo = [(t, task) for t in transforms for task in cfg.tasks if not journal.done(model, t.name, task)]
+        for t in transforms:
+            for task in cfg.tasks:
+                if (t, task) not in todo:
+                    print(f"[skip] {model} {t.name} {task}", flush=True)
+        if not todo:
+            continue
+        config, params, tokenizer = load_suite_model(model)
+        for t in transforms:
+            tasks = [task for tt, task in todo if tt == t]
+            if not tasks:
+                continue
+            tparams, cache_info = transformed_params(model, params, config, tokenizer, t, calibration,
+                                                     work_dir, data_dir)
+            for task in tasks:
+                print(f"[run] {model} {t.name} {task}", flush=True)
+                start = time.perf_counter()
+                samples_dir = work_dir / "samples" / _slug(model) / _slug(t.name)
+                rows = run_task_rows(task, tparams, config, tokenizer, cfg, runtime, data_dir, samples_dir)
+                rows = full_rows(rows, model, t, cfg, {"params_cache": cache_info} if cache_info else {})
+                journal.write(model, t.name, task, rows)
+                append_missing(store, rows)
+                summary = ", ".join(f"{r['task']} {r['metric']}={r['value']:.4g}" for r in rows[-4:])
+                print(f"[done] {model} {t.name} {task} ({time.perf_counter() - start:.0f} s): {summary}",
+                      flush=True)
+            del tparams
+    return store
+
+
+def main(argv):
+    del argv
+    cfg = _CONFIG.value
+    store = run_suite(cfg, _DATA_DIR.value)
+    print(f"{len(list(store.rows()))} rows in {cfg.results}", flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)
