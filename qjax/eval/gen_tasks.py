@@ -202,6 +202,10 @@ GSM8K_COT_EXEMPLARS = (
 )
 
 
+GSM8K_TEXT = "Question: {question}\nAnswer:"
+GSM8K_COT_TEXT = "Q: {question}\nA:"
+
+
 def load_gsm8k(split: str, data_dir: Optional[str] = None) -> list[dict]:
     """GSM8K records {question, answer} of `split` ("train" or "test")."""
     if split not in ("train", "test"):
@@ -219,7 +223,7 @@ def gsm8k_shots(train: Sequence[dict], k: int, seed: int, doc_index: int) -> lis
         raise ValueError(f"num_fewshot={k} exceeds the {len(train)} train exemplars")
     rng = np.random.default_rng([seed, doc_index])
     picks = rng.choice(len(train), size=k, replace=False)
-    return [(f"Question: {train[i]['question']}\nAnswer:", train[i]["answer"]) for i in picks]
+    return [(GSM8K_TEXT.format(**train[i]), train[i]["answer"]) for i in picks]
 
 
 def _gsm8k_prompt(shots: Sequence[tuple[str, str]], query: str, chat: bool):
@@ -235,14 +239,14 @@ def _run_gsm8k(ctx: TaskContext, task: str, cot: bool) -> list[Row]:
     if cot:
         if k > len(GSM8K_COT_EXEMPLARS):
             raise ValueError(f"gsm8k_cot has {len(GSM8K_COT_EXEMPLARS)} exemplars, num_fewshot={k}")
-        shots = [(f"Q: {q}\nA:", a) for q, a in GSM8K_COT_EXEMPLARS[:k]]
-        prompts = [_gsm8k_prompt(shots, f"Q: {d['question']}\nA:", ctx.chat_template) for d in docs]
+        shots = [(GSM8K_COT_TEXT.format(question=q), a) for q, a in GSM8K_COT_EXEMPLARS[:k]]
+        prompts = [_gsm8k_prompt(shots, GSM8K_COT_TEXT.format(**d), ctx.chat_template) for d in docs]
         stop = ("Q:", "\n\n")
         strict_patterns = (extraction.ANSWER_IS,)
     else:
         train = load_gsm8k("train", ctx.data_dir)
-        prompts = [_gsm8k_prompt(gsm8k_shots(train, k, ctx.seed, i), f"Question: {d['question']}\nAnswer:",
-                                 ctx.chat_template) for i, d in enumerate(docs)]
+        prompts = [_gsm8k_prompt(gsm8k_shots(train, k, ctx.seed, i), GSM8K_TEXT.format(**d), ctx.chat_template)
+                   for i, d in enumerate(docs)]
         stop = ("Question:", "\n\n")
         strict_patterns = (extraction.HASH_ANSWER,)
     completions = ctx.generate(prompts, max_new_tokens=256, stop=stop)
@@ -431,6 +435,14 @@ def rouge_scores(predictions: Sequence[str], references: Sequence[str]) -> dict[
     return out
 
 
+XSUM_INSTRUCTION = "Summarize the article above in one sentence."
+CNN_DAILYMAIL_INSTRUCTION = "Summarize the article above in a few sentences."
+
+
+def summarization_prompt(article: str, instruction: str) -> str:
+    return f"Article: {article}\n\n{instruction}\nSummary:"
+
+
 def _truncate_tokens(tokenizer, text: str, max_tokens: int) -> str:
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     return text if len(ids) <= max_tokens else tokenizer.decode(ids[:max_tokens])
@@ -441,8 +453,8 @@ def _run_summarization(ctx: TaskContext, task: str, dataset: HubDataset, instruc
     start = time.perf_counter()
     docs = _take(load_hub_split(dataset, "test", ctx.data_dir), ctx.limit)
     source, target = dataset.fields
-    prompts = [f"Article: {_truncate_tokens(ctx.tokenizer, d[source], max_source_tokens)}\n\n"
-               f"{instruction}\nSummary:" for d in docs]
+    prompts = [summarization_prompt(_truncate_tokens(ctx.tokenizer, d[source], max_source_tokens), instruction)
+               for d in docs]
     preds = [p.strip() for p in ctx.generate(prompts, max_new_tokens=max_new_tokens, stop=("\n\n",))]
     scores = rouge_scores(preds, [d[target] for d in docs])
     seconds = time.perf_counter() - start
@@ -535,10 +547,9 @@ GEN_TASKS: dict[str, Callable[[TaskContext, str], list[Row]]] = {
     "gsm8k_cot": lambda ctx, name: _run_gsm8k(ctx, name, cot=True),
     "ifeval": _run_ifeval,
     "mt_bench": _run_mt_bench,
-    "xsum": lambda ctx, name: _run_summarization(
-        ctx, name, XSUM, "Summarize the article above in one sentence.", max_new_tokens=64),
-    "cnn_dailymail": lambda ctx, name: _run_summarization(
-        ctx, name, CNN_DAILYMAIL, "Summarize the article above in a few sentences.", max_new_tokens=128),
+    "xsum": lambda ctx, name: _run_summarization(ctx, name, XSUM, XSUM_INSTRUCTION, max_new_tokens=64),
+    "cnn_dailymail": lambda ctx, name: _run_summarization(ctx, name, CNN_DAILYMAIL, CNN_DAILYMAIL_INSTRUCTION,
+                                                          max_new_tokens=128),
 }
 FLORES_PREFIX = "flores200:"
 
@@ -587,3 +598,59 @@ def run_generation_task(name: str, params, config: ModelConfig, tokenizer, *, li
                       output_dir=None if output_dir is None else Path(output_dir),
                       generate_fn=generate_fn, max_new_tokens=max_new_tokens, judge=judge)
     return runner(ctx, name)
+
+
+# --- the task registry of qjax.eval.tasks ---------------------------------------------------------
+
+def _registry_runner(spec, params, config, tokenizer, options) -> list[Row]:
+    return run_generation_task(spec.name, params, config, tokenizer, limit=options.limit,
+                               num_fewshot=options.num_fewshot, seed=options.seed, runtime=options.runtime,
+                               runtime_state=options.runtime_state, chat_template=options.chat_template,
+                               data_dir=options.data_dir, batch_size=options.batch_size)
+
+
+def _register() -> None:
+    """Declares the GEN_TASKS in `qjax.data.tasks.TASKS` (kind generate_until, real loaders, the
+    prompt of a document, decoding spec, metrics) and registers the generate_until runner, so
+    `qjax.eval.tasks.run_task(name, ...)` dispatches them here. FLORES pairs are open-ended names
+    and stay reachable through `run_generation_task` only."""
+    from qjax.data.tasks import GENERATE_UNTIL, GenerationSpec, TaskSpec, register_task
+    from qjax.eval.tasks import register_runner
+
+    def ifeval_docs(split, data_dir):
+        return [dataclasses.asdict(e) for e in load_ifeval_examples(None if data_dir is None else str(data_dir))]
+
+    def hub_docs(dataset):
+        return lambda split, data_dir: load_hub_split(dataset, split, None if data_dir is None else str(data_dir))
+
+    def dir_arg(fn):
+        return lambda split, data_dir: fn(split, None if data_dir is None else str(data_dir))
+
+    rouge = tuple(ROUGE_TYPES)
+    specs = [
+        TaskSpec("gsm8k", GENERATE_UNTIL, dir_arg(load_gsm8k), "test", fewshot_split="train",
+                 text=GSM8K_TEXT, target="{answer}", num_fewshot=8, hub="openai/gsm8k",
+                 metrics=("exact_match_strict", "exact_match_flexible"),
+                 generation=GenerationSpec(("Question:", "\n\n"), 256, extraction.HASH_ANSWER.pattern)),
+        TaskSpec("gsm8k_cot", GENERATE_UNTIL, dir_arg(load_gsm8k), "test", text=GSM8K_COT_TEXT,
+                 num_fewshot=8, hub="openai/gsm8k", metrics=("exact_match_strict", "exact_match_flexible"),
+                 generation=GenerationSpec(("Q:", "\n\n"), 256, extraction.ANSWER_IS.pattern)),
+        TaskSpec("ifeval", GENERATE_UNTIL, ifeval_docs, "train", text="{prompt}", hub="google/IFEval",
+                 metrics=("prompt_level_strict_acc", "inst_level_strict_acc", "prompt_level_loose_acc",
+                          "inst_level_loose_acc"), generation=GenerationSpec((), 1280)),
+        TaskSpec("mt_bench", GENERATE_UNTIL, lambda split, data_dir: load_mt_bench(
+                     None if data_dir is None else str(data_dir)), "train", text=lambda d: d["turns"][0],
+                 metrics=("turns_answered", "answer_words"), generation=GenerationSpec((), 1024)),
+        TaskSpec("xsum", GENERATE_UNTIL, hub_docs(XSUM), "test", hub=XSUM.hub_id, metrics=rouge,
+                 text=lambda d: summarization_prompt(d["document"], XSUM_INSTRUCTION),
+                 generation=GenerationSpec(("\n\n",), 64)),
+        TaskSpec("cnn_dailymail", GENERATE_UNTIL, hub_docs(CNN_DAILYMAIL), "test", hub=CNN_DAILYMAIL.hub_id,
+                 text=lambda d: summarization_prompt(d["article"], CNN_DAILYMAIL_INSTRUCTION), metrics=rouge,
+                 generation=GenerationSpec(("\n\n",), 128)),
+    ]
+    for spec in specs:
+        register_task(spec, replace=True)
+    register_runner(GENERATE_UNTIL, _registry_runner)
+
+
+_register()

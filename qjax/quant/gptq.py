@@ -98,13 +98,18 @@ class GPTQResult:
 
 @jax.jit
 def _inverse_cholesky(h: jax.Array, percdamp: jax.Array):
-    """Upper Cholesky factor U of (H + percdamp * mean(diag H) * I)^-1, and whether it is finite."""
+    """Upper Cholesky factor U of (H + percdamp * mean(diag H) * I)^-1, and whether it is finite.
+
+    With J the exchange matrix and J H J = L L^T (lower Cholesky), H = (J L J)(J L J)^T with J L J
+    upper triangular, so H^-1 = V^T V with V = (J L J)^-1 = J L^-1 J upper triangular with a
+    positive diagonal: V is the upper Cholesky factor of H^-1 (the U of IST-DASLab's
+    cholesky -> cholesky_inverse -> cholesky(upper), with one factorisation and one triangular inverse).
+    """
     n = h.shape[0]
     eye = jnp.eye(n, dtype=jnp.float32)
     h = h + percdamp * jnp.mean(jnp.diag(h)) * eye
-    lower = jnp.linalg.cholesky(h)
-    hinv = jax.scipy.linalg.cho_solve((lower, True), eye)
-    upper = jnp.linalg.cholesky(hinv).T
+    lower = jnp.linalg.cholesky(h[::-1, ::-1])
+    upper = jax.scipy.linalg.solve_triangular(lower, eye, lower=True)[::-1, ::-1]
     return upper, jnp.all(jnp.isfinite(upper))
 
 
@@ -126,19 +131,40 @@ def inverse_hessian_factor(h: jax.Array, percdamp: float = 0.01, damp_retries: i
                      f"mean(diag) after {damp_retries} retries")
 
 
-def prepare_hessian(w: jax.Array, h: jax.Array, path: str = "weight"):
-    """Checks H, handles dead inputs: returns (w with dead rows zeroed, H with H_jj = 1 there, dead mask)."""
+@dataclasses.dataclass
+class HessianFactor:
+    """What GPTQ needs from one input Hessian (shared by the linears that read the same input).
+
+    h: (in, in) float32 Hessian, undamped and unpermuted, with dead inputs' diagonal set to 1;
+    dead: (in,) bool, inputs that never fire; perm: (in,) row order (act_order) or None;
+    upper: U of the permuted, damped H (H^-1 = U^T U); percdamp: the dampening used; retries: how
+    many 10x dampening retries it took.
+    """
+
+    h: jax.Array
+    dead: jax.Array
+    perm: Optional[np.ndarray]
+    upper: jax.Array
+    percdamp: float
+    retries: int
+
+
+def factor_hessian(h, cfg: Optional[GPTQConfig] = None, path: str = "weight") -> HessianFactor:
+    """Check H (square, finite), handle dead inputs, order rows (act_order), factor with retries."""
+    cfg = GPTQConfig() if cfg is None else cfg
     h = jnp.asarray(h, jnp.float32)
-    n_in = w.shape[0]
-    if h.shape != (n_in, n_in):
-        raise ValueError(f"{path}: Hessian has shape {h.shape}, expected ({n_in}, {n_in}) for a kernel "
-                         f"of shape {tuple(w.shape)}")
+    if h.ndim != 2 or h.shape[0] != h.shape[1]:
+        raise ValueError(f"{path}: Hessian must be square, got shape {h.shape}")
     if not bool(jnp.all(jnp.isfinite(h))):
         raise ValueError(f"{path}: Hessian holds NaN or Inf (non-finite calibration activations?)")
     dead = jnp.diag(h) == 0
     h = h + jnp.diag(dead.astype(jnp.float32))
-    w = jnp.where(dead[:, None], 0.0, w)
-    return w, h, dead
+    perm, hp = None, h
+    if cfg.act_order:
+        perm = np.argsort(-np.asarray(jnp.diag(h)), kind="stable")
+        hp = h[perm][:, perm]
+    upper, damp, retries = inverse_hessian_factor(hp, cfg.percdamp, cfg.damp_retries, path)
+    return HessianFactor(h=h, dead=dead, perm=perm, upper=upper, percdamp=damp, retries=retries)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -231,7 +257,8 @@ def gptq_quantize(w, h, spec: WeightQuantSpec, cfg: GPTQConfig = GPTQConfig(), *
 
     Args:
       w: (in, out) float kernel (finite).
-      h: (in, in) Hessian X^T X / n of the kernel's inputs (any positive scale).
+      h: (in, in) Hessian X^T X / n of the kernel's inputs (any positive scale), or the
+        `factor_hessian(h, cfg)` of it (shared by linears reading the same input; cfg must match).
       spec: grid, bits, symmetric, group size (per channel / per tensor / groups of k rows).
       cfg: GPTQConfig.
       path: the weight's name in error and log messages.
@@ -252,7 +279,13 @@ def gptq_quantize(w, h, spec: WeightQuantSpec, cfg: GPTQConfig = GPTQConfig(), *
     grid = make_grid(spec)
     has_zero = grid.codebook is None
     w0 = jnp.asarray(w_np, jnp.float32)
-    w1, h1, dead = prepare_hessian(w0, h, path)
+    factor = h if isinstance(h, HessianFactor) else factor_hessian(h, cfg, path)
+    if factor.h.shape != (n_in, n_in):
+        raise ValueError(f"{path}: Hessian has shape {factor.h.shape}, expected ({n_in}, {n_in}) for a "
+                         f"kernel of shape {w_np.shape}")
+    if (factor.perm is not None) != cfg.act_order:
+        raise ValueError(f"{path}: the HessianFactor was made with act_order={not cfg.act_order}")
+    w1 = jnp.where(factor.dead[:, None], 0.0, w0)
 
     dynamic = grouped and not cfg.static_groups
     if dynamic:
@@ -264,27 +297,24 @@ def gptq_quantize(w, h, spec: WeightQuantSpec, cfg: GPTQConfig = GPTQConfig(), *
         stat_zero = jnp.broadcast_to(zero if has_zero else jnp.zeros_like(scale), stat_scale.shape)
         row_group = jnp.asarray(np.arange(n_in) // g if grouped else np.zeros(n_in), jnp.int32)
 
-    perm = None
-    if cfg.act_order:
-        perm = np.argsort(-np.asarray(jnp.diag(h1)), kind="stable")
+    perm = factor.perm
+    if perm is not None:
         w1 = w1[perm]
-        h1 = h1[perm][:, perm]
         row_group = row_group[perm]
-    upper, damp, retries = inverse_hessian_factor(h1, cfg.percdamp, cfg.damp_retries, path)
     blocks, segments = _plan(n_in, spec, cfg, dynamic)
-    codes, q, dyn_s, dyn_z = _gptq_rows(w1, upper, stat_scale, stat_zero, row_group, spec=spec,
+    codes, q, dyn_s, dyn_z = _gptq_rows(w1, factor.upper, stat_scale, stat_zero, row_group, spec=spec,
                                         blocks=blocks, segments=segments, dynamic=dynamic)
     if perm is not None:
         inv = np.argsort(perm)
         codes, q = codes[inv], q[inv]
     if dynamic:
         scale, zero = dyn_s, (dyn_z if has_zero else None)
-    h_orig = jnp.asarray(h, jnp.float32)
-    error = float(_relative_error(w0, q, h_orig))
+    error = float(_relative_error(jnp.where(factor.dead[:, None], 0.0, w0), q, factor.h))
     if has_zero and spec.symmetric:
         zero = jnp.full(scale.shape, float(1 << (spec.bits - 1)), jnp.float32)
-    return GPTQResult(codes=codes, scale=scale, zero=zero if has_zero else None, weight=q, percdamp=damp,
-                      retries=retries, dead=int(jnp.sum(dead)), error=error)
+    return GPTQResult(codes=codes, scale=scale, zero=zero if has_zero else None, weight=q,
+                      percdamp=factor.percdamp, retries=factor.retries, dead=int(jnp.sum(factor.dead)),
+                      error=error)
 
 
 def to_qarray(result: GPTQResult, spec: WeightQuantSpec, dtype: str = "float32") -> QArray:
@@ -298,11 +328,14 @@ def gptq_block(capture, specs: Mapping[str, WeightQuantSpec], cfg: GPTQConfig = 
     from the float block's input Hessians. Returns (new block params, {"linears": {path: info}})."""
     hessians = capture.hessians()
     params = _copy(capture.params)
-    infos = {}
+    infos, factors = {}, {}
     for site, spec in specs.items():
         path = capture.path(site)
         node = _node(params, site)
-        result = gptq_quantize(node["kernel"], hessians[site], spec, cfg, path=path)
+        h = hessians[site]
+        if id(h) not in factors:  # sites reading the same input share one factorisation
+            factors[id(h)] = factor_hessian(h, cfg, path)
+        result = gptq_quantize(node["kernel"], factors[id(h)], spec, cfg, path=path)
         node["kernel"] = to_qarray(result, spec, str(np.asarray(node["kernel"]).dtype))
         infos[path] = {"error": result.error, "percdamp": result.percdamp, "retries": result.retries,
                        "dead": result.dead}
@@ -320,5 +353,5 @@ def _node(params, site: str) -> dict:
     return node
 
 
-__all__ = ["GPTQConfig", "GPTQResult", "gptq_quantize", "to_qarray", "gptq_block", "inverse_hessian_factor",
-           "prepare_hessian"]
+__all__ = ["GPTQConfig", "GPTQResult", "HessianFactor", "gptq_quantize", "factor_hessian", "to_qarray",
+           "gptq_block", "inverse_hessian_factor"]

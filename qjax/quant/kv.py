@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+import time
 from typing import Any, Optional
 
 import jax
@@ -162,3 +164,16 @@ def kv_window_nll(params, windows: jax.Array, config: ModelConfig, runtime: Runt
     logits, _ = forward(params, windows, config, runtime, cache=cache, runtime_state=runtime_state)
     logp = jax.nn.log_softmax(logits[:, :-1], axis=-1)
     return -jnp.sum(jnp.take_along_axis(logp, windows[:, 1:, None], axis=-1)[..., 0], axis=-1)
+
+
+def perplexity_through_cache(params, config: ModelConfig, windows: np.ndarray, *, runtime: Runtime,
+                             runtime_state: Any = None) -> dict:
+    """`qjax.eval.perplexity.perplexity_of_windows` with K/V read back from `runtime.kv_cache`
+    (`kv_window_nll`, one window at a time). Returns {ppl, nll, tokens, windows, seqlen, seconds}."""
+    num, seqlen = windows.shape
+    start = time.perf_counter()
+    total = sum(float(kv_window_nll(params, jnp.asarray(windows[i:i + 1]), config, runtime, runtime_state)[0])
+                for i in range(num))
+    scored = num * (seqlen - 1)
+    return {"ppl": math.exp(total / scored), "nll": total / scored, "tokens": scored, "windows": num,
+            "seqlen": seqlen, "seconds": time.perf_counter() - start}

@@ -284,6 +284,22 @@ def test_hub_dataset_without_local_copy_fails_clearly(tmp_path, monkeypatch):
         _run("xsum", tmp_path, ScriptedGenerator(lambda p: ""))
 
 
+def test_run_task_dispatches_generation_tasks(gsm_dir, monkeypatch):
+    import qjax.eval.generate
+    from qjax.data.tasks import get_task
+    from qjax.eval.tasks import run_task
+
+    gen = ScriptedGenerator(_gsm_respond)
+    monkeypatch.setattr(qjax.eval.generate, "generate", gen)
+    rows = run_task("gsm8k", None, None, WordTokenizer(), limit=2, num_fewshot=2, seed=3,
+                    data_dir=str(gsm_dir), batch_size=5)
+    assert gen.calls[0]["batch_size"] == 5 and len(gen.calls[0]["prompts"]) == 2
+    assert _by_metric(rows)["exact_match_strict"]["value"] == pytest.approx(1 / 2)
+    spec = get_task("ifeval")
+    assert spec.kind == "generate_until" and spec.generation.max_new_tokens == 1280
+    assert len(spec.load("train", None)) == 541
+
+
 @pytest.fixture(scope="module")
 def tiny_model_with_real_tokenizer():
     import jax
