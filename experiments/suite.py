@@ -85,24 +85,29 @@ class Transform:
 _TRANSFORM = re.compile(r"(?P<method>[a-z][a-z0-9]*)_w(?P<bits>\d+)")
 
 
-def parse_transform(name: str, options: dict) -> Transform:
+def parse_transform(name: str, options: dict, method_options: dict) -> Transform:
+    """The transform named "float" or "<method>_w<bits>"; its options are `options` updated by
+    `method_options[method]` (fields of `qjax.quant.quantize.QuantizeConfig`)."""
     if name == "float":
         return Transform("float", "float", None)
     match = _TRANSFORM.fullmatch(name)
     if not match:
         raise ValueError(f"transform {name!r} is neither 'float' nor '<method>_w<bits>' (e.g. gptq_w4)")
-    return Transform(name, match["method"], int(match["bits"]), tuple(sorted(options.items())))
+    merged = {**options, **method_options.get(match["method"], {})}
+    return Transform(name, match["method"], int(match["bits"]), tuple(sorted(merged.items())))
 
 
 def quantize_params(params, config: ModelConfig, tokenizer, transform: Transform, calibration: dict,
                     data_dir: Optional[str]):
     """(quantized params, report) of `transform` (see qjax.quant.quantize)."""
     from qjax.quant.calibration import CalibrationData, calibration_tokens
-    from qjax.quant.quantize import method_config_for, quantize
+    from qjax.quant.quantize import QuantizeConfig, quantize
 
-    method_config = method_config_for(transform.method, transform.bits, **dict(transform.options))
-    tokens = calibration_tokens(tokenizer, CalibrationData(**calibration), data_dir)
-    return quantize(params, config, method_config, tokens)
+    method_config = QuantizeConfig.from_dict(
+        {"method": transform.method, "bits": transform.bits, **dict(transform.options)})
+    tokens = (calibration_tokens(tokenizer, CalibrationData(**calibration), data_dir)
+              if method_config.calibrated else None)
+    return quantize(params, config, method_config, tokens, progress=False)
 
 
 def transformed_params(model: str, params, config: ModelConfig, tokenizer, transform: Transform,
@@ -266,7 +271,8 @@ def full_rows(rows: list[dict], model: str, transform: Transform, cfg, extra: di
 def run_suite(cfg, data_dir: Optional[str]) -> ResultStore:
     for task in cfg.tasks:
         check_task_name(task)
-    transforms = [parse_transform(t, cfg.transform_options.to_dict()) for t in cfg.transforms]
+    transforms = [parse_transform(t, cfg.transform_options.to_dict(), cfg.method_options.to_dict())
+                  for t in cfg.transforms]
     store = ResultStore(cfg.results)
     work_dir = Path(cfg.work_dir)
     journal = Journal(work_dir / "journal")

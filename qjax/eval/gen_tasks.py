@@ -2,8 +2,9 @@
 
 Entry point: `run_generation_task(name, params, config, tokenizer, *, limit, num_fewshot, seed,
 runtime, chat_template, data_dir, batch_size, ...) -> list[row dict]`, the signature of
-`qjax.eval.tasks.run_task`. Each row is {task, metric, value, stderr, items, seconds, details}
-(ready for `qjax.eval.results.make_row(model=..., transform=..., **row)`). `limit` takes the first
+`qjax.eval.tasks.run_task`, which also dispatches these tasks here (they are registered in its
+registry as kind generate_until on import of this module). Each row is {task, metric, value, stderr,
+items, seconds, config, details} (ready for `qjax.eval.results.make_row(model=..., transform=..., **row)`). `limit` takes the first
 `limit` documents (as lm-eval's --limit); generation is greedy unless a task says otherwise.
 
 Protocols
@@ -583,7 +584,8 @@ def run_generation_task(name: str, params, config: ModelConfig, tokenizer, *, li
                         runtime_state: Any = None, output_dir: Optional[str | os.PathLike] = None,
                         generate_fn: Optional[GenerateFn] = None, max_new_tokens: Optional[int] = None,
                         judge: Optional[Judge] = None) -> list[Row]:
-    """Runs generation task `name` and returns its metric rows (see the module docstring).
+    """Runs generation task `name` and returns its metric rows (see the module docstring); each row's
+    `config` holds the options it ran with.
 
     generate_fn: defaults to `qjax.eval.generate.generate` (same signature); max_new_tokens
     overrides the task's own budget; output_dir receives per-item samples (and MT-Bench answers).
@@ -597,7 +599,9 @@ def run_generation_task(name: str, params, config: ModelConfig, tokenizer, *, li
                       chat_template=chat_template, data_dir=data_dir, batch_size=batch_size,
                       output_dir=None if output_dir is None else Path(output_dir),
                       generate_fn=generate_fn, max_new_tokens=max_new_tokens, judge=judge)
-    return runner(ctx, name)
+    options = {"limit": limit, "num_fewshot": num_fewshot, "seed": seed, "chat_template": chat_template,
+               "max_new_tokens": max_new_tokens}
+    return [{**row, "config": options} for row in runner(ctx, name)]
 
 
 # --- the task registry of qjax.eval.tasks ---------------------------------------------------------

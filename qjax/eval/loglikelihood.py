@@ -24,6 +24,7 @@ does (at most `max_length` input positions per request).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Any, Optional, Sequence
@@ -105,7 +106,13 @@ def _bucket(n: int, buckets: Sequence[int]) -> int:
 
 
 def _pow2(n: int) -> int:
+    """The smallest power of two >= n (1 for n <= 1)."""
     return 1 << max(0, (n - 1).bit_length())
+
+
+def _pow2_floor(n: int) -> int:
+    """The largest power of two <= n (1 for n <= 1)."""
+    return 1 << max(0, n.bit_length() - 1)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "runtime"))
@@ -154,12 +161,14 @@ def score_requests(params, config: ModelConfig, requests: Sequence[Request], *,
                    progress: bool = False) -> list[tuple[float, bool]]:
     """(log-likelihood, greedy) of each (context ids, continuation ids) request, in request order.
 
-    batch_size: most distinct contexts per batch; max_cache_tokens: soft cap on continuation rows x
-    cache slots per batch (bounds the gathered KV cache); max_length: the model's window (default
-    `config.max_position_embeddings`).
+    batch_size: most distinct contexts per batch; max_cache_tokens: cap on continuation rows x cache
+    slots per batch (bounds the gathered KV cache; a single larger group still runs); max_length: the
+    model's window (default `config.max_position_embeddings`).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if not requests:
+        return []
     max_length = max_length or config.max_position_embeddings
     groups: dict[tuple[int, ...], list[tuple[int, list[int]]]] = {}
     for i, (context, continuation) in enumerate(requests):
@@ -169,7 +178,8 @@ def score_requests(params, config: ModelConfig, requests: Sequence[Request], *,
             raise ValueError(f"request {i} has an empty continuation")
         context = tuple(_truncate(context, continuation, max_length))
         groups.setdefault(context, []).append((i, list(continuation)))
-    order = sorted(groups, key=lambda ctx: (-len(ctx), -max(len(c) for _, c in groups[ctx])))
+    order = sorted(groups, key=lambda ctx: (-_bucket(max(len(ctx) - 1, 1), PREFIX_BUCKETS),
+                                            -max(len(c) for _, c in groups[ctx]), -len(ctx)))
     batches = _plan_batches(order, groups, batch_size, max_cache_tokens)
     results: list[Optional[tuple[float, bool]]] = [None] * len(requests)
     for batch in tqdm(batches, desc="loglikelihood", disable=not progress, leave=False):
@@ -182,36 +192,60 @@ def score_requests(params, config: ModelConfig, requests: Sequence[Request], *,
     return results  # type: ignore[return-value]
 
 
-def _plan_batches(order, groups, batch_size: int, max_cache_tokens: int) -> list[list[tuple[int, ...]]]:
-    """Consecutive groups (longest context first) packed under the batch and cache-size limits."""
-    batches, current = [], []
+@dataclasses.dataclass(frozen=True)
+class _Batch:
+    """Context groups scored together, with their padded shapes: B prefix rows of P slots, N
+    continuation rows of C slots."""
+
+    contexts: list
+    b: int
+    p: int
+    n: int
+    c: int
+
+
+def _plan_batches(order, groups, batch_size: int, max_cache_tokens: int) -> list[_Batch]:
+    """Consecutive groups packed into batches whose shapes depend only on (P, C).
+
+    For a batch with prefix bucket P and continuation bucket C the row capacity is
+    N = min(pow2(batch_size * mean continuations per group), pow2 below max_cache_tokens / (P + C)),
+    never below the largest group, and B = min(batch_size, pow2(N / mean continuations per group)),
+    so long-context batches hold fewer groups instead of padding rows. Groups arrive longest context
+    first, so every batch's P is set by its first group.
+    """
+    mean_rows = sum(len(groups[ctx]) for ctx in order) / len(order)
+    biggest = max(len(groups[ctx]) for ctx in order)
+    target = _pow2(math.ceil(batch_size * mean_rows))
+
+    def shapes(p, c):
+        n = max(min(target, _pow2_floor(max_cache_tokens // (p + c))), _pow2(biggest))
+        return min(batch_size, _pow2(math.ceil(n / mean_rows))), n
+
+    batches, current, rows, cont = [], [], 0, 0
     for ctx in order:
-        candidate = current + [ctx]
-        if current and (len(candidate) > batch_size or _cache_tokens(candidate, groups) > max_cache_tokens):
-            batches.append(current)
-            candidate = [ctx]
-        current = candidate
-    if current:
-        batches.append(current)
-    return batches
+        k, longest = len(groups[ctx]), max(len(x) for _, x in groups[ctx])
+        if current:
+            p = _bucket(max(len(current[0]) - 1, 1), PREFIX_BUCKETS)
+            b, n = shapes(p, _bucket(1 + max(cont, longest), CONTINUATION_BUCKETS))
+            if len(current) + 1 > b or rows + k > n:
+                batches.append(_finish(current, cont))
+                current, rows, cont = [], 0, 0
+        current.append(ctx)
+        rows, cont = rows + k, max(cont, longest)
+    batches.append(_finish(current, cont))
+    return [dataclasses.replace(batch, b=b, n=n) for batch in batches
+            for b, n in [shapes(batch.p, batch.c)]]
 
 
-def _shapes(batch, groups) -> tuple[int, int, int, int]:
-    """Padded (B, P, N, C) of a batch of context groups, longest context first."""
-    conts = [c for ctx in batch for _, c in groups[ctx]]
-    return (_pow2(len(batch)), _bucket(max(len(batch[0]) - 1, 1), PREFIX_BUCKETS), _pow2(len(conts)),
-            _bucket(1 + max(len(c) for c in conts), CONTINUATION_BUCKETS))
+def _finish(contexts, cont) -> _Batch:
+    p = _bucket(max(len(contexts[0]) - 1, 1), PREFIX_BUCKETS)
+    return _Batch(contexts, 0, p, 0, _bucket(1 + cont, CONTINUATION_BUCKETS))
 
 
-def _cache_tokens(batch, groups) -> int:
-    _, p, n, c = _shapes(batch, groups)
-    return n * (p + c)
-
-
-def _batch_arrays(batch, groups):
-    """Padded device inputs of `_score_batch` for a batch of context groups, and the request index
-    of every continuation row."""
-    b, p, n, c = _shapes(batch, groups)
+def _batch_arrays(plan: _Batch, groups):
+    """Padded device inputs of `_score_batch` for a planned batch, and the request index of every
+    continuation row."""
+    batch, b, p, n, c = plan.contexts, plan.b, plan.p, plan.n, plan.c
     conts = [(g, i, cont) for g, ctx in enumerate(batch) for i, cont in groups[ctx]]
     prefix_tokens = np.zeros((b, p), np.int32)
     prefix_positions = np.zeros((b, p), np.int32)

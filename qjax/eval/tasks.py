@@ -29,11 +29,11 @@ from qjax.data.tasks import TASKS, get_task
 from qjax.data.tasks.sampling import stratified_indices
 from qjax.data.tasks.spec import LOGLIKELIHOOD, MULTIPLE_CHOICE, ROLLING, Doc, TaskSpec
 from qjax.eval.loglikelihood import encode_pair, prefix_token_id, rolling_windows, score_requests
-from qjax.eval.task_metrics import MetricValue, ScoredItem, metric_fn
+from qjax.eval.task_metrics import METRICS, MetricValue, ScoredItem, metric_fn
 from qjax.ops.runtime import Runtime
 
 __all__ = ["TASKS", "RUNNERS", "TaskOptions", "PreparedDoc", "run_task", "register_runner",
-           "prepare_prompts", "metric_rows"]
+           "prepare_prompts", "doc_requests", "metric_rows"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +85,9 @@ def run_task(name: str, params, config, tokenizer, *, limit: Optional[int] = Non
     spec = get_task(name)
     if spec.kind not in RUNNERS:
         raise ValueError(f"task {name!r} is of kind {spec.kind!r}, which has no runner registered")
+    if spec.kind in METRICS:
+        for metric in spec.metrics:
+            metric_fn(spec.kind, metric)  # an unknown metric fails before any scoring
     options = TaskOptions(limit=limit, num_fewshot=num_fewshot, seed=seed, runtime=runtime,
                           runtime_state=runtime_state, chat_template=chat_template, data_dir=data_dir,
                           batch_size=batch_size, max_length=max_length, progress=progress)
@@ -141,17 +144,22 @@ def _score(pairs: Sequence[tuple[list[int], list[int]]], params, config, options
                           max_length=options.max_length, progress=options.progress)
 
 
+def doc_requests(spec: TaskSpec, prepared: PreparedDoc, chat_template: bool = False) -> list[tuple[str, str]]:
+    """The (context, continuation) strings scored for one document: one per choice for multiple
+    choice (one per option-filled context when partial), one for loglikelihood tasks. Under a chat
+    template the target delimiter is dropped, as lm-eval does."""
+    delimiter = "" if chat_template else spec.target_delimiter
+    if spec.kind == MULTIPLE_CHOICE and not spec.partial_context:
+        return [(prepared.contexts[0], delimiter + choice) for choice in spec.doc_choices(prepared.doc)]
+    return [(ctx, delimiter + spec.doc_target(prepared.doc)) for ctx in prepared.contexts]
+
+
 def run_multiple_choice(spec: TaskSpec, params, config, tokenizer, options: TaskOptions) -> list[dict]:
     start = time.perf_counter()
     prepared = prepare_prompts(spec, tokenizer, options)
-    delimiter = "" if options.chat_template else spec.target_delimiter
     pairs, spans = [], []
     for p in prepared:
-        choices = spec.doc_choices(p.doc)
-        if spec.partial_context:
-            requests = [(ctx, delimiter + spec.doc_target(p.doc)) for ctx in p.contexts]
-        else:
-            requests = [(p.contexts[0], delimiter + choice) for choice in choices]
+        requests = doc_requests(spec, p, options.chat_template)
         spans.append((len(pairs), len(pairs) + len(requests)))
         pairs.extend(encode_pair(tokenizer, c, x) for c, x in requests)
     scores = _score(pairs, params, config, options)
@@ -167,15 +175,15 @@ def run_multiple_choice(spec: TaskSpec, params, config, tokenizer, options: Task
 def run_loglikelihood(spec: TaskSpec, params, config, tokenizer, options: TaskOptions) -> list[dict]:
     start = time.perf_counter()
     prepared = prepare_prompts(spec, tokenizer, options)
-    delimiter = "" if options.chat_template else spec.target_delimiter
-    pairs = [encode_pair(tokenizer, p.contexts[0], delimiter + spec.doc_target(p.doc)) for p in prepared]
+    pairs = [encode_pair(tokenizer, *doc_requests(spec, p, options.chat_template)[0]) for p in prepared]
     scores = _score(pairs, params, config, options)
     items = [ScoredItem(p.doc, np.array([ll]), np.array([greedy])) for p, (ll, greedy) in zip(prepared, scores)]
     return metric_rows(spec, items, options, time.perf_counter() - start)
 
 
 def run_rolling(spec: TaskSpec, params, config, tokenizer, options: TaskOptions) -> list[dict]:
-    """Whole-document log-likelihood in rolling windows of the model's length (no prompt, no shots)."""
+    """Whole-document log-likelihood in rolling windows of the model's length (no prompt, no shots):
+    the scored text is the spec's `target`; words and bytes are counted on its `text`."""
     start = time.perf_counter()
     if options.fewshot_count(spec) or options.chat_template:
         raise ValueError(f"task {spec.name!r} is a rolling log-likelihood task: no few-shot, no chat template")
@@ -183,17 +191,19 @@ def run_rolling(spec: TaskSpec, params, config, tokenizer, options: TaskOptions)
     chosen = stratified_indices(docs, options.limit, options.seed, spec.stratum)
     max_length = options.max_length or config.max_position_embeddings
     prefix = prefix_token_id(tokenizer)
-    texts = [spec.doc_text(docs[i]) for i in chosen]
     pairs, spans = [], []
-    for text in texts:
-        ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+    for i in chosen:
+        ids = tokenizer(spec.doc_target(docs[i]), add_special_tokens=False,
+                        return_attention_mask=False)["input_ids"]
         windows = rolling_windows(ids, prefix, max_length)
         spans.append((len(pairs), len(pairs) + len(windows)))
         pairs.extend(windows)
     scores = _score(pairs, params, config, options)
-    items = [ScoredItem(docs[i], np.array([sum(s[0] for s in scores[a:b])]), np.array([True]),
-                        words=len(re.split(r"\s+", text)), bytes=len(text.encode("utf-8")))
-             for i, text, (a, b) in zip(chosen, texts, spans)]
+    items = []
+    for i, (a, b) in zip(chosen, spans):
+        counted = spec.doc_text(docs[i])
+        items.append(ScoredItem(docs[i], np.array([sum(s[0] for s in scores[a:b])]), np.array([True]),
+                                words=len(re.split(r"\s+", counted)), bytes=len(counted.encode("utf-8"))))
     return metric_rows(spec, items, options, time.perf_counter() - start)
 
 

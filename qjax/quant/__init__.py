@@ -17,8 +17,11 @@ from qjax.quant.rtn import quantize_rtn, rtn_quantize_params
 from qjax.quant.rules import (DEFAULT_WEIGHT_PATTERN, RuleReport, compile_rules, default_rules,
                               flatten_params, map_params_by_rule)
 from qjax.quant.spec import WeightQuantSpec
+from qjax.quant.storage import (params_bits_per_param, params_nbytes, params_numel, restore_params,
+                                save_params)
 
 __all__ = ["WeightQuantSpec", "make_grid", "UniformGrid", "CodebookGrid", "expand_stat", "pack",
            "unpack", "packed_length", "QArray", "QStat", "Outliers", "SecondLevelSpec", "quantize_stat",
            "quantize_rtn", "rtn_quantize_params", "DEFAULT_WEIGHT_PATTERN", "RuleReport",
-           "compile_rules", "default_rules", "flatten_params", "map_params_by_rule"]
+           "compile_rules", "default_rules", "flatten_params", "map_params_by_rule", "save_params",
+           "restore_params", "params_nbytes", "params_numel", "params_bits_per_param"]

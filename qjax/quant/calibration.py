@@ -359,6 +359,19 @@ class BlockCapture:
             for s in range(0, x.shape[0], self.step)])
 
 
+def copy_tree(tree):
+    """A copy of the nested dicts of `tree` (leaves shared), for editing a block's params."""
+    return {k: copy_tree(v) for k, v in tree.items()} if isinstance(tree, Mapping) else tree
+
+
+def site_node(params: Mapping, site: str) -> dict:
+    """The dict holding a site's `kernel` (and `bias`), e.g. params["mlp"]["down_proj"]."""
+    node = params
+    for key in site.split("/"):
+        node = node[key]
+    return node
+
+
 def _get(tree, site: str):
     node = tree
     for key in site.split("/"):
@@ -420,4 +433,5 @@ def quantize_blockwise(params: Mapping, config: ModelConfig, tokens: np.ndarray,
 
 
 __all__ = ["CalibrationData", "calibration_tokens", "sample_windows", "load_jsonl_texts", "ChannelStats",
-           "BlockCapture", "quantize_blockwise", "embed", "dequantized", "BLOCK_LINEARS", "SHARED_INPUTS"]
+           "BlockCapture", "quantize_blockwise", "embed", "dequantized", "copy_tree", "site_node", "BLOCK_LINEARS",
+           "SHARED_INPUTS"]

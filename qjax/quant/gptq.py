@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from qjax.quant.calibration import copy_tree, site_node
 from qjax.quant.grids import expand_stat, make_grid
 from qjax.quant.qarray import QArray
 from qjax.quant.rtn import check_weight
@@ -171,76 +172,134 @@ def factor_hessian(h, cfg: Optional[GPTQConfig] = None, path: str = "weight") ->
 # The row loop
 
 
-def _plan(n_in: int, spec: WeightQuantSpec, cfg: GPTQConfig, dynamic: bool):
-    """Static (blocks, segments per block): segments are the group boundaries inside each block
-    (relative to the block start) in dynamic mode, the whole block otherwise."""
-    bs = cfg.block_size
-    if dynamic:
-        g = spec.rows_per_group(n_in)
-        bs = g * max(1, bs // g) if g <= bs else g
-    blocks, segments = [], []
-    for b0 in range(0, n_in, bs):
-        b1 = min(b0 + bs, n_in)
-        blocks.append((b0, b1))
-        if dynamic:
-            segments.append(tuple((s - b0, min(s + g, b1) - b0) for s in range(b0, b1, g)))
-        else:
-            segments.append(((0, b1 - b0),))
-    return tuple(blocks), tuple(segments)
+def effective_block(n_in: int, block_size: int, group: Optional[int]) -> int:
+    """Rows per lazy block: with dynamic groups of `group` rows, a multiple of the group size
+    (rounded down, at least one group) so every group starts inside a block with no pending update."""
+    if group is None:
+        return min(block_size, n_in)
+    return group * max(1, block_size // group) if group <= block_size else group
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "blocks", "segments", "dynamic"))
-def _gptq_rows(w, upper, stat_scale, stat_zero, row_group, *, spec: WeightQuantSpec, blocks, segments,
-               dynamic: bool):
-    """The GPTQ loop over (possibly permuted) rows.
+def _segments(n_rows: int, group: Optional[int]) -> tuple:
+    """Static (start, end) group segments of a block of n_rows rows (one segment without groups)."""
+    if group is None:
+        return ((0, n_rows),)
+    return tuple((s, min(s + group, n_rows)) for s in range(0, n_rows, group))
 
-    w: (in, out) float32; upper: (in, in) U; stat_scale/stat_zero: (n_stats, out) static statistics
-    and row_group (in,) the statistic row of each row (ignored when dynamic). Returns
-    (codes (in, out) uint8, dequantized rows (in, out), dynamic stats (n_groups, out) x2 or None).
+
+def _process_block(wb, ub, segments, fit, quantize_row, row_stats):
+    """The GPTQ column loop over one block (all in registers of the block).
+
+    wb (B, out) current rows; ub (B, B) the block's diagonal block of U; segments: static group
+    segments; fit(w_group (g, out), d (g,)) -> stats pytree (dynamic groups) or None; row_stats:
+    per-row stats pytree with leading axis B (static statistics) or None.
+    Returns (errors (B, out), codes (B, out) uint8, q (B, out), aux (B, out), [stats per segment]).
     """
+    eb = jnp.zeros_like(wb)
+    cb = jnp.zeros(wb.shape, jnp.uint8)
+    qb = jnp.zeros_like(wb)
+    ab = jnp.zeros(wb.shape, bool)
+    diag = jnp.diag(ub)
+    fitted = []
+    for s0, s1 in segments:
+        stats = None
+        if row_stats is None:
+            stats = fit(wb[s0:s1], diag[s0:s1])
+            fitted.append(stats)
+
+        def body(i, carry, s0=s0, stats=stats):
+            wb, eb, cb, qb, ab = carry
+            r = s0 + i
+            st = stats if stats is not None else jax.tree_util.tree_map(lambda a: a[r], row_stats)
+            q, code, aux = quantize_row(wb[r], st, ub[r, r])
+            err = (wb[r] - q) / ub[r, r]
+            wb = wb - ub[r][:, None] * err[None, :]
+            return wb, eb.at[r].set(err), cb.at[r].set(code), qb.at[r].set(q), ab.at[r].set(aux)
+
+        wb, eb, cb, qb, ab = jax.lax.fori_loop(0, s1 - s0, body, (wb, eb, cb, qb, ab))
+    return eb, cb, qb, ab, fitted
+
+
+def gptq_loop(w, upper, *, block_size: int, group: Optional[int], quantize_row, fit=None, row_stats=None):
+    """Generic GPTQ error-feedback loop (traceable; call it under jit).
+
+    Args:
+      w: (in, out) float32 rows in processing order; upper: (in, in) U (H^-1 = U^T U).
+      block_size: lazy-update block (made a multiple of `group` with dynamic groups).
+      group: rows per dynamic group (fit at the group's first row on the current rows), or None.
+      quantize_row(row (out,), stats, d) -> (q (out,) float32, code (out,) uint8, aux (out,) bool).
+      fit(w_group (g, out), d (g,)) -> stats pytree of (out,)-shaped leaves (dynamic groups).
+      row_stats: stats pytree with leading axis `in` (per-row static statistics) when group is None.
+    Returns:
+      codes (in, out) uint8, q (in, out) float32, aux (in, out) bool, and the fitted stats stacked
+      along a leading group axis (dynamic groups) or None.
+    Full blocks run in one `lax.scan` (the lazy update of the later rows is a masked matmul), a
+    remaining partial block once after it, so compilation does not grow with the matrix size.
+    """
+    n_in, n_out = w.shape
+    bs = effective_block(n_in, block_size, group)
+    n_full, tail = divmod(n_in, bs)
+    segs = _segments(bs, group)
+    rows = jnp.arange(n_in)
+
+    def block_step(w, k):
+        b0 = k * bs
+        wb = jax.lax.dynamic_slice(w, (b0, 0), (bs, n_out))
+        ub = jax.lax.dynamic_slice(upper, (b0, b0), (bs, bs))
+        rs = None if row_stats is None else jax.tree_util.tree_map(
+            lambda a: jax.lax.dynamic_slice_in_dim(a, b0, bs, 0), row_stats)
+        eb, cb, qb, ab, fitted = _process_block(wb, ub, segs, fit, quantize_row, rs)
+        u_rows = jax.lax.dynamic_slice(upper, (b0, 0), (bs, n_in))
+        update = jnp.matmul(u_rows.T, eb, precision=jax.lax.Precision.HIGHEST)
+        w = w - jnp.where((rows >= b0 + bs)[:, None], update, 0.0)
+        stacked = None if not fitted else jax.tree_util.tree_map(lambda *a: jnp.stack(a), *fitted)
+        return w, (cb, qb, ab, stacked)
+
+    codes, qs, auxs, stats = [], [], [], []
+    if n_full:
+        w, (cb, qb, ab, st) = jax.lax.scan(block_step, w, jnp.arange(n_full))
+        codes.append(cb.reshape(-1, n_out))
+        qs.append(qb.reshape(-1, n_out))
+        auxs.append(ab.reshape(-1, n_out))
+        if st is not None:
+            stats.append(jax.tree_util.tree_map(lambda a: a.reshape((-1,) + a.shape[2:]), st))
+    if tail:
+        b0 = n_full * bs
+        rs = None if row_stats is None else jax.tree_util.tree_map(lambda a: a[b0:], row_stats)
+        _, cb, qb, ab, fitted = _process_block(w[b0:], upper[b0:, b0:], _segments(tail, group), fit,
+                                               quantize_row, rs)
+        codes.append(cb)
+        qs.append(qb)
+        auxs.append(ab)
+        if fitted:
+            stats.append(jax.tree_util.tree_map(lambda *a: jnp.stack(a), *fitted))
+    stacked = None if not stats else jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *stats)
+    return jnp.concatenate(codes), jnp.concatenate(qs), jnp.concatenate(auxs), stacked
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "block_size", "group"))
+def _gptq_rows(w, upper, row_scale, row_zero, *, spec: WeightQuantSpec, block_size: int,
+               group: Optional[int]):
+    """GPTQ on a grid: rows of w (in processing order) -> (codes, q, fitted (scale, zero) or None).
+
+    Dynamic groups (group is not None) fit on the current rows; else row_scale / row_zero (in, out)
+    hold each row's static statistics."""
     grid = make_grid(spec)
     has_zero = grid.codebook is None
-    n_out = w.shape[1]
-    codes_parts, q_parts, fitted_s, fitted_z = [], [], [], []
-    for (b0, b1), segs in zip(blocks, segments):
-        wb = w[b0:b1]
-        ub = upper[b0:b1, b0:b1]
-        eb = jnp.zeros_like(wb)
-        cb = jnp.zeros(wb.shape, jnp.uint8)
-        qb = jnp.zeros_like(wb)
-        for s0, s1 in segs:
-            if dynamic:
-                s, z = grid.fit(wb[s0:s1])
-                fitted_s.append(s)
-                fitted_z.append(z if has_zero else jnp.zeros_like(s))
-                seg_scale = jnp.broadcast_to(s, (s1 - s0, n_out))
-                seg_zero = jnp.broadcast_to(z if has_zero else jnp.zeros_like(s), (s1 - s0, n_out))
-            else:
-                idx = row_group[b0 + s0:b0 + s1]
-                seg_scale = jnp.broadcast_to(stat_scale[idx], (s1 - s0, n_out))
-                seg_zero = jnp.broadcast_to(stat_zero[idx], (s1 - s0, n_out))
 
-            def body(i, carry, s0=s0, seg_scale=seg_scale, seg_zero=seg_zero):
-                wb, eb, cb, qb = carry
-                r = s0 + i
-                row = wb[r]
-                sc, zr = seg_scale[i], seg_zero[i] if has_zero else None
-                code = grid.quantize(row, sc, zr)
-                q = grid.dequantize(code, sc, zr)
-                err = (row - q) / ub[r, r]
-                wb = wb - ub[r][:, None] * err[None, :]
-                return wb, eb.at[r].set(err), cb.at[r].set(code), qb.at[r].set(q)
+    def fit(wg, d):
+        s, z = grid.fit(wg)
+        return s, (z if has_zero else jnp.zeros_like(s))
 
-            wb, eb, cb, qb = jax.lax.fori_loop(0, s1 - s0, body, (wb, eb, cb, qb))
-        if b1 < w.shape[0]:
-            w = w.at[b1:].add(-jnp.matmul(upper[b0:b1, b1:].T, eb, precision=jax.lax.Precision.HIGHEST))
-        codes_parts.append(cb)
-        q_parts.append(qb)
-    codes = jnp.concatenate(codes_parts)
-    q = jnp.concatenate(q_parts)
-    if dynamic:
-        return codes, q, jnp.stack(fitted_s), jnp.stack(fitted_z)
-    return codes, q, None, None
+    def quantize_row(row, stats, d):
+        sc, zr = stats
+        zr = zr if has_zero else None
+        code = grid.quantize(row, sc, zr)
+        return grid.dequantize(code, sc, zr), code, jnp.zeros(row.shape, bool)
+
+    codes, q, _, fitted = gptq_loop(w, upper, block_size=block_size, group=group, quantize_row=quantize_row,
+                                    fit=fit, row_stats=None if group is not None else (row_scale, row_zero))
+    return codes, q, fitted
 
 
 @jax.jit
@@ -288,27 +347,24 @@ def gptq_quantize(w, h, spec: WeightQuantSpec, cfg: GPTQConfig = GPTQConfig(), *
     w1 = jnp.where(factor.dead[:, None], 0.0, w0)
 
     dynamic = grouped and not cfg.static_groups
-    if dynamic:
-        stat_scale = stat_zero = jnp.zeros((1, n_out), jnp.float32)
-        row_group = jnp.zeros((n_in,), jnp.int32)
-    else:
+    row_scale = row_zero = None
+    if not dynamic:
         scale, zero = grid.fit_weight(w1)  # per channel (1, out), per tensor (1, 1), static groups
-        stat_scale = jnp.broadcast_to(scale, (scale.shape[0], n_out))
-        stat_zero = jnp.broadcast_to(zero if has_zero else jnp.zeros_like(scale), stat_scale.shape)
-        row_group = jnp.asarray(np.arange(n_in) // g if grouped else np.zeros(n_in), jnp.int32)
+        row_group = np.arange(n_in) // g if grouped else np.zeros(n_in, np.int64)
+        row_scale = jnp.broadcast_to(scale, (scale.shape[0], n_out))[row_group]
+        row_zero = jnp.broadcast_to(zero if has_zero else jnp.zeros_like(scale), (scale.shape[0], n_out))[row_group]
 
     perm = factor.perm
     if perm is not None:
         w1 = w1[perm]
-        row_group = row_group[perm]
-    blocks, segments = _plan(n_in, spec, cfg, dynamic)
-    codes, q, dyn_s, dyn_z = _gptq_rows(w1, factor.upper, stat_scale, stat_zero, row_group, spec=spec,
-                                        blocks=blocks, segments=segments, dynamic=dynamic)
+        row_scale, row_zero = row_scale[perm], row_zero[perm]
+    codes, q, fitted = _gptq_rows(w1, factor.upper, row_scale, row_zero, spec=spec,
+                                  block_size=cfg.block_size, group=g if dynamic else None)
     if perm is not None:
         inv = np.argsort(perm)
         codes, q = codes[inv], q[inv]
     if dynamic:
-        scale, zero = dyn_s, (dyn_z if has_zero else None)
+        scale, zero = fitted[0], (fitted[1] if has_zero else None)
     error = float(_relative_error(jnp.where(factor.dead[:, None], 0.0, w0), q, factor.h))
     if has_zero and spec.symmetric:
         zero = jnp.full(scale.shape, float(1 << (spec.bits - 1)), jnp.float32)
@@ -327,11 +383,11 @@ def gptq_block(capture, specs: Mapping[str, WeightQuantSpec], cfg: GPTQConfig = 
     """Block function for `calibration.quantize_blockwise`: GPTQ every site in `specs` (site -> spec)
     from the float block's input Hessians. Returns (new block params, {"linears": {path: info}})."""
     hessians = capture.hessians()
-    params = _copy(capture.params)
+    params = copy_tree(capture.params)
     infos, factors = {}, {}
     for site, spec in specs.items():
         path = capture.path(site)
-        node = _node(params, site)
+        node = site_node(params, site)
         h = hessians[site]
         if id(h) not in factors:  # sites reading the same input share one factorisation
             factors[id(h)] = factor_hessian(h, cfg, path)
@@ -342,16 +398,5 @@ def gptq_block(capture, specs: Mapping[str, WeightQuantSpec], cfg: GPTQConfig = 
     return params, {"linears": infos}
 
 
-def _copy(tree):
-    return {k: _copy(v) for k, v in tree.items()} if isinstance(tree, Mapping) else tree
-
-
-def _node(params, site: str) -> dict:
-    node = params
-    for key in site.split("/"):
-        node = node[key]
-    return node
-
-
-__all__ = ["GPTQConfig", "GPTQResult", "HessianFactor", "gptq_quantize", "factor_hessian", "to_qarray",
-           "gptq_block", "inverse_hessian_factor"]
+__all__ = ["GPTQConfig", "GPTQResult", "HessianFactor", "gptq_quantize", "gptq_loop", "factor_hessian",
+           "to_qarray", "gptq_block", "inverse_hessian_factor", "effective_block"]

@@ -8,7 +8,7 @@ from qjax.models import init_params
 from qjax.models.config import ModelConfig
 
 CONFIG = ModelConfig(architecture="llama", vocab_size=64, hidden_size=32, intermediate_size=48,
-                     num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, tie_word_embeddings=True)
+                     num_layers=1, num_heads=4, num_kv_heads=2, head_dim=8, tie_word_embeddings=True)
 
 
 def tiny_params(seed: int = 0) -> dict:

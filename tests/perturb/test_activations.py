@@ -21,7 +21,7 @@ def test_site_id_is_stable_and_distinct():
     # blake2b-32 of the UTF-8 site name, little-endian, top bit cleared (fixed across processes)
     assert A.site_id("layers_3/attn/q_proj") == 934425055
     ids = {A.site_id(s) for s in A.linear_sites(CONFIG)}
-    assert len(ids) == len(A.linear_sites(CONFIG)) == 14
+    assert len(ids) == len(A.linear_sites(CONFIG)) == 7
 
 
 def test_transform_folds_the_site_into_the_key():
@@ -43,7 +43,7 @@ def _intermediates(params, tokens, runtime, state):
 
 def test_only_the_matched_site_is_perturbed_per_token():
     params, tokens = tiny_params(), tiny_windows(2, 12)
-    site = "layers_1/mlp/down_proj"
+    site = "layers_0/mlp/down_proj"
     clean = _intermediates(params, tokens, Runtime(), None)
     rt = A.perturb_runtime(Gaussian(granularity="row"), CONFIG, pattern=site)
     pert = _intermediates(params, tokens, rt, A.perturb_state(0.3, KEY))
@@ -54,7 +54,7 @@ def test_only_the_matched_site_is_perturbed_per_token():
             rel = np.linalg.norm((y - x).reshape(-1, x.shape[-1]), axis=1) / np.linalg.norm(
                 x.reshape(-1, x.shape[-1]), axis=1)
             np.testing.assert_allclose(rel, 0.3, rtol=1e-4)
-        else:  # every other site (all upstream of down_proj in the last layer) is untouched
+        else:  # every other site (all upstream of the last down_proj) is untouched
             np.testing.assert_array_equal(get(clean, s), get(pert, s))
 
 

@@ -40,12 +40,13 @@ def _reference_nll(kind, amount, key, target):
                                  runtime_state=perturb_state(amount, key), progress=False)["nll"]
 
 
-@pytest.mark.parametrize("target", [WeightTarget(), ActivationTarget()], ids=["weights", "activations"])
-def test_sweep_equals_per_point_evaluation(target):
-    kinds = [Gaussian(granularity="row"), Clip()]
+@pytest.mark.parametrize("target,kinds", [(WeightTarget(), [Gaussian(granularity="row"), Clip()]),
+                                          (ActivationTarget(), [Gaussian(granularity="row")])],
+                         ids=["weights", "activations"])
+def test_sweep_equals_per_point_evaluation(target, kinds):
     amounts = [0.05, 0.2]
     result = sweep(EVAL, PARAMS, kinds, amounts, SEEDS, target=target, config=CONFIG, data=WINDOWS)
-    assert result.values.shape == (2, 2, 2)
+    assert result.values.shape == (len(kinds), 2, 2)
     keys = seed_keys(SEEDS)
     for k, kind in enumerate(kinds):
         for i, amount in enumerate(amounts):
@@ -55,8 +56,9 @@ def test_sweep_equals_per_point_evaluation(target):
                                            err_msg=f"{kind.name} {amount} seed {SEEDS[s]}")
     # seeds matter for the noise kinds, not for clipping
     assert not np.allclose(result.values[0, :, 0], result.values[0, :, 1])
-    np.testing.assert_array_equal(result.values[1, :, 0], result.values[1, :, 1])
-    assert len(list(result.rows())) == 8
+    if len(kinds) > 1:
+        np.testing.assert_array_equal(result.values[1, :, 0], result.values[1, :, 1])
+    assert len(list(result.rows())) == 4 * len(kinds)
 
 
 def test_evaluate_point_with_constants_matches_the_sweep():

@@ -10,7 +10,9 @@ Kinds (`TaskSpec.kind`):
                    with `partial_context=True` (WinoGrande) the choices are prompts instead and the
                    shared `target` continuation is scored after each of them.
   loglikelihood    score one target continuation per document (LAMBADA: greedy accuracy, perplexity).
-  rolling          log-likelihood of a whole document in rolling windows (word/byte perplexity).
+  rolling          log-likelihood of a whole document (`target`) in rolling windows; words and bytes
+                   for word/byte perplexity are counted on `text` (lm-eval's wikitext counts the
+                   page before detokenization).
   generate_until   generate until a stop string and extract an answer (`GenerationSpec`); executed by
                    the runner registered for this kind (`qjax.eval.tasks.register_runner`).
 
@@ -61,7 +63,8 @@ class TaskSpec:
       text: the prompt of a document (format string over its fields, or a function).
       choices: the choice strings: a tuple of fixed strings (MMLU's "A".."D"), or the name of the
         document field holding them.
-      target: loglikelihood/partial tasks: template of the continuation scored after the prompt.
+      target: loglikelihood/partial tasks: template of the continuation scored after the prompt;
+        rolling tasks: the scored document text.
       target_delimiter: put between prompt and choice/target (lm-eval: " ").
       fewshot_delimiter: put after every few-shot example (lm-eval: "\\n\\n").
       description: header before the few-shot block (format string over the document's fields).

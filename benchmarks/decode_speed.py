@@ -1,0 +1,123 @@
+"""Decode and prefill speed, weight and KV bytes of SmolLM2-135M under float, W8A8, W4A16 and KV4,
+against this machine's memory bandwidth and against transformers' `generate`, all in one run.
+
+  nice -n 10 .venv/bin/python benchmarks/decode_speed.py --prompt_tokens=128 --new_tokens=64
+
+1. Memory bandwidth: the best of several copies of a large float32 array (bytes read + written / s).
+2. Per setting (`qjax.eval.efficiency.measure_efficiency`, batch 1, random prompt of prompt_tokens):
+   weight bytes, KV bytes, prefill tokens/s, decode tokens/s. The batch-1 decode limit is
+   bandwidth / bytes read per step, where a step reads every weight (the tied embedding too: it is
+   the LM head) and the whole preallocated KV cache (attention covers every slot).
+3. End to end on the same WikiText-2 prompt: `qjax.eval.generate.generate_ids` and transformers'
+   `generate` (torch float32, greedy, exactly new_tokens tokens), each timed after a warm-up run;
+   both tokens/s and their ratio are printed (float setting; transformers has no W8A8 / KV4 here).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from qjax.checkpoints import load_model, resolve
+from qjax.eval.efficiency import measure_efficiency
+from qjax.eval.generate import generate_ids
+from qjax.eval.perplexity import load_windows
+from qjax.quant.activations import apply_setting, parse_setting
+
+_PROMPT = flags.DEFINE_integer("prompt_tokens", 128, "prompt length (tokens)")
+_NEW = flags.DEFINE_integer("new_tokens", 64, "tokens generated")
+_SETTINGS = flags.DEFINE_list("settings", ["float", "W8A8", "W4A16", "KV4"], "settings to time")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "timed repeats; the best is reported")
+_COPY_MB = flags.DEFINE_integer("copy_mb", 1024, "size of the array copied to measure bandwidth")
+_HF = flags.DEFINE_bool("transformers", True, "also time transformers' generate")
+_JSON = flags.DEFINE_string("json", None, "write the results as JSON to this path")
+_DTYPE = flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"], "qjax compute dtype")
+
+
+def memory_bandwidth(megabytes: int, repeats: int = 5) -> float:
+    """Bytes/s of a large array copy (x + 0 forces a read and a write of every byte)."""
+    x = jnp.ones((megabytes * 2 ** 20 // 4,), jnp.float32)
+    copy = jax.jit(lambda a: a + 0.0)
+    copy(x).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        copy(x).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2 * x.nbytes / best
+
+
+def main(argv):
+    del argv
+    config, params, tokenizer = load_model("smollm2-135m")
+    bandwidth = memory_bandwidth(_COPY_MB.value)
+    print(f"device {jax.devices()[0].device_kind}; memory bandwidth (copy): {bandwidth / 1e9:.2f} GB/s")
+    results = {"bandwidth_bytes_per_s": bandwidth, "settings": {}}
+    head = (f"{'setting':<8} {'weights MB':>10} {'KV MB':>7} {'prefill tok/s':>13} {'decode tok/s':>12} "
+            f"{'limit tok/s':>11} {'of limit':>8}")
+    print(head)
+    for name in _SETTINGS.value:
+        qparams, runtime, state = apply_setting(params, config, parse_setting(name), compute_dtype=_DTYPE.value)
+        e = measure_efficiency(qparams, config, prompt_tokens=_PROMPT.value, new_tokens=_NEW.value,
+                               batch_size=1, runtime=runtime, runtime_state=state, repeats=_REPEATS.value)
+        step_bytes = e["weight_bytes"] + e["kv_bytes"]
+        limit = bandwidth / step_bytes
+        e["decode_limit_tokens_per_s"] = limit
+        e["decode_share_of_limit"] = e["decode_tokens_per_s"] / limit
+        results["settings"][name] = e
+        print(f"{name:<8} {e['weight_bytes'] / 2**20:>10.1f} {e['kv_bytes'] / 2**20:>7.2f} "
+              f"{e['prefill_tokens_per_s']:>13.1f} {e['decode_tokens_per_s']:>12.1f} {limit:>11.1f} "
+              f"{100 * e['decode_share_of_limit']:>7.1f}%", flush=True)
+
+    prompt = [int(t) for t in load_windows(tokenizer, "wikitext2", "test", _PROMPT.value, 1)[0]]
+    n = _NEW.value
+
+    def run_qjax():
+        return generate_ids(params, config, [prompt], max_new_tokens=n, batch_size=1)[0]
+
+    run_qjax()  # compile
+    qjax_s = min(_timed(run_qjax) for _ in range(_REPEATS.value))
+    results["end_to_end"] = {"qjax_tokens_per_s": n / qjax_s}
+    print(f"end to end, {len(prompt)}-token prompt + {n} new tokens, batch 1, float32:")
+    print(f"  qjax generate          {n / qjax_s:8.1f} tokens/s")
+    if _HF.value:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        gguf = resolve("smollm2-135m")
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                     torch_dtype=torch.float32).eval()
+        ids = torch.tensor([prompt])
+
+        def run_hf():
+            with torch.inference_mode():
+                out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                                     pad_token_id=tokenizer.pad_token_id)
+            assert out.shape[1] == len(prompt) + n
+            return out[0, len(prompt):].tolist()
+
+        hf_tokens = run_hf()  # warm-up
+        hf_s = min(_timed(run_hf) for _ in range(_REPEATS.value))
+        same = run_qjax() == hf_tokens
+        results["end_to_end"].update({"transformers_tokens_per_s": n / hf_s, "ratio": hf_s / qjax_s,
+                                      "torch_threads": torch.get_num_threads(), "same_tokens": same})
+        print(f"  transformers generate  {n / hf_s:8.1f} tokens/s  (torch threads {torch.get_num_threads()})")
+        print(f"  ratio qjax / transformers: {hf_s / qjax_s:.2f}; identical tokens: {same}")
+    if _JSON.value:
+        with open(_JSON.value, "w") as f:
+            json.dump(results, f, indent=1, default=str)
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,63 @@
+"""Perturbation studies: `--config=configs/perturbation.py[:quick]`, any field overridable by flag.
+
+Every study scores the same `windows` WikiText-2 test windows of `seqlen` tokens (the first ones of
+the split, GPTQ protocol), so all perplexities of all studies are comparable with each other and
+with the unperturbed "float" row.
+"""
+
+import ml_collections
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.model = "smollm2-135m"
+    c.dataset = "wikitext2"
+    c.split = "test"
+    c.seqlen = 512
+    c.windows = 4
+    c.window_batch = 4  # windows per forward; activation noise is drawn per forward call
+    c.seeds = (0,)
+    c.results_dir = "results/perturbation"
+
+    # 1. perplexity vs intensity per kind (weights: per tensor; activations: per token)
+    c.s1_kinds = ("gaussian", "uniform", "rademacher", "proportional", "enlarge", "shrink")
+    c.s1_weight_intensities = (0.01, 0.03, 0.1, 0.2, 0.3, 0.5)
+    c.s1_activation_intensities = (0.01, 0.03, 0.1, 0.2, 0.3, 0.5)
+
+    # 2. equal-L2 Gaussian noise confined to the smallest vs the largest |w| of each tensor
+    c.s2_families = ("qkv", "o", "gate_up", "down")
+    c.s2_shares = (0.1, 0.5)
+    c.s2_intensities = (0.05, 0.1, 0.2, 0.4)
+
+    # 3. clipping the largest-|x| share (weights per tensor; activations per token), and Gaussian
+    #    noise of the clipping's own per-tensor L2 on weights
+    c.s3_shares = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1)
+
+    # 4. RTN error vs artificial noise of the same per-tensor L2
+    c.s4_bits = (4, 3)
+    c.s4_group_size = 128  # SmolLM2's GGUF is Q4_1 (blocks of 32): g32 asym RTN would be ~lossless
+
+    # 5. companded (power 1/3) vs uniform grids
+    c.s5_bits = (4, 3)
+    c.s5_group_size = 128
+    c.s5_power = 1.0 / 3.0
+    c.s5_act_bits = (8, 6)
+
+    if variant == "quick":  # a smoke run: 1 window of 256 tokens, 2 points per sweep
+        c.seqlen = 256
+        c.windows = 1
+        c.window_batch = 1
+        c.results_dir = "results/perturbation_quick"
+        c.s1_kinds = ("gaussian", "shrink")
+        c.s1_weight_intensities = (0.05, 0.2)
+        c.s1_activation_intensities = (0.05, 0.2)
+        c.s2_families = ("o", "down")
+        c.s2_shares = (0.1,)
+        c.s2_intensities = (0.1, 0.3)
+        c.s3_shares = (1e-3, 1e-2)
+        c.s4_bits = (4,)
+        c.s5_bits = (4,)
+        c.s5_act_bits = (8,)
+    elif variant:
+        raise ValueError(f"unknown perturbation config variant {variant!r} (known: quick)")
+    return c

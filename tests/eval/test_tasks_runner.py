@@ -1,0 +1,106 @@
+"""`run_task` end to end on a tiny random model with the SmolLM2 tokenizer, against an independent
+computation: plain forward on each concatenated (context + continuation), numpy log-softmax, and
+the metrics recomputed in numpy."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from qjax.data.tasks import get_task
+from qjax.eval.tasks import TaskOptions, doc_requests, prepare_prompts, run_task
+from qjax.models import ModelConfig, forward, init_params
+
+CONFIG = ModelConfig("llama", vocab_size=49152, hidden_size=16, intermediate_size=32, num_layers=2,
+                     num_heads=2, num_kv_heads=1, head_dim=8, max_position_embeddings=8192,
+                     tie_word_embeddings=True)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from qjax.checkpoints import resolve
+    from qjax.checkpoints.tokenizer import tokenizer_from_gguf
+
+    return tokenizer_from_gguf(resolve("smollm2-135m"))
+
+
+@pytest.fixture(scope="module")
+def params():
+    return jax.tree_util.tree_map(lambda x: x * 20.0, init_params(CONFIG, jax.random.key(1)))
+
+
+def encode(tokenizer, text):
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def reference_ll(params, tokenizer, context, continuation):
+    """Sum of log p(continuation tokens) from one plain forward; lm-eval's split of the encoding."""
+    context_ids = encode(tokenizer, context)
+    continuation_ids = encode(tokenizer, context + continuation)[len(context_ids):]
+    tokens = np.asarray(context_ids + continuation_ids, np.int32)
+    logits = np.asarray(forward(params, tokens[None], CONFIG)[0][0], np.float64)
+    logp = logits - logits.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    steps = np.arange(len(context_ids) - 1, len(tokens) - 1)
+    return logp[steps, tokens[len(context_ids):]].sum(), bool(np.all(logits[steps].argmax(-1) == tokens[len(context_ids):]))
+
+
+def test_arc_easy_acc_acc_norm_ece_match_independent_scoring(params, tokenizer, data_dir):
+    kwargs = dict(limit=6, num_fewshot=1, seed=4, data_dir=str(data_dir))
+    rows = {r["metric"]: r for r in run_task("arc_easy", params, CONFIG, tokenizer, batch_size=4, **kwargs)}
+    spec = get_task("arc_easy")
+    acc, acc_norm, conf, hits = [], [], [], []
+    for p in prepare_prompts(spec, tokenizer, TaskOptions(**kwargs)):
+        pairs = doc_requests(spec, p)
+        lls = np.array([reference_ll(params, tokenizer, c, x)[0] for c, x in pairs])
+        chars = np.array([len(c) for c in p.doc["choices"]], float)
+        acc.append(np.argmax(lls) == p.doc["gold"])
+        acc_norm.append(np.argmax(lls / chars) == p.doc["gold"])
+        probs = np.exp(lls - lls.max()) / np.exp(lls - lls.max()).sum()
+        conf.append(probs.max())
+        hits.append(acc[-1])
+    assert rows["acc"]["value"] == pytest.approx(np.mean(acc)) and rows["acc"]["items"] == 6
+    assert rows["acc_norm"]["value"] == pytest.approx(np.mean(acc_norm))
+    p = np.mean(acc)
+    assert rows["acc"]["stderr"] == pytest.approx(math.sqrt(p * (1 - p) / 5))
+    bins = np.clip(np.ceil(np.array(conf) * 10) - 1, 0, 9)
+    ece = sum(abs(np.mean(np.array(hits)[bins == b]) - np.mean(np.array(conf)[bins == b])) * np.sum(bins == b)
+              for b in set(bins)) / len(conf)
+    assert rows["ece"]["value"] == pytest.approx(ece, abs=1e-6)
+    assert rows["acc"]["config"] == {"num_fewshot": 1, "limit": 6, "seed": 4, "chat_template": False}
+
+
+def test_lambada_greedy_accuracy_and_perplexity(params, tokenizer, data_dir):
+    rows = {r["metric"]: r for r in run_task("lambada", params, CONFIG, tokenizer, limit=4, data_dir=str(data_dir))}
+    spec = get_task("lambada")
+    results = [reference_ll(params, tokenizer, *doc_requests(spec, p)[0])
+               for p in prepare_prompts(spec, tokenizer, TaskOptions(limit=4, data_dir=str(data_dir)))]
+    assert rows["perplexity"]["value"] == pytest.approx(math.exp(-np.mean([ll for ll, _ in results])), rel=1e-4)
+    assert rows["acc"]["value"] == np.mean([g for _, g in results])
+
+
+def test_rolling_wikitext_document_loglikelihood(params, tokenizer, data_dir):
+    spec = get_task("wikitext")
+    doc = spec.load("test", str(data_dir))[0]
+    ids = encode(tokenizer, spec.doc_target(doc))
+    rows = {r["metric"]: r for r in run_task("wikitext", params, CONFIG, tokenizer, limit=1,
+                                             data_dir=str(data_dir), max_length=512)}
+    # reference: every token predicted from at most 512 positions, as in the windows lm-eval builds
+    tokens = np.asarray([tokenizer.bos_token_id] + ids, np.int32)
+    total, start = 0.0, 0
+    while start < len(ids):
+        end = min(start + 512, len(ids))
+        lo = max(0, end - 512)  # window input tokens[lo:end] (tokens is shifted by the prefix)
+        window = tokens[lo:end]
+        logits = np.asarray(forward(params, window[None], CONFIG)[0][0], np.float64)
+        logp = logits - logits.max(-1, keepdims=True)
+        logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+        targets = np.asarray(ids[start:end])
+        total += logp[np.arange(start - lo, end - lo), targets].sum()
+        start = end
+    words = len(doc["page"].split()) if False else len(__import__("re").split(r"\s+", doc["page"]))
+    assert rows["word_perplexity"]["value"] == pytest.approx(math.exp(-total / words), rel=1e-4)
+    assert rows["bits_per_byte"]["value"] == pytest.approx(-total / len(doc["page"].encode()) / math.log(2), rel=1e-4)
