@@ -3,14 +3,16 @@ against this machine's memory bandwidth and against transformers' `generate`, al
 
   nice -n 10 .venv/bin/python benchmarks/decode_speed.py --prompt_tokens=128 --new_tokens=64
 
-1. Memory bandwidth: the best of several copies of a large float32 array (bytes read + written / s).
+1. Memory bandwidth: the best of several in-place copies (x + 1, x donated) of a large float32 array
+   (bytes read + written / s).
 2. Per setting (`qjax.eval.efficiency.measure_efficiency`, batch 1, random prompt of prompt_tokens):
    weight bytes, KV bytes, prefill tokens/s, decode tokens/s. The batch-1 decode limit is
    bandwidth / bytes read per step, where a step reads every weight (the tied embedding too: it is
    the LM head) and the whole preallocated KV cache (attention covers every slot).
-3. End to end on the same WikiText-2 prompt: `qjax.eval.generate.generate_ids` and transformers'
-   `generate` (torch float32, greedy, exactly new_tokens tokens), each timed after a warm-up run;
-   both tokens/s and their ratio are printed (float setting; transformers has no W8A8 / KV4 here).
+3. End to end on one WikiText-2 prompt: `qjax.eval.generate.generate_ids` under every setting (tokens/s
+   and how many greedy tokens agree with the first setting's, e.g. KV4 against float), and
+   transformers' `generate` (torch float32, greedy, exactly new_tokens tokens), each timed after a
+   warm-up run; the ratio is qjax's first setting (float) over transformers.
 """
 
 from __future__ import annotations
@@ -36,20 +38,24 @@ _REPEATS = flags.DEFINE_integer("repeats", 3, "timed repeats; the best is report
 _COPY_MB = flags.DEFINE_integer("copy_mb", 1024, "size of the array copied to measure bandwidth")
 _HF = flags.DEFINE_bool("transformers", True, "also time transformers' generate")
 _JSON = flags.DEFINE_string("json", None, "write the results as JSON to this path")
+_TORCH_THREADS = flags.DEFINE_integer("torch_threads", 0, "torch intra-op threads (0: torch's default)")
 _DTYPE = flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"], "qjax compute dtype")
 
 
 def memory_bandwidth(megabytes: int, repeats: int = 5) -> float:
-    """Bytes/s of a large array copy (x + 0 forces a read and a write of every byte)."""
-    x = jnp.ones((megabytes * 2 ** 20 // 4,), jnp.float32)
-    copy = jax.jit(lambda a: a + 0.0)
-    copy(x).block_until_ready()
+    """Bytes/s of copying a large float32 array into an existing buffer (x + 1 with x donated: every
+    byte read and written once, no fresh allocation whose page faults would be timed too)."""
+    step = jax.jit(lambda a: a + 1.0, donate_argnums=0)
+    x = step(jnp.zeros((megabytes * 2 ** 20 // 4,), jnp.float32))
+    x.block_until_ready()
+    nbytes = x.nbytes
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        copy(x).block_until_ready()
+        x = step(x)
+        x.block_until_ready()
         best = min(best, time.perf_counter() - start)
-    return 2 * x.nbytes / best
+    return 2 * nbytes / best
 
 
 def main(argv):
@@ -76,22 +82,33 @@ def main(argv):
 
     prompt = [int(t) for t in load_windows(tokenizer, "wikitext2", "test", _PROMPT.value, 1)[0]]
     n = _NEW.value
+    print(f"end to end (generate_ids), {len(prompt)}-token WikiText-2 prompt + {n} new tokens, batch 1:")
+    results["end_to_end"] = {}
+    float_tokens = None
+    for name in _SETTINGS.value:
+        qparams, runtime, state = apply_setting(params, config, parse_setting(name), compute_dtype=_DTYPE.value)
 
-    def run_qjax():
-        return generate_ids(params, config, [prompt], max_new_tokens=n, batch_size=1)[0]
+        def run_qjax():
+            return generate_ids(qparams, config, [prompt], max_new_tokens=n, batch_size=1, runtime=runtime,
+                                runtime_state=state)[0]
 
-    run_qjax()  # compile
-    qjax_s = min(_timed(run_qjax) for _ in range(_REPEATS.value))
-    results["end_to_end"] = {"qjax_tokens_per_s": n / qjax_s}
-    print(f"end to end, {len(prompt)}-token prompt + {n} new tokens, batch 1, float32:")
-    print(f"  qjax generate          {n / qjax_s:8.1f} tokens/s")
+        tokens = run_qjax()  # compile
+        seconds = min(_timed(run_qjax) for _ in range(_REPEATS.value))
+        float_tokens = tokens if float_tokens is None else float_tokens
+        agree = next((i for i, (a, b) in enumerate(zip(tokens, float_tokens)) if a != b), n)
+        results["end_to_end"][name] = {"tokens_per_s": n / seconds, "tokens_equal_to_first_setting": agree}
+        print(f"  qjax {name:<8} {n / seconds:8.1f} tokens/s; first {agree}/{n} tokens equal to "
+              f"{_SETTINGS.value[0]}'s", flush=True)
+    qjax_s = n / results["end_to_end"][_SETTINGS.value[0]]["tokens_per_s"]
     if _HF.value:
         import torch
         from transformers import AutoModelForCausalLM
 
+        if _TORCH_THREADS.value:
+            torch.set_num_threads(_TORCH_THREADS.value)
         gguf = resolve("smollm2-135m")
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
-                                                     torch_dtype=torch.float32).eval()
+                                                     dtype=torch.float32).eval()
         ids = torch.tensor([prompt])
 
         def run_hf():
@@ -103,11 +120,11 @@ def main(argv):
 
         hf_tokens = run_hf()  # warm-up
         hf_s = min(_timed(run_hf) for _ in range(_REPEATS.value))
-        same = run_qjax() == hf_tokens
-        results["end_to_end"].update({"transformers_tokens_per_s": n / hf_s, "ratio": hf_s / qjax_s,
-                                      "torch_threads": torch.get_num_threads(), "same_tokens": same})
-        print(f"  transformers generate  {n / hf_s:8.1f} tokens/s  (torch threads {torch.get_num_threads()})")
-        print(f"  ratio qjax / transformers: {hf_s / qjax_s:.2f}; identical tokens: {same}")
+        same = float_tokens == hf_tokens
+        results["transformers"] = {"tokens_per_s": n / hf_s, "qjax_over_transformers": hf_s / qjax_s,
+                                   "torch_threads": torch.get_num_threads(), "same_tokens": same}
+        print(f"  transformers float32 {n / hf_s:8.1f} tokens/s  (torch threads {torch.get_num_threads()})")
+        print(f"  ratio qjax {_SETTINGS.value[0]} / transformers: {hf_s / qjax_s:.2f}; identical tokens: {same}")
     if _JSON.value:
         with open(_JSON.value, "w") as f:
             json.dump(results, f, indent=1, default=str)

@@ -1,4 +1,9 @@
-"""Long-context retrieval experiment (`experiments/longcontext.py`): --config=configs/longcontext.py[:quick]."""
+"""Long-context retrieval experiment (`experiments/longcontext.py`).
+
+  --config=configs/longcontext.py          passkey, 1k..8k tokens, float / KV8 / KV4 / KV2
+  --config=configs/longcontext.py:lines    LongEval line retrieval, 512..2k tokens
+  --config=configs/longcontext.py:quick    smoke run
+"""
 
 import ml_collections
 
@@ -6,7 +11,7 @@ import ml_collections
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.model = "smollm2-135m"
-    config.tasks = ("passkey", "lines")
+    config.tasks = ("passkey",)
     config.settings = ("float", "KV8", "KV4", "KV2")  # qjax.quant.activations.parse_setting names
     config.lengths = (1024, 2048, 4096, 8192)  # clipped to the context minus max_new_tokens
     config.depths = (0.0, 0.5, 1.0)
@@ -16,10 +21,14 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.seed = 0
     config.compute_dtype = "float32"
     config.results = "results/longcontext.jsonl"
-    if variant == "quick":
+    if variant == "lines":  # line retrieval is harder: shorter lengths
+        config.tasks = ("lines",)
+        config.lengths = (512, 1024, 2048)
+        config.results = "results/longcontext_lines.jsonl"
+    elif variant == "quick":
         config.lengths = (512, 1024)
         config.depths = (0.5,)
         config.results = "results/longcontext_quick.jsonl"
     elif variant:
-        raise ValueError(f"unknown longcontext config variant {variant!r} (known: quick)")
+        raise ValueError(f"unknown longcontext config variant {variant!r} (known: lines, quick)")
     return config

@@ -27,7 +27,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     # 2. equal-L2 Gaussian noise confined to the smallest vs the largest |w| of each tensor
     c.s2_families = ("qkv", "o", "gate_up", "down")
     c.s2_shares = (0.1, 0.5)
-    c.s2_intensities = (0.05, 0.1, 0.2, 0.4)
+    c.s2_intensities = (0.05, 0.1, 0.2)
 
     # 3. clipping the largest-|x| share (weights per tensor; activations per token), and Gaussian
     #    noise of the clipping's own per-tensor L2 on weights

@@ -16,6 +16,8 @@ _PERPLEXITY = flags.DEFINE_string("perplexity", "wikitext2/test:perplexity",
 _MEMORY = flags.DEFINE_string("memory", "efficiency:weight_bytes",
                               "the memory measurement (Pareto cost) as task:metric")
 _EFFICIENCY_TASK = flags.DEFINE_string("efficiency_task", "efficiency", "task name of efficiency rows")
+_BENCHMARKS = flags.DEFINE_list("benchmarks", None, "task:metric measurements to report (default: every "
+                                "metric of every top-level task)")
 
 
 def _measurement(text: str) -> tuple[str, str]:
@@ -32,6 +34,8 @@ def main(argv):
         raise app.UsageError(f"no result rows in {_RESULTS.value}")
     report = write_report(table, _OUT_DIR.value, perplexity=_measurement(_PERPLEXITY.value),
                           memory=_measurement(_MEMORY.value), efficiency_task=_EFFICIENCY_TASK.value,
+                          benchmarks=None if _BENCHMARKS.value is None else [
+                              _measurement(b) for b in _BENCHMARKS.value],
                           sources=_RESULTS.value)
     print(f"wrote {report}")
 

@@ -252,8 +252,10 @@ def efficiency_rows(params, config: ModelConfig, cfg, runtime: Runtime) -> list[
     result = measure_efficiency(params, config, prompt_tokens=e.prompt_tokens, new_tokens=e.new_tokens,
                                 batch_size=e.batch_size, runtime=runtime, seed=cfg.seed)
     seconds = time.perf_counter() - start
+    inputs = set(e.to_dict())  # echoed settings, not measurements
     return [{"task": "efficiency", "metric": name, "value": float(value), "seconds": seconds,
-             "config": e.to_dict()} for name, value in result.items() if isinstance(value, (int, float))]
+             "config": e.to_dict()} for name, value in result.items()
+            if name not in inputs and isinstance(value, (int, float))]
 
 
 def full_rows(rows: list[dict], model: str, transform: Transform, cfg, extra: dict) -> list[dict]:

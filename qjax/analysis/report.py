@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 from qjax.analysis import plots
 from qjax.analysis.stats import correlate, pareto_front
@@ -19,12 +19,14 @@ from qjax.analysis.table import (Measurement, ResultTable, format_value, markdow
 
 def split_measurements(table: ResultTable, perplexity: Measurement, efficiency_task: str
                        ) -> tuple[list[Measurement], list[Measurement]]:
-    """(benchmarks, efficiency measurements) of the table; perplexity-metric rows are not benchmarks."""
+    """(benchmarks, efficiency measurements) of the table. Benchmarks are the measurements of
+    top-level tasks (no "/" in the task: MMLU subjects and BBQ categories are left out) other than
+    perplexity metrics."""
     benchmarks, efficiency = [], []
     for m in table.measurements():
         if m[0] == efficiency_task:
             efficiency.append(m)
-        elif m != perplexity and m[1] != "perplexity":
+        elif m != perplexity and m[1] != "perplexity" and "/" not in m[0]:
             benchmarks.append(m)
     return benchmarks, efficiency
 
@@ -57,10 +59,20 @@ def pareto_markdown(table: ResultTable, model: str, memory: Measurement,
 
 def write_report(table: ResultTable, out_dir: str | Path, *, perplexity: Measurement,
                  memory: Measurement, efficiency_task: str = "efficiency",
-                 sources: Sequence[str] = (), title: str = "qjax suite report") -> Path:
-    """Writes `<out_dir>/report.md` and its PNG plots under `<out_dir>/plots/`; returns the report path."""
+                 benchmarks: Optional[Sequence[Measurement]] = None, sources: Sequence[str] = (),
+                 title: str = "qjax suite report") -> Path:
+    """Writes `<out_dir>/report.md` and its PNG plots under `<out_dir>/plots/`; returns the report path.
+
+    benchmarks: the measurements to tabulate, correlate and plot (default: `split_measurements`).
+    """
     out_dir = Path(out_dir)
-    benchmarks, efficiency = split_measurements(table, perplexity, efficiency_task)
+    default_benchmarks, efficiency = split_measurements(table, perplexity, efficiency_task)
+    if benchmarks is None:
+        benchmarks = default_benchmarks
+    missing = [m for m in benchmarks if not table.column(m)]
+    if missing:
+        raise KeyError(f"no result rows for benchmark(s) {missing}")
+    benchmarks = list(benchmarks)
     models = list(dict.fromkeys(c[0] for c in table.configs))
     lines = [f"# {title}", "", f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} from "
              + (", ".join(f"`{s}`" for s in sources) or "in-memory rows") + ".", ""]

@@ -236,15 +236,18 @@ def generate_ids(params, config: ModelConfig, prompt_ids: Sequence[Sequence[int]
         state = {"cache": cache, "out": out, "step": jnp.int32(1),
                  "position": jnp.asarray(positions[:, -1] + 1), "done": jnp.isin(first, eos)}
         budget = stop_check_every if stop_fn is not None else max_new_tokens
+        ends = [max_new_tokens] * len(index)  # where a stop_fn retired a row (its later slots repeat)
         while True:
-            stopped = np.zeros(batch_size, bool)
             if stop_fn is not None:
                 host_out = np.asarray(state["out"])
                 step = int(state["step"])
+                host_done = np.asarray(state["done"])
+                stopped = np.ones(batch_size, bool)  # padding rows: retire at once
                 for r, i in enumerate(index):
-                    stopped[r] = stop_fn(i, _cut(host_out[r, :step], eos_set))
-                stopped[len(index):] = True
-                state["done"] = state["done"] | jnp.asarray(stopped)
+                    stopped[r] = host_done[r] or stop_fn(i, _cut(host_out[r, :step], eos_set))
+                    if stopped[r] and not host_done[r]:
+                        ends[r] = step
+                state["done"] = jnp.asarray(stopped)
             if int(state["step"]) >= max_new_tokens or bool(jnp.all(state["done"])):
                 break
             state = decode(params, state, jnp.int32(budget), eos, row_keys, runtime_state,
@@ -252,7 +255,7 @@ def generate_ids(params, config: ModelConfig, prompt_ids: Sequence[Sequence[int]
         host_out = np.asarray(state["out"])
         step = int(state["step"])
         for r, i in enumerate(index):
-            results[i] = _cut(host_out[r, :step], eos_set)
+            results[i] = _cut(host_out[r, :min(step, ends[r])], eos_set)
     return results  # type: ignore[return-value]
 
 

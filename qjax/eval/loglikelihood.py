@@ -1,4 +1,4 @@
-"""Batched log-likelihood of continuations given contexts, computing each shared context once.
+"""Batched log-likelihood of continuations given contexts, computing every shared prefix once.
 
 A request is a pair of token lists (context, continuation); its result is the summed log-probability
 of the continuation tokens given everything before them, and whether greedy decoding would have
@@ -9,17 +9,25 @@ to the front of the continuation; context and context+continuation are encoded w
 tokens, and the continuation tokens are those of the whole encoding after the context's token length.
 An empty context becomes the BOS token (lm-eval's prefix token).
 
-Scoring (`score_requests`): requests with the same context tokens form a group. Groups are sorted by
-length and batched; each batch runs two passes of one jitted function:
-  1. prefix: every group's context minus its last token, left-padded to a bucket length P, is written
-     into a KV cache of P + C slots (key_mask hides the padding; RoPE positions start at 0 per row);
-     its logits are unused, so XLA drops the LM head.
-  2. continuations: the cache rows are gathered once per continuation, and `[last context token] +
-     continuation` (right-padded to a bucket length C) runs on top of them; the logits at step j
-     predict continuation token j.
-Shapes are bucketed (P, C from fixed lists, row counts rounded up to powers of two), so there is
-one compilation per bucket. Contexts longer than the model's window are cut from the left as lm-eval
-does (at most `max_length` input positions per request).
+Scoring (`score_requests`) shares work at three levels:
+  * requests with the same context tokens form a group (a multiple-choice question): the context is
+    run once and its KV cache is reused for every continuation;
+  * groups whose contexts start with the same long token prefix form a family (MMLU's 5-shot block of
+    one subject, TruthfulQA's fixed 6-shot prompt): the shared prefix is run once per batch and its
+    cache broadcast to every context row;
+  * continuations of a group that differ only in their last token (" A" .. " D") share one row: the
+    scored targets are read from the same logits.
+One jitted function per padded shape runs, per batch:
+  0. (families only) the shared prefix, left-padded to S slots, on one row; the cache is broadcast;
+  1. every context minus its last token (after the shared prefix), left-padded to P slots;
+  2. rows `[last context token] + continuation[:-1]`, right-padded to C, on the cache rows gathered
+     for them; logits at step j predict continuation token j.
+Padding slots are hidden by the cache's key_mask and RoPE positions count real tokens only, so the
+result equals one plain forward over context + continuation. Logits of passes 0 and 1 are unused and
+dropped by XLA. Shapes (S, P, C and power-of-two row counts) come from fixed buckets: one compilation
+per bucket. Contexts longer than the model's window are cut from the left as lm-eval does (at most
+`max_length` input positions per request). The cache's per-layer leaves must have the batch as their
+leading axis (true of the float cache and of `qjax.quant.kv` specs).
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ from qjax.models.llama import forward
 from qjax.ops.runtime import Runtime
 
 PREFIX_BUCKETS = (16, 32, 64, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
-CONTINUATION_BUCKETS = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+CONTINUATION_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
 Request = tuple[Sequence[int], Sequence[int]]  # (context token ids, continuation token ids)
 
@@ -115,35 +123,50 @@ def _pow2_floor(n: int) -> int:
     return 1 << max(0, n.bit_length() - 1)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "runtime"))
-def _score_batch(params, prefix_tokens, prefix_positions, prefix_mask, cont_tokens, cont_positions,
-                 cont_rows, cont_lengths, config: ModelConfig, runtime: Runtime, runtime_state: Any):
-    """Summed log-prob and greedy flag of each continuation row.
+MIN_SHARED_PREFIX = 64  # shorter common prefixes are recomputed per context
 
-    prefix_tokens/positions/mask: (B, P) left-padded contexts without their last token.
-    cont_tokens/positions: (N, C) `[last context token] + continuation`, right-padded;
-    cont_rows: (N,) prefix row of each continuation; cont_lengths: (N,) continuation token counts
-    (<= C - 1). Returns (ll (N,) float32, greedy (N,) bool).
+
+@functools.partial(jax.jit, static_argnames=("config", "runtime"))
+def _score_batch(params, shared_tokens, shared_positions, shared_mask, prefix_tokens, prefix_positions,
+                 prefix_mask, row_tokens, row_positions, row_context, targets, target_lengths, target_rows,
+                 config: ModelConfig, runtime: Runtime, runtime_state: Any):
+    """Summed log-prob and greedy flag of each request in a batch (passes 0-2 of the module docstring).
+
+    shared_*: (1, S) the family's shared prefix, left-padded (S = 0: no shared prefix).
+    prefix_*: (B, P) each context after the shared prefix and without its last token, left-padded.
+    row_tokens/positions: (N, C) `[last context token] + continuation[:-1]`, right-padded;
+    row_context: (N,) context row of each continuation row.
+    targets: (R, C) each request's continuation tokens, right-padded; target_lengths: (R,);
+    target_rows: (R,) the continuation row whose logits score it.
+    Returns (ll (R,) float32, greedy (R,) bool).
     """
+    s = shared_tokens.shape[1]
     b, p = prefix_tokens.shape
-    n, c = cont_tokens.shape
+    c = row_tokens.shape[1]
     dtype = jnp.bfloat16 if runtime.compute_dtype == "bfloat16" else jnp.float32
-    key_mask = jnp.concatenate([prefix_mask, jnp.ones((b, c), bool)], axis=1)
-    cache = init_cache(config, b, p + c, spec=runtime.kv_cache, dtype=dtype, key_mask=key_mask)
+    key_mask = jnp.concatenate([jnp.broadcast_to(shared_mask, (b, s)), prefix_mask, jnp.ones((b, c), bool)], 1)
+    if s:
+        cache = init_cache(config, 1, s + p + c, spec=runtime.kv_cache, dtype=dtype, key_mask=key_mask[:1])
+        _, cache = forward(params, shared_tokens, config, runtime, positions=shared_positions, cache=cache,
+                           runtime_state=runtime_state)
+        broadcast = lambda x: jnp.broadcast_to(x, (b,) + x.shape[1:])  # noqa: E731
+        cache = {"layers": [jax.tree_util.tree_map(broadcast, layer) for layer in cache["layers"]],
+                 "length": cache["length"], "key_mask": key_mask}
+    else:
+        cache = init_cache(config, b, p + c, spec=runtime.kv_cache, dtype=dtype, key_mask=key_mask)
     _, cache = forward(params, prefix_tokens, config, runtime, positions=prefix_positions, cache=cache,
                        runtime_state=runtime_state)
-    take = functools.partial(jnp.take, indices=cont_rows, axis=0)
+    take = functools.partial(jnp.take, indices=row_context, axis=0)
     cache = {"layers": [jax.tree_util.tree_map(take, layer) for layer in cache["layers"]],
              "length": cache["length"], "key_mask": take(cache["key_mask"])}
-    logits, _ = forward(params, cont_tokens, config, runtime, positions=cont_positions, cache=cache,
+    logits, _ = forward(params, row_tokens, config, runtime, positions=row_positions, cache=cache,
                         runtime_state=runtime_state)
-    logits = logits[:, :-1]
-    targets = cont_tokens[:, 1:]
     logp = jax.nn.log_softmax(logits, axis=-1)
-    token_logp = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-    valid = jnp.arange(c - 1)[None, :] < cont_lengths[:, None]
+    steps = jnp.arange(c)[None, :]
+    token_logp = logp[target_rows[:, None], steps, targets]
+    valid = steps < target_lengths[:, None]
     ll = jnp.sum(jnp.where(valid, token_logp, 0.0), axis=-1)
-    greedy = jnp.all(jnp.where(valid, jnp.argmax(logits, axis=-1) == targets, True), axis=-1)
+    greedy = jnp.all(jnp.where(valid, jnp.argmax(logits, axis=-1)[target_rows] == targets, True), axis=-1)
     return ll, greedy
 
 
@@ -157,12 +180,13 @@ def _truncate(context: Sequence[int], continuation: Sequence[int], max_length: i
 
 def score_requests(params, config: ModelConfig, requests: Sequence[Request], *,
                    runtime: Runtime = Runtime(), runtime_state: Any = None, batch_size: int = 16,
-                   max_length: Optional[int] = None, max_cache_tokens: int = 1 << 15,
-                   progress: bool = False) -> list[tuple[float, bool]]:
+                   max_length: Optional[int] = None, max_cache_tokens: int = 1 << 14,
+                   max_batch_tokens: int = 1 << 12, progress: bool = False) -> list[tuple[float, bool]]:
     """(log-likelihood, greedy) of each (context ids, continuation ids) request, in request order.
 
-    batch_size: most distinct contexts per batch; max_cache_tokens: cap on continuation rows x cache
-    slots per batch (bounds the gathered KV cache; a single larger group still runs); max_length: the
+    batch_size: most contexts per batch; max_batch_tokens: cap on context rows x context slots per
+    batch (bounds activations and attention scores); max_cache_tokens: cap on continuation rows x
+    cache slots (bounds the gathered KV cache; a single larger group still runs); max_length: the
     model's window (default `config.max_position_embeddings`).
     """
     if batch_size < 1:
@@ -170,108 +194,186 @@ def score_requests(params, config: ModelConfig, requests: Sequence[Request], *,
     if not requests:
         return []
     max_length = max_length or config.max_position_embeddings
-    groups: dict[tuple[int, ...], list[tuple[int, list[int]]]] = {}
+    groups: dict[tuple[int, ...], _Group] = {}
     for i, (context, continuation) in enumerate(requests):
         if len(context) == 0:
             raise ValueError(f"request {i} has an empty context (use encode_pair's prefix token)")
         if len(continuation) == 0:
             raise ValueError(f"request {i} has an empty continuation")
         context = tuple(_truncate(context, continuation, max_length))
-        groups.setdefault(context, []).append((i, list(continuation)))
-    order = sorted(groups, key=lambda ctx: (-_bucket(max(len(ctx) - 1, 1), PREFIX_BUCKETS),
-                                            -max(len(c) for _, c in groups[ctx]), -len(ctx)))
-    batches = _plan_batches(order, groups, batch_size, max_cache_tokens)
+        groups.setdefault(context, _Group(context)).add(i, list(continuation))
+    batches = [batch for shared, members in _families(list(groups))
+               for batch in _plan_batches(shared, [groups[ctx] for ctx in members], batch_size,
+                                          max_cache_tokens, max_batch_tokens)]
     results: list[Optional[tuple[float, bool]]] = [None] * len(requests)
     for batch in tqdm(batches, desc="loglikelihood", disable=not progress, leave=False):
-        arrays, index = _batch_arrays(batch, groups)
+        arrays, index = _batch_arrays(batch)
         ll, greedy = _score_batch(params, *arrays, config=config, runtime=runtime,
                                   runtime_state=runtime_state)
         ll, greedy = np.asarray(ll), np.asarray(greedy)
-        for row, request_index in enumerate(index):
-            results[request_index] = (float(ll[row]), bool(greedy[row]))
+        for r, request_index in enumerate(index):
+            results[request_index] = (float(ll[r]), bool(greedy[r]))
     return results  # type: ignore[return-value]
+
+
+class _Group:
+    """The requests sharing one context, and their distinct continuation rows (continuation[:-1])."""
+
+    def __init__(self, context: tuple[int, ...]):
+        self.context = context
+        self.requests: list[tuple[int, list[int]]] = []
+        self.rows: dict[tuple[int, ...], int] = {}
+
+    def add(self, index: int, continuation: list[int]) -> None:
+        self.requests.append((index, continuation))
+        self.rows.setdefault(tuple(continuation[:-1]), len(self.rows))
+
+    @property
+    def longest(self) -> int:
+        return max(len(c) for _, c in self.requests)
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def _families(contexts: list[tuple[int, ...]]) -> list[tuple[int, list[tuple[int, ...]]]]:
+    """(shared prefix length, contexts) families: runs of lexicographically sorted contexts whose
+    common prefix (never a member's last token) has at least MIN_SHARED_PREFIX tokens; all other
+    contexts form one family with shared length 0."""
+    families, alone = [], []
+    members: list[tuple[int, ...]] = []
+    shared = 0
+
+    def close():
+        if len(members) > 1 and shared >= MIN_SHARED_PREFIX:
+            families.append((shared, list(members)))
+        else:
+            alone.extend(members)
+
+    for ctx in sorted(contexts):
+        if members:
+            common = min(shared, _common_prefix(members[0], ctx), len(ctx) - 1)
+            if common >= MIN_SHARED_PREFIX:
+                members.append(ctx)
+                shared = common
+                continue
+            close()
+        members, shared = [ctx], len(ctx) - 1
+    close()
+    if alone:
+        families.append((0, alone))
+    return families
 
 
 @dataclasses.dataclass(frozen=True)
 class _Batch:
-    """Context groups scored together, with their padded shapes: B prefix rows of P slots, N
-    continuation rows of C slots."""
+    """Groups scored together, the family's shared prefix length, and the padded shapes: S shared
+    slots, B context rows of P slots, N continuation rows of C slots, R requests."""
 
-    contexts: list
+    groups: list
+    shared: int
+    s: int
     b: int
     p: int
     n: int
     c: int
+    r: int
 
 
-def _plan_batches(order, groups, batch_size: int, max_cache_tokens: int) -> list[_Batch]:
-    """Consecutive groups packed into batches whose shapes depend only on (P, C).
+def _plan_batches(shared: int, groups: list[_Group], batch_size: int, max_cache_tokens: int,
+                  max_batch_tokens: int) -> list[_Batch]:
+    """A family's groups packed into batches whose shapes depend only on (S, P, C).
 
-    For a batch with prefix bucket P and continuation bucket C the row capacity is
-    N = min(pow2(batch_size * mean continuations per group), pow2 below max_cache_tokens / (P + C)),
-    never below the largest group, and B = min(batch_size, pow2(N / mean continuations per group)),
-    so long-context batches hold fewer groups instead of padding rows. Groups arrive longest context
-    first, so every batch's P is set by its first group.
+    Groups are sorted by the bucket of their own prefix length (context after the shared prefix,
+    without its last token), then by continuation length. For buckets (P, C), B (context rows) is
+    the largest power of two <= batch_size, max_batch_tokens / P and max_cache_tokens / (S + P + C) /
+    mean rows per group, and N (continuation rows) = pow2(B * mean rows per group), never below the
+    largest group; a batch closes when either is full.
     """
-    mean_rows = sum(len(groups[ctx]) for ctx in order) / len(order)
-    biggest = max(len(groups[ctx]) for ctx in order)
-    target = _pow2(math.ceil(batch_size * mean_rows))
+    s = _bucket(shared, PREFIX_BUCKETS) if shared else 0
+    own = {id(g): _bucket(max(len(g.context) - 1 - shared, 1), PREFIX_BUCKETS) for g in groups}
+    groups = sorted(groups, key=lambda g: (-own[id(g)], -g.longest))
+    mean_rows = sum(len(g.rows) for g in groups) / len(groups)
+    mean_requests = sum(len(g.requests) for g in groups) / len(groups)
+    biggest = max(len(g.rows) for g in groups)
 
     def shapes(p, c):
-        n = max(min(target, _pow2_floor(max_cache_tokens // (p + c))), _pow2(biggest))
-        return min(batch_size, _pow2(math.ceil(n / mean_rows))), n
+        rows_cap = max_cache_tokens // (s + p + c)
+        b = min(batch_size, _pow2_floor(max_batch_tokens // p), _pow2_floor(max(1, int(rows_cap / mean_rows))))
+        return b, max(_pow2(math.ceil(b * mean_rows)), _pow2(biggest))
 
-    batches, current, rows, cont = [], [], 0, 0
-    for ctx in order:
-        k, longest = len(groups[ctx]), max(len(x) for _, x in groups[ctx])
+    def finish(members):
+        p = own[id(members[0])]
+        c = _bucket(max(g.longest for g in members), CONTINUATION_BUCKETS)
+        b, n = shapes(p, c)
+        r = _pow2(max(sum(len(g.requests) for g in members), math.ceil(b * mean_requests)))
+        return _Batch(members, shared, s, b, p, n, c, r)
+
+    batches, current, rows = [], [], 0
+    for g in groups:
         if current:
-            p = _bucket(max(len(current[0]) - 1, 1), PREFIX_BUCKETS)
-            b, n = shapes(p, _bucket(1 + max(cont, longest), CONTINUATION_BUCKETS))
-            if len(current) + 1 > b or rows + k > n:
-                batches.append(_finish(current, cont))
-                current, rows, cont = [], 0, 0
-        current.append(ctx)
-        rows, cont = rows + k, max(cont, longest)
-    batches.append(_finish(current, cont))
-    return [dataclasses.replace(batch, b=b, n=n) for batch in batches
-            for b, n in [shapes(batch.p, batch.c)]]
+            p = own[id(current[0])]
+            b, n = shapes(p, _bucket(max(g.longest, max(x.longest for x in current)), CONTINUATION_BUCKETS))
+            if len(current) + 1 > b or rows + len(g.rows) > n:
+                batches.append(finish(current))
+                current, rows = [], 0
+        current.append(g)
+        rows += len(g.rows)
+    batches.append(finish(current))
+    return batches
 
 
-def _finish(contexts, cont) -> _Batch:
-    p = _bucket(max(len(contexts[0]) - 1, 1), PREFIX_BUCKETS)
-    return _Batch(contexts, 0, p, 0, _bucket(1 + cont, CONTINUATION_BUCKETS))
-
-
-def _batch_arrays(plan: _Batch, groups):
+def _batch_arrays(batch: _Batch):
     """Padded device inputs of `_score_batch` for a planned batch, and the request index of every
-    continuation row."""
-    batch, b, p, n, c = plan.contexts, plan.b, plan.p, plan.n, plan.c
-    conts = [(g, i, cont) for g, ctx in enumerate(batch) for i, cont in groups[ctx]]
+    request row."""
+    s, b, p, n, c, r, shared = batch.s, batch.b, batch.p, batch.n, batch.c, batch.r, batch.shared
+    first = batch.groups[0].context
+    shared_tokens = np.zeros((1, s), np.int32)
+    shared_positions = np.zeros((1, s), np.int32)
+    shared_mask = np.zeros((1, s), bool)
+    if shared:
+        shared_tokens[0, s - shared:] = first[:shared]
+        shared_positions[0, s - shared:] = np.arange(shared)
+        shared_mask[0, s - shared:] = True
     prefix_tokens = np.zeros((b, p), np.int32)
     prefix_positions = np.zeros((b, p), np.int32)
     prefix_mask = np.zeros((b, p), bool)
-    for g, ctx in enumerate(batch):
-        body = ctx[:-1]
-        if body:
-            prefix_tokens[g, p - len(body):] = body
-            prefix_positions[g, p - len(body):] = np.arange(len(body))
-            prefix_mask[g, p - len(body):] = True
-    cont_tokens = np.zeros((n, c), np.int32)
-    cont_positions = np.zeros((n, c), np.int32)
-    cont_rows = np.zeros((n,), np.int32)
-    cont_lengths = np.zeros((n,), np.int32)
+    row_tokens = np.zeros((n, c), np.int32)
+    row_positions = np.zeros((n, c), np.int32)
+    row_context = np.zeros((n,), np.int32)
+    targets = np.zeros((r, c), np.int32)
+    target_lengths = np.zeros((r,), np.int32)
+    target_rows = np.zeros((r,), np.int32)
     index = []
-    for row, (g, i, cont) in enumerate(conts):
-        ctx = batch[g]
-        cont_tokens[row, 0] = ctx[-1]
-        cont_tokens[row, 1:1 + len(cont)] = cont
-        cont_positions[row] = len(ctx) - 1 + np.arange(c)
-        cont_rows[row] = g
-        cont_lengths[row] = len(cont)
-        index.append(i)
-    arrays = tuple(jnp.asarray(a) for a in (prefix_tokens, prefix_positions, prefix_mask, cont_tokens,
-                                            cont_positions, cont_rows, cont_lengths))
-    return arrays, index
+    row_base = 0
+    for g_index, group in enumerate(batch.groups):
+        ctx = group.context
+        body = ctx[shared:-1]
+        if body:
+            prefix_tokens[g_index, p - len(body):] = body
+            prefix_positions[g_index, p - len(body):] = shared + np.arange(len(body))
+            prefix_mask[g_index, p - len(body):] = True
+        for head, k in group.rows.items():
+            row = row_base + k
+            row_tokens[row, 0] = ctx[-1]
+            row_tokens[row, 1:1 + len(head)] = head
+            row_positions[row] = len(ctx) - 1 + np.arange(c)
+            row_context[row] = g_index
+        for request_index, continuation in group.requests:
+            t = len(index)
+            targets[t, :len(continuation)] = continuation
+            target_lengths[t] = len(continuation)
+            target_rows[t] = row_base + group.rows[tuple(continuation[:-1])]
+            index.append(request_index)
+        row_base += len(group.rows)
+    arrays = (shared_tokens, shared_positions, shared_mask, prefix_tokens, prefix_positions, prefix_mask,
+              row_tokens, row_positions, row_context, targets, target_lengths, target_rows)
+    return tuple(jnp.asarray(a) for a in arrays), index
 
 
 def loglikelihoods(params, config: ModelConfig, tokenizer, pairs: Sequence[tuple[str, str]],

@@ -33,7 +33,8 @@ from qjax.eval.task_metrics import METRICS, MetricValue, ScoredItem, metric_fn
 from qjax.ops.runtime import Runtime
 
 __all__ = ["TASKS", "RUNNERS", "TaskOptions", "PreparedDoc", "run_task", "register_runner",
-           "prepare_prompts", "doc_requests", "metric_rows"]
+           "prepare_prompts", "doc_requests", "score_multiple_choice", "metric_rows", "run_tasks_into_store",
+           "run_experiment"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,6 +157,13 @@ def doc_requests(spec: TaskSpec, prepared: PreparedDoc, chat_template: bool = Fa
 
 def run_multiple_choice(spec: TaskSpec, params, config, tokenizer, options: TaskOptions) -> list[dict]:
     start = time.perf_counter()
+    _, items = score_multiple_choice(spec, params, config, tokenizer, options)
+    return metric_rows(spec, items, options, time.perf_counter() - start)
+
+
+def score_multiple_choice(spec: TaskSpec, params, config, tokenizer,
+                          options: TaskOptions) -> tuple[list[PreparedDoc], list[ScoredItem]]:
+    """The selected documents and their scored choices (log-likelihood of every choice)."""
     prepared = prepare_prompts(spec, tokenizer, options)
     pairs, spans = [], []
     for p in prepared:
@@ -169,7 +177,7 @@ def run_multiple_choice(spec: TaskSpec, params, config, tokenizer, options: Task
         greedy = np.array([s[1] for s in scores[a:b]])
         chars = np.array([float(len(c)) for c in spec.doc_choices(p.doc)])
         items.append(ScoredItem(p.doc, lls, greedy, spec.gold_indices(p.doc), chars))
-    return metric_rows(spec, items, options, time.perf_counter() - start)
+    return prepared, items
 
 
 def run_loglikelihood(spec: TaskSpec, params, config, tokenizer, options: TaskOptions) -> list[dict]:
@@ -251,3 +259,64 @@ def _macro_average(values: Sequence[MetricValue]) -> MetricValue:
     else:
         stderr = math.sqrt(sum(v.stderr ** 2 for v in values)) / len(values)
     return MetricValue(mean, stderr, sum(v.items for v in values))
+
+
+# -- experiments ---------------------------------------------------------------------------------------
+def run_tasks_into_store(store, task_names: Sequence[str], params, config, tokenizer, *, model: str,
+                         transform: str, experiment_config: Optional[dict] = None,
+                         log: Callable[[str], None] = print, **options) -> int:
+    """Runs every task whose rows are not yet in `store` and appends them; returns rows appended.
+
+    A task counts as done when its last row (the task-level row of its last metric, written after
+    all others) is present; rows already present are never written twice, so a run killed in the
+    middle of appending resumes cleanly. `options` are `run_task` keyword arguments.
+    """
+    from qjax.eval.results import make_row
+
+    appended = 0
+    for name in task_names:
+        spec = get_task(name)
+        if store.has((model, transform, name, spec.metrics[-1])):
+            log(f"{name}: already in {store.path}, skipped")
+            continue
+        rows = run_task(name, params, config, tokenizer, **options)
+        for row in rows:
+            full = make_row(model=model, transform=transform, **{
+                **row, "config": {**(experiment_config or {}), **row["config"]}})
+            if not store.has((model, transform, row["task"], row["metric"])):
+                store.append(full)
+                appended += 1
+        for row in rows:
+            if row["task"] == name:
+                stderr = "" if row["stderr"] is None else f" ± {row['stderr']:.4f}"
+                log(f"{name:<16} {row['metric']:<14} {row['value']:.4f}{stderr}  (n={row['items']}, "
+                    f"{row['seconds']:.0f}s)")
+    return appended
+
+
+def run_experiment(cfg, data_dir: Optional[str] = None, log: Callable[[str], None] = print) -> int:
+    """The knowledge / alignment experiments: load `cfg.model` (float, or the quantized checkpoint at
+    `cfg.quant_config` restored with `qjax.quant.storage`), run `cfg.tasks` into `cfg.results`,
+    skipping tasks already there. cfg fields: see configs/knowledge.py. Returns rows appended."""
+    from pathlib import Path
+
+    from qjax.checkpoints import load_model
+    from qjax.eval.results import ResultStore
+
+    config, params, tokenizer = load_model(cfg.model)
+    transform = cfg.transform or "float"
+    if cfg.quant_config:
+        from qjax.quant.storage import restore_params
+
+        params = restore_params(cfg.quant_config)
+        transform = cfg.transform or Path(cfg.quant_config).name
+    store = ResultStore(cfg.results)
+    experiment_config = {k: v for k, v in cfg.to_dict().items() if k not in ("tasks", "results")}
+    appended = run_tasks_into_store(
+        store, list(cfg.tasks), params, config, tokenizer, model=cfg.model, transform=transform,
+        experiment_config=experiment_config, log=log, limit=None if cfg.limit < 0 else cfg.limit,
+        num_fewshot=None if cfg.num_fewshot < 0 else cfg.num_fewshot, seed=cfg.seed,
+        runtime=Runtime(compute_dtype=cfg.compute_dtype), chat_template=cfg.chat_template,
+        data_dir=data_dir, batch_size=cfg.batch_size)
+    log(f"{appended} rows appended to {cfg.results}")
+    return appended

@@ -57,7 +57,9 @@ class NLLEvaluator:
 
     Scores the T - 1 next-token predictions of every window (the GPTQ protocol of
     `qjax.eval.perplexity`); windows are processed `window_batch` at a time by `lax.map`, so W must be
-    a multiple of `window_batch`.
+    a multiple of `window_batch`. Activation perturbations draw their noise per forward call from the
+    same runtime_state key, so every batch of windows sees the same noise pattern: use
+    window_batch = W for noise independent across all windows.
     """
 
     config: ModelConfig

@@ -147,6 +147,10 @@ _FAMILY_ORDER = {f: i for i, f in enumerate(
     ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"))}
 
 
+_PLOT_LABELS = {"q_proj": "q/k/v input", "o_proj": "o_proj input", "gate_proj": "gate/up input",
+                "down_proj": "down_proj input", "lm_head": "lm_head input"}
+
+
 def markdown_table(rows: list[dict]) -> str:
     lines = [f"| site | max abs | kurtosis | share abs>{OUTLIER_THRESHOLD:g} |", "|---|---:|---:|---:|"]
     for r in rows:
@@ -155,19 +159,20 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: str, title: str = "") -> None:
-    """PNG: max |x|, kurtosis and outlier share against layer, one line per linear family."""
+    """PNG: max |x|, kurtosis and outlier share against layer, one line per distinct linear input
+    (q/k/v share one input, gate/up another)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    families = [f for f in _FAMILY_ORDER if any(r["family"] == f for r in rows)]
+    families = [f for f in _PLOT_LABELS if any(r["family"] == f for r in rows)]
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     for ax, key, label in zip(axes, ("max_abs", "kurtosis", "outlier_share"),
                               ("max |x|", "kurtosis", f"share |x| > {OUTLIER_THRESHOLD:g}")):
         for fam in families:
             pts = [(r["layer"], r[key]) for r in rows if r["family"] == fam]
-            ax.plot(*zip(*pts), marker=".", label=fam)
+            ax.plot(*zip(*pts), marker=".", label=_PLOT_LABELS[fam])
         ax.set_xlabel("layer")
         ax.set_ylabel(label)
         ax.set_yscale("symlog" if key == "outlier_share" else "log", **(

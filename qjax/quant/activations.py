@@ -9,8 +9,9 @@ calibration (static). Static scales travel in the runtime state:
     runtime_state = {"act_scales": {site: {"scale": f32 (), "zero": f32 ()}}}       (per tensor)
                     {"act_scales": {site: {"scale": f32 (in,), "zero": f32 (in,)}}}   (per channel)
 
-made by `calibrate_static` (or `static_state` from `qjax.quant.act_stats` statistics). A static rule
-with no scales for its site is a clear error at trace time.
+made by `calibrate_static` (or `static_state` from `qjax.quant.act_stats` statistics) and stored next
+to the params with `save_act_scales` / `load_act_scales`. A static rule with no scales for its site is
+a clear error at trace time.
 
 Sites are selected by regex over the site name (`Runtime` rules, first match wins); `FAMILIES`
 names the four linear families: qkv, o, gate_up, down ("all" is the four together; the untied
@@ -37,6 +38,7 @@ from qjax.ops.runtime import Runtime
 from qjax.quant import act_stats, smoothquant
 from qjax.quant.kv import KV_BITS, kv_spec
 from qjax.quant.rtn import rtn_quantize_params
+from qjax.quant.smoothquant import DEFAULT_FOLDS as SQ_DEFAULT_FOLDS, FOLDS as SQ_FOLDS
 from qjax.quant.rules import default_rules
 from qjax.quant.spec import WeightQuantSpec
 
@@ -126,6 +128,25 @@ def calibrate_static(params, config: ModelConfig, batches: Iterable[np.ndarray],
     return static_state(stats, runtime)
 
 
+def save_act_scales(path, state: dict) -> None:
+    """Writes the static scales of `state` (`calibrate_static`'s output) to an .npz file, next to the
+    params they were calibrated for (keys "<site>|scale", "<site>|zero")."""
+    arrays = {f"{site}|{k}": np.asarray(v) for site, d in state[STATE_KEY].items() for k, v in d.items()}
+    np.savez(path, **arrays)
+
+
+def load_act_scales(path) -> dict:
+    """Inverse of `save_act_scales`: {"act_scales": {site: {"scale", "zero"}}} (float32 jax arrays)."""
+    import jax.numpy as jnp
+
+    scales: dict = {}
+    with np.load(path) as data:
+        for key in data.files:
+            site, part = key.rsplit("|", 1)
+            scales.setdefault(site, {})[part] = jnp.asarray(data[key], jnp.float32)
+    return {STATE_KEY: scales}
+
+
 @dataclasses.dataclass(frozen=True)
 class QuantSetting:
     """A W/A/KV configuration. 16 bits means "not quantized".
@@ -134,7 +155,8 @@ class QuantSetting:
       channel; groups that do not divide the input dimension end in a shorter group, see
       `qjax.quant.spec`), symmetric or asymmetric grid;
     abits/agranularity/asymmetric/agroup/astatic/afamilies: activation quantization (ActQuant);
-    kvbits/kvgroup/kvsymmetric: KV cache (`qjax.quant.kv`); smoothquant/alpha: SmoothQuant first.
+    kvbits/kvgroup/kvsymmetric: KV cache (`qjax.quant.kv`); smoothquant/alpha/sq_folds: SmoothQuant
+      first (`qjax.quant.smoothquant`).
     """
 
     wbits: int = 16
@@ -151,6 +173,7 @@ class QuantSetting:
     kvsymmetric: bool = False
     smoothquant: bool = False
     alpha: float = 0.5
+    sq_folds: tuple[str, ...] = SQ_DEFAULT_FOLDS
 
     def __post_init__(self):
         if self.wbits != 16 and self.wbits not in act_quant.BITS:
@@ -161,6 +184,9 @@ class QuantSetting:
             raise ValueError(f"kvbits must be one of {KV_BITS}, got {self.kvbits!r}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"SmoothQuant alpha must be in [0, 1], got {self.alpha}")
+        unknown = set(self.sq_folds) - set(SQ_FOLDS)
+        if unknown:
+            raise ValueError(f"unknown SmoothQuant folds {sorted(unknown)}; known: {SQ_FOLDS}")
 
     @property
     def name(self) -> str:
@@ -170,7 +196,10 @@ class QuantSetting:
         if self.kvbits != 16:
             parts.append(f"KV{self.kvbits}")
         name = "".join(parts) or "float"
-        return name + ("-SQ" if self.smoothquant else "")
+        if self.smoothquant:
+            name += "-SQ" + ("" if self.sq_folds == SQ_DEFAULT_FOLDS else
+                             "(" + "+".join(self.sq_folds) + ")")
+        return name
 
     def activation_quant(self) -> Optional[ActQuant]:
         if self.abits == 16:
@@ -233,7 +262,8 @@ def apply_setting(params, config: ModelConfig, setting: QuantSetting, *,
     runtime = setting.runtime(compute_dtype)
     if setting.smoothquant:
         stats = act_stats.collect(params, config, batches, sites=FAMILIES["all"])
-        params = smoothquant.smooth(params, config, smoothquant.absmax_of(stats), alpha=setting.alpha)
+        params = smoothquant.smooth(params, config, smoothquant.absmax_of(stats), alpha=setting.alpha,
+                                    folds=setting.sq_folds)
     state = calibrate_static(params, config, batches, runtime) if setting.astatic else None
     spec = setting.weight_spec()
     if spec is not None:

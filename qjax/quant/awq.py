@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Mapping
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -39,7 +38,7 @@ import numpy as np
 from qjax.models.config import ModelConfig
 from qjax.models.llama import MLP, Attention
 from qjax.ops.runtime import Runtime
-from qjax.quant.calibration import _positions_mask, site_node
+from qjax.quant.calibration import positions_and_mask, site_node
 from qjax.quant.grids import expand_stat, make_grid
 from qjax.quant.rtn import quantize_rtn
 from qjax.quant.spec import WeightQuantSpec
@@ -94,7 +93,7 @@ def fake_quantize(w: jax.Array, spec: WeightQuantSpec) -> jax.Array:
 
 
 def _attn(params, x, config: ModelConfig):
-    positions, mask = _positions_mask(x.shape[0], x.shape[1], config)
+    positions, mask = positions_and_mask(x.shape[0], x.shape[1], config)
     return Attention(config, Runtime()).apply({"params": params}, x, positions, mask, None, 0, None)[0]
 
 

@@ -36,8 +36,9 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Callable, Mapping, Optional
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -164,28 +165,35 @@ def _block_name(layer: int, runtime: Runtime) -> str:
     return f"layers_{layer}" if runtime.activations else "block"
 
 
-def _positions_mask(batch: int, seqlen: int, config: ModelConfig):
+def positions_and_mask(batch: int, seqlen: int, config: ModelConfig):
+    """RoPE positions (batch, T) and the causal mask (batch, 1, T, T) of full, unpadded windows."""
     positions = jnp.broadcast_to(jnp.arange(seqlen, dtype=jnp.int32), (batch, seqlen))
     slots = jnp.arange(seqlen, dtype=jnp.int32)
     mask = causal_mask(slots, slots, jnp.ones((batch, seqlen), bool), config.sliding_window)
     return positions, mask
 
 
+class _NamedBlock(nn.Module):
+    """One DecoderLayer under the submodule name `block_name` (sets its linears' site names)."""
+
+    config: ModelConfig
+    runtime: Runtime
+    block_name: str
+
+    @nn.compact
+    def __call__(self, x, positions, mask):
+        return DecoderLayer(self.config, self.runtime, name=self.block_name)(x, positions, mask)
+
+
 def _run(layer_params, x, config, runtime, name, capture):
-    import flax.linen as nn
-
-    positions, mask = _positions_mask(x.shape[0], x.shape[1], config)
-
-    class OneBlock(nn.Module):
-        @nn.compact
-        def __call__(self, x):
-            return DecoderLayer(config, runtime, name=name)(x, positions, mask)
-
+    """(block output (B, T, D), {site: input (B, T, in)} when capture else None)."""
+    positions, mask = positions_and_mask(x.shape[0], x.shape[1], config)
+    module = _NamedBlock(config, runtime, name)
     variables = {"params": {name: layer_params}}
     if capture:
-        (out, _), state = OneBlock().apply(variables, x, mutable=["intermediates"])
+        (out, _), state = module.apply(variables, x, positions, mask, mutable=["intermediates"])
         return out, _site_inputs(state["intermediates"][name])
-    out, _ = OneBlock().apply(variables, x)
+    out, _ = module.apply(variables, x, positions, mask)
     return out, None
 
 
@@ -433,5 +441,5 @@ def quantize_blockwise(params: Mapping, config: ModelConfig, tokens: np.ndarray,
 
 
 __all__ = ["CalibrationData", "calibration_tokens", "sample_windows", "load_jsonl_texts", "ChannelStats",
-           "BlockCapture", "quantize_blockwise", "embed", "dequantized", "copy_tree", "site_node", "BLOCK_LINEARS",
-           "SHARED_INPUTS"]
+           "BlockCapture", "quantize_blockwise", "embed", "dequantized", "copy_tree", "site_node",
+           "positions_and_mask", "BLOCK_LINEARS", "SHARED_INPUTS"]

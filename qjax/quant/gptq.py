@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from qjax.quant.calibration import copy_tree, site_node
-from qjax.quant.grids import expand_stat, make_grid
+from qjax.quant.grids import make_grid
 from qjax.quant.qarray import QArray
 from qjax.quant.rtn import check_weight
 from qjax.quant.spec import WeightQuantSpec

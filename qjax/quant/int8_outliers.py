@@ -133,15 +133,19 @@ def int8_block(capture, sites: Sequence[str], cfg: Int8Config = Int8Config(), *,
 # Storage: `qjax.quant.storage` saves QArrays and plain arrays; these map the weight object to and
 # from a dict of them.
 
-_KEYS = {"int8", "outlier_rows", "outlier_weight", "quantize_activations"}
+_KEYS = {"int8", "quantize_activations"}
+_OUTLIER_KEYS = {"outlier_rows", "outlier_weight"}
 
 
 def to_storable(params):
-    """Params with every Int8OutlierWeight replaced by {int8: QArray, outlier_rows, outlier_weight,
-    quantize_activations (bool array)} (savable by `qjax.quant.storage.save_params`)."""
+    """Params with every Int8OutlierWeight replaced by {int8: QArray, quantize_activations (bool
+    array), and when it has outlier channels outlier_rows, outlier_weight} (savable by
+    `qjax.quant.storage.save_params`; Orbax refuses empty arrays)."""
     if isinstance(params, Int8OutlierWeight):
-        return {"int8": params.int8, "outlier_rows": params.rows, "outlier_weight": params.weight,
-                "quantize_activations": np.asarray(params.quantize_activations)}
+        out = {"int8": params.int8, "quantize_activations": np.asarray(params.quantize_activations)}
+        if params.rows.size:
+            out.update(outlier_rows=params.rows, outlier_weight=params.weight)
+        return out
     if isinstance(params, Mapping):
         return {k: to_storable(v) for k, v in params.items()}
     return params
@@ -150,9 +154,11 @@ def to_storable(params):
 def from_storable(params):
     """Inverse of `to_storable` (on what `restore_params` returns)."""
     if isinstance(params, Mapping):
-        if set(params) == _KEYS:
-            return Int8OutlierWeight(int8=params["int8"], rows=jnp.asarray(params["outlier_rows"]),
-                                     weight=jnp.asarray(params["outlier_weight"]),
+        if set(params) in (_KEYS, _KEYS | _OUTLIER_KEYS):
+            qa = params["int8"]
+            rows = params.get("outlier_rows", np.zeros((0,), np.int32))
+            weight = params.get("outlier_weight", np.zeros((0, qa.shape[1]), np.float16))
+            return Int8OutlierWeight(int8=qa, rows=jnp.asarray(rows), weight=jnp.asarray(weight),
                                      quantize_activations=bool(np.asarray(params["quantize_activations"])))
         return {k: from_storable(v) for k, v in params.items()}
     return params

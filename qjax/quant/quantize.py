@@ -16,7 +16,8 @@ rounded methods quantize every parameter `pattern` matches.
 
 The report holds: method, bits, group_size, the number of quantized linears, their bytes and float
 bytes, bits_per_param over the quantized linears (8 * bytes / weights, exact QArray bytes), the
-whole model's bytes, the wall seconds, and per-block / per-linear details of calibrated methods.
+whole model's bytes, the wall seconds and process CPU seconds (all threads; on a shared machine the
+wall time depends on the load), and per-block / per-linear details of calibrated methods.
 """
 
 from __future__ import annotations
@@ -195,7 +196,7 @@ def quantize(params: Mapping, config: ModelConfig, method_config,
         non-block weights for a calibrated method or nothing at all, NaN weights, ...
     """
     cfg = _as_config(method_config)
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     per_layer, outside = _block_sites(params, config, cfg.pattern)
     if not outside and not any(per_layer.values()):
         raise ValueError(f"quantize: pattern {cfg.pattern!r} selects no parameter")
@@ -219,7 +220,8 @@ def quantize(params: Mapping, config: ModelConfig, method_config,
                                   "seqlen": int(calibration_tokens.shape[1])}
     report = {"method": cfg.method, "bits": cfg.spec.bits, "group_size": cfg.spec.group_size,
               "rounding": cfg.rounding if cfg.method in ("nf4", "companded") else None,
-              **_summary(new, params), "seconds": time.perf_counter() - start, **details}
+              **_summary(new, params), "seconds": time.perf_counter() - start,
+              "cpu_seconds": time.process_time() - start_cpu, **details}
     if cfg.method == "spqr":
         from qjax.quant.spqr import spqr_summary
 

@@ -34,7 +34,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Mapping
-from typing import Optional, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp

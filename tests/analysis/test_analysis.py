@@ -130,6 +130,18 @@ def test_report_with_plots(tmp_path):
             "gptq_w4 (80.0 MiB, 0.2900), rtn_w8 (140.0 MiB, 0.3100) |") in text
     assert "## Efficiency" in text
 
+    only = write_report(table, tmp_path / "one", perplexity=PPL, memory=MEM, benchmarks=[("mmlu", "acc")])
+    assert "gsm8k" not in only.read_text()
+    with pytest.raises(KeyError, match="no result rows for benchmark"):
+        write_report(table, tmp_path / "bad", perplexity=PPL, memory=MEM, benchmarks=[("mmlu", "f1")])
+
+
+def test_subtask_rows_are_not_default_benchmarks(tmp_path):
+    rows = _rows() + [make_row(model="m", transform=t, task="mmlu/anatomy", metric="acc", value=0.2)
+                      for t in HAND]
+    text = write_report(build_table(rows), tmp_path, perplexity=PPL, memory=MEM).read_text()
+    assert "mmlu/anatomy" not in text
+
 
 def test_analyze_script(tmp_path):
     store = ResultStore(tmp_path / "suite.jsonl")

@@ -24,7 +24,9 @@ def params():
 def reference(params, context, continuation):
     """Plain forward on the concatenated sequence, log-softmax and sum in float64 numpy."""
     tokens = np.asarray(list(context) + list(continuation), np.int32)
-    logits = np.asarray(forward(params, tokens[None], CONFIG)[0][0], np.float64)
+    padded = np.zeros(192, np.int32)  # right padding (one compilation; causal, so no effect on logits)
+    padded[:len(tokens)] = tokens
+    logits = np.asarray(forward(params, padded[None], CONFIG)[0][0, :len(tokens)], np.float64)
     shifted = logits - logits.max(-1, keepdims=True)
     logp = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
     steps = np.arange(len(context) - 1, len(tokens) - 1)
@@ -32,18 +34,40 @@ def reference(params, context, continuation):
     return logp[steps, targets].sum(), bool(np.all(logits[steps].argmax(-1) == targets))
 
 
-def random_requests(seed, n_contexts=7):
+def random_requests(seed, n_contexts=5):
+    """Contexts of 1-39 tokens, half of them after one of two long shared prefixes (a few-shot block
+    of 70 or 90 tokens), each with 1-4 continuations; some continuations differ only in their last
+    token (like " A" .. " D"), some are single tokens."""
     rng = np.random.default_rng(seed)
+    shared = [rng.integers(0, CONFIG.vocab_size, n).tolist() for n in (70, 90)]
     requests = []
-    for _ in range(n_contexts):
+    for k in range(n_contexts * 2):
         context = rng.integers(0, CONFIG.vocab_size, rng.integers(1, 40)).tolist()
+        if k % 2:
+            context = shared[k % 4 // 2] + context
+        stem = rng.integers(0, CONFIG.vocab_size, rng.integers(0, 6)).tolist()
         for _ in range(rng.integers(1, 5)):  # several continuations share the context
-            requests.append((context, rng.integers(0, CONFIG.vocab_size, rng.integers(1, 12)).tolist()))
+            if rng.random() < 0.5:
+                continuation = stem + [int(rng.integers(0, CONFIG.vocab_size))]
+            else:
+                continuation = rng.integers(0, CONFIG.vocab_size, rng.integers(1, 12)).tolist()
+            requests.append((context, continuation))
     order = rng.permutation(len(requests))
     return [requests[i] for i in order]
 
 
-@pytest.mark.parametrize("batch_size,max_cache_tokens", [(16, 1 << 15), (3, 1 << 15), (4, 200)])
+def test_shared_prefix_families_and_row_sharing_are_used():
+    requests = random_requests(0)
+    groups = {}
+    for context, continuation in requests:
+        groups.setdefault(tuple(context), ll_lib._Group(tuple(context))).add(0, continuation)
+    families = ll_lib._families(list(groups))
+    shared = sorted(n for n, _ in families if n)
+    assert shared and shared[0] >= 70  # the few-shot blocks are found (and possibly more)
+    assert any(len(g.rows) < len(g.requests) for g in groups.values())  # some rows serve several targets
+
+
+@pytest.mark.parametrize("batch_size,max_cache_tokens", [(16, 1 << 15), (3, 400)])
 def test_batched_prefix_reuse_matches_unbatched_reference(params, batch_size, max_cache_tokens):
     requests = random_requests(0)
     got = score_requests(params, CONFIG, requests, batch_size=batch_size, max_cache_tokens=max_cache_tokens)

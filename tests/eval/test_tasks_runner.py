@@ -5,6 +5,7 @@ the metrics recomputed in numpy."""
 from __future__ import annotations
 
 import math
+import re
 
 import jax
 import numpy as np
@@ -36,12 +37,20 @@ def encode(tokenizer, text):
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def padded_logits(params, tokens):
+    """Logits of a plain forward, right-padded to a multiple of 128 tokens so that one compilation
+    serves many lengths (causal: padding after a position does not change its logits)."""
+    padded = np.zeros(-(-len(tokens) // 128) * 128, np.int32)
+    padded[:len(tokens)] = tokens
+    return np.asarray(forward(params, padded[None], CONFIG)[0][0, :len(tokens)], np.float64)
+
+
 def reference_ll(params, tokenizer, context, continuation):
     """Sum of log p(continuation tokens) from one plain forward; lm-eval's split of the encoding."""
     context_ids = encode(tokenizer, context)
     continuation_ids = encode(tokenizer, context + continuation)[len(context_ids):]
     tokens = np.asarray(context_ids + continuation_ids, np.int32)
-    logits = np.asarray(forward(params, tokens[None], CONFIG)[0][0], np.float64)
+    logits = padded_logits(params, tokens)
     logp = logits - logits.max(-1, keepdims=True)
     logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
     steps = np.arange(len(context_ids) - 1, len(tokens) - 1)
@@ -82,25 +91,37 @@ def test_lambada_greedy_accuracy_and_perplexity(params, tokenizer, data_dir):
     assert rows["acc"]["value"] == np.mean([g for _, g in results])
 
 
-def test_rolling_wikitext_document_loglikelihood(params, tokenizer, data_dir):
+def test_rolling_wikitext_document_loglikelihood(params, tokenizer, tmp_path):
+    """Two short articles in the local WikiText-2 format; windows of 24 tokens."""
+    lines = [" ", " = Valkyria Chronicles III = ", " ", " Senjō no Valkyria 3 : <unk> Chronicles ( Japanese : "
+             "戦場のヴァルキュリア3 ) is a tactical role @-@ playing video game developed by Sega . ", " ",
+             " = = Gameplay = = ", " ", " As with previous games , the player 's squad fights in 1 @,@ 000 "
+             "battles . ", " ", " = Tower Building of the Little Rock Arsenal = ", " ",
+             " The building was built in 1840 . "]
+    (tmp_path / "wikitext-2").mkdir()
+    (tmp_path / "wikitext-2/test.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     spec = get_task("wikitext")
-    doc = spec.load("test", str(data_dir))[0]
-    ids = encode(tokenizer, spec.doc_target(doc))
-    rows = {r["metric"]: r for r in run_task("wikitext", params, CONFIG, tokenizer, limit=1,
-                                             data_dir=str(data_dir), max_length=512)}
-    # reference: every token predicted from at most 512 positions, as in the windows lm-eval builds
-    tokens = np.asarray([tokenizer.bos_token_id] + ids, np.int32)
-    total, start = 0.0, 0
-    while start < len(ids):
-        end = min(start + 512, len(ids))
-        lo = max(0, end - 512)  # window input tokens[lo:end] (tokens is shifted by the prefix)
-        window = tokens[lo:end]
-        logits = np.asarray(forward(params, window[None], CONFIG)[0][0], np.float64)
-        logp = logits - logits.max(-1, keepdims=True)
-        logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
-        targets = np.asarray(ids[start:end])
-        total += logp[np.arange(start - lo, end - lo), targets].sum()
-        start = end
-    words = len(doc["page"].split()) if False else len(__import__("re").split(r"\s+", doc["page"]))
-    assert rows["word_perplexity"]["value"] == pytest.approx(math.exp(-total / words), rel=1e-4)
-    assert rows["bits_per_byte"]["value"] == pytest.approx(-total / len(doc["page"].encode()) / math.log(2), rel=1e-4)
+    docs = spec.load("test", str(tmp_path))
+    assert len(docs) == 2 and docs[1]["page"].startswith(" = Tower Building")
+    assert spec.doc_target(docs[0]).startswith(" = Valkyria Chronicles III =\n\nSenjō no Valkyria 3: <unk> "
+                                               "Chronicles (Japanese: 戦場のヴァルキュリア3) is a tactical role-playing")
+    rows = {r["metric"]: r for r in run_task("wikitext", params, CONFIG, tokenizer, data_dir=str(tmp_path),
+                                             max_length=24)}
+    total_ll, total_words, total_bytes = 0.0, 0, 0
+    for doc in docs:
+        ids = encode(tokenizer, spec.doc_target(doc))
+        tokens = np.asarray([tokenizer.bos_token_id] + ids, np.int32)  # tokens[k + 1] = ids[k]
+        start = 0
+        while start < len(ids):  # every token predicted from at most 24 positions, windows of 24
+            end = min(start + 24, len(ids))
+            lo = max(0, end - 24)
+            logits = padded_logits(params, tokens[lo:end])
+            logp = logits - logits.max(-1, keepdims=True)
+            logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+            total_ll += logp[np.arange(start - lo, end - lo), np.asarray(ids[start:end])].sum()
+            start = end
+        total_words += len(re.split(r"\s+", doc["page"]))  # lm-eval counts the page before detokenizing
+        total_bytes += len(doc["page"].encode("utf-8"))
+    assert rows["word_perplexity"]["value"] == pytest.approx(math.exp(-total_ll / total_words), rel=1e-4)
+    assert rows["bits_per_byte"]["value"] == pytest.approx(-total_ll / total_bytes / math.log(2), rel=1e-4)
+    assert rows["word_perplexity"]["items"] == 2

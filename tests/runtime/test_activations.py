@@ -10,7 +10,7 @@ import pytest
 from qjax.models import Decoder, forward
 from qjax.ops import Runtime
 from qjax.quant.activations import (ActQuant, QuantSetting, apply_setting, calibrate_static,
-                                    parse_setting, rules)
+                                    load_act_scales, parse_setting, rules, save_act_scales)
 from qjax.quant.qarray import QArray
 from qjax.quant.spec import WeightQuantSpec
 from qjax.quant.kv import QuantKVSpec
@@ -67,6 +67,17 @@ def test_static_per_tensor_scales_from_calibration(model):
     assert 0 < float(jnp.abs(logits - ref).max()) < 0.05 * float(jnp.abs(ref).max())
 
 
+def test_static_scales_roundtrip(model, tmp_path):
+    config, params, tokens = model
+    rt = Runtime(activations=rules(ActQuant(8, static=True, granularity="channel"), ["o", "down"]))
+    state = calibrate_static(params, config, [np.asarray(tokens)], rt)
+    save_act_scales(tmp_path / "scales.npz", state)
+    loaded = load_act_scales(tmp_path / "scales.npz")
+    assert jax.tree_util.tree_structure(loaded) == jax.tree_util.tree_structure(state)
+    for a, b in zip(jax.tree_util.tree_leaves(loaded), jax.tree_util.tree_leaves(state)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_static_per_channel_asymmetric(model):
     config, params, tokens = model
     rt = Runtime(activations=rules(ActQuant(4, symmetric=False, static=True, granularity="channel"), ["o"]))
@@ -110,6 +121,9 @@ def test_named_settings():
     assert rt.transform_for("layers_7/mlp/down_proj") == ActQuant(8)
     assert rt.transform_for("lm_head") is None
     assert parse_setting("W8A8-SQ").smoothquant and parse_setting("W8A8-SQ").name == "W8A8-SQ"
+    assert parse_setting("W8A8-SQ", sq_folds=("qkv", "vo")).name == "W8A8-SQ(qkv+vo)"
+    with pytest.raises(ValueError, match="unknown SmoothQuant folds"):
+        parse_setting("W8A8-SQ", sq_folds=("qk",))
     assert parse_setting("W4A16").runtime().activations == ()
     assert parse_setting("KV2").runtime().activations == ()
     assert parse_setting("float") == QuantSetting()

@@ -50,6 +50,23 @@ def test_batched_left_padding_equals_unbatched(tiny):
     assert all(len(s) == 20 for s in single)  # no EOS given: every row runs to max_new_tokens
 
 
+def test_stop_fn_retires_rows_at_the_check_step(tiny):
+    _, config, params, _ = tiny
+    prompts = random_prompts(np.random.default_rng(4), [6, 10])
+    full = generate_ids(params, config, prompts, max_new_tokens=20, batch_size=2)
+    calls = []
+
+    def stop_fn(i, tokens):
+        calls.append((i, len(tokens)))
+        return len(tokens) >= 6 if i == 0 else False
+
+    cut = generate_ids(params, config, prompts, max_new_tokens=20, batch_size=2, stop_fn=stop_fn,
+                       stop_check_every=4)
+    # checks after 1, 5, 9 tokens: prompt 0 retires at 9 tokens, prompt 1 runs to the end
+    assert cut == [full[0][:9], full[1]]
+    assert (0, 9) in calls and (0, 13) not in calls
+
+
 def test_sampling_reproducible_and_independent_of_batching(tiny):
     _, config, params, _ = tiny
     prompts = random_prompts(np.random.default_rng(3), [4, 8, 6])

@@ -11,7 +11,7 @@ from qjax.models import forward
 from qjax.ops import Runtime
 from qjax.quant import act_stats
 from qjax.quant.activations import ActQuant, rules
-from qjax.quant.smoothquant import absmax_of, smooth
+from qjax.quant.smoothquant import FOLDS, absmax_of, smooth
 
 from runtime_tiny import tiny_config, tiny_params
 
@@ -32,7 +32,7 @@ def model():
 
 def test_folded_float_model_computes_the_same_logits(model):
     config, params, tokens, stats = model
-    smoothed = smooth(params, config, absmax_of(stats), alpha=0.5)
+    smoothed = smooth(params, config, absmax_of(stats), alpha=0.5, folds=FOLDS)
     ref = np.asarray(forward(params, tokens, config)[0])
     got = np.asarray(forward(smoothed, tokens, config)[0])
     np.testing.assert_allclose(got, ref, atol=2e-4 * np.abs(ref).max())
@@ -44,7 +44,7 @@ def test_folded_float_model_computes_the_same_logits(model):
 
 def test_alpha_half_balances_activation_and_weight_maxima(model):
     config, params, tokens, stats = model
-    smoothed = smooth(params, config, absmax_of(stats), alpha=0.5)
+    smoothed = smooth(params, config, absmax_of(stats), alpha=0.5, folds=FOLDS)
     new = act_stats.collect(smoothed, config, [np.asarray(tokens[:2]), np.asarray(tokens[2:])])
     for i in range(config.num_layers):
         attn, mlp = smoothed[f"layers_{i}"]["attn"], smoothed[f"layers_{i}"]["mlp"]
@@ -77,7 +77,7 @@ def test_smoothing_reduces_w8a8_error(model):
     rt = Runtime(activations=rules(ActQuant(8, granularity="token")))
     ref = np.asarray(forward(params, tokens, config)[0])
     plain = np.abs(np.asarray(forward(_int8_weights(params), tokens, config, rt)[0]) - ref).mean()
-    smoothed = smooth(params, config, absmax_of(stats), alpha=0.5)
+    smoothed = smooth(params, config, absmax_of(stats), alpha=0.5, folds=FOLDS)
     sq = np.abs(np.asarray(forward(_int8_weights(smoothed), tokens, config, rt)[0]) - ref).mean()
     assert sq < 0.5 * plain
 
@@ -90,4 +90,4 @@ def test_bad_input(model):
         smooth(params, config, absmax_of(stats), alpha=1.5)
     missing = {k: v for k, v in absmax_of(stats).items() if k != "layers_1/mlp/down_proj"}
     with pytest.raises(ValueError, match="needs the activation maxima of layers_1/mlp/down_proj"):
-        smooth(params, config, missing)
+        smooth(params, config, missing, folds=FOLDS)

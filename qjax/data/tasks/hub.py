@@ -9,14 +9,16 @@ needs the hub or the datasets cache).
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Optional
 
 from qjax.data.paths import DataError, data_dir
 from qjax.data.tasks.io import read_jsonl
 
 
-def mirror_path(repo: str, config: Optional[str], split: str, root: os.PathLike):
-    return os.path.join(root, "hf", repo, config or "default", f"{split}.jsonl")
+def mirror_path(repo: str, config: Optional[str], split: str, root: os.PathLike) -> Path:
+    """Where the local mirror of a hub split lives under the data directory `root`."""
+    return Path(root) / "hf" / repo / (config or "default") / f"{split}.jsonl"
 
 
 def hub_rows(repo: str, config: Optional[str], split: str,
@@ -24,10 +26,8 @@ def hub_rows(repo: str, config: Optional[str], split: str,
     root = _data_root(data_dir_override)
     if root is not None:
         path = mirror_path(repo, config, split, root)
-        if os.path.isfile(path):
-            from pathlib import Path
-
-            return read_jsonl(Path(path))
+        if path.is_file():
+            return read_jsonl(path)
     try:
         from datasets import load_dataset
 

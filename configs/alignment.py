@@ -1,0 +1,30 @@
+"""Alignment log-likelihood tasks (TruthfulQA MC1/MC2, BBQ): `--config=configs/alignment.py[:quick|full]`.
+
+Fields are overridable as `--config.field=value` and by the experiment's flags (see
+configs/knowledge.py). BBQ rows include accuracy, the ambiguous / disambiguated bias scores and
+per-category rows ("bbq/<Category>").
+"""
+
+import ml_collections
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.model = "smollm2-135m"
+    config.quant_config = ""
+    config.transform = ""
+    config.tasks = ("truthfulqa_mc1", "truthfulqa_mc2", "bbq")
+    config.limit = 600  # documents per task (BBQ: stratified by category x context x polarity)
+    config.num_fewshot = -1
+    config.seed = 0
+    config.batch_size = 16
+    config.chat_template = False
+    config.compute_dtype = "float32"
+    config.results = "results/alignment.jsonl"
+    if variant == "quick":
+        config.limit = 48
+    elif variant == "full":
+        config.limit = -1
+    elif variant:
+        raise ValueError(f"unknown alignment config variant {variant!r} (known: quick, full)")
+    return config

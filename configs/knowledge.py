@@ -1,0 +1,32 @@
+"""Knowledge / reasoning log-likelihood tasks: `--config=configs/knowledge.py[:quick|full]`.
+
+Fields are overridable as `--config.field=value`; the experiment's flags (--model, --tasks, --limit,
+--num_fewshot, --results, --quant_config) override them too. limit / num_fewshot < 0: the task's
+default (all documents; lm-eval's few-shot count). Hub-only tasks (hellaswag, ceval, snli) need the
+hub or a local mirror (see `qjax.data.tasks.hub`).
+"""
+
+import ml_collections
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.model = "smollm2-135m"
+    config.quant_config = ""  # path of a saved quantized checkpoint (qjax.quant.storage); "" = float
+    config.transform = ""  # row label; "" = "float", or the quantized checkpoint's directory name
+    config.tasks = ("mmlu", "arc_easy", "arc_challenge", "piqa", "boolq", "winogrande", "lambada")
+    config.limit = 200  # documents per task (per subject for MMLU)
+    config.num_fewshot = -1
+    config.seed = 0
+    config.batch_size = 16
+    config.chat_template = False
+    config.compute_dtype = "float32"
+    config.results = "results/knowledge.jsonl"
+    if variant == "quick":
+        config.tasks = ("arc_easy", "piqa", "mmlu")
+        config.limit = 5
+    elif variant == "full":
+        config.limit = -1
+    elif variant:
+        raise ValueError(f"unknown knowledge config variant {variant!r} (known: quick, full)")
+    return config
