@@ -12,7 +12,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export TRANSFORMERS_VERBOSITY ?= error
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: demo test install clean
+.PHONY: demo test install bench-venv clean
 
 install: $(STAMP)
 
@@ -29,5 +29,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
+# llm-compressor pins an older transformers: its own venv, which sees the main venv's packages
+# (jax, flax, qjax) after its own through a .pth file. Used by benchmarks/gptq_vs_llmcompressor.py.
+BENCH_VENV := .venv-bench
+bench-venv: $(STAMP)
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install -q torch==2.13.0 llmcompressor==0.14.0.1
+	printf '%s\n' "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" $(CURDIR) \
+	  > "$$($(BENCH_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/zz_qjax_main_venv.pth"
+
 clean:
-	rm -rf $(VENV) results
+	rm -rf $(VENV) $(BENCH_VENV) results

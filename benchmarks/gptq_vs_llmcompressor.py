@@ -1,10 +1,11 @@
 """qjax GPTQ vs llm-compressor GPTQ (CPU) on SmolLM2-135M: same calibration and evaluation windows.
 
-llm-compressor 0.14 pins transformers<=5.17 (the main venv has 5.23), so this runs from a separate
-venv that adds llm-compressor, compressed-tensors, transformers 5.17, huggingface_hub 1.33, httpx and
-loguru on top of the main venv's packages (torch 2.13.0+cpu included), see WORKSPACE.md:
+llm-compressor 0.14 pins transformers<=5.17 (the main venv has a newer one), so this runs from a
+separate venv, `make bench-venv`, holding llm-compressor, compressed-tensors and transformers 5.17
+(torch 2.13.0+cpu), which sees the main venv's packages (jax, flax, qjax) after its own:
 
-  /work/.venv-bench/bin/python benchmarks/gptq_vs_llmcompressor.py --calib_windows=32 --calib_seqlen=512
+  make bench-venv
+  .venv-bench/bin/python benchmarks/gptq_vs_llmcompressor.py --calib_windows=32 --calib_seqlen=512
 
 Both sides quantize every decoder linear to `bits` with asymmetric min-max groups of `group_size`
 input features and the same GPTQ variant: llm-compressor's default activation ordering "static"

@@ -46,7 +46,7 @@ def main(argv):
         return
     config, params, tokenizer = load_model(cfg.model)
     report = {"method": "float", "bits": None, "group_size": None, "bits_per_param": None,
-              "quantized_bytes": None, "model_bytes": None, "seconds": 0.0}
+              "quantized_bytes": None, "model_bytes": None, "weight_rel_error": None, "seconds": 0.0}
     if cfg.method.method != "none":
         qcfg = QuantizeConfig.from_dict(cfg.method.to_dict())
         tokens = None
@@ -58,7 +58,8 @@ def main(argv):
             print(f"calibration: {tokens.shape[0]} x {tokens.shape[1]} tokens from {data.source} (seed {c.seed})")
         params, report = quantize(params, config, qcfg, tokens)
         print(f"{cfg.name}: {report['quantized']} linears, {report['bits_per_param']:.3f} bits/param, "
-              f"{report['quantized_bytes']} bytes, quantized in {report['seconds']:.1f}s")
+              f"{report['quantized_bytes']} bytes, weight error {report['weight_rel_error']:.4f}, "
+              f"quantized in {report['seconds']:.1f}s")
         if cfg.save_dir:
             saved = save_params(Path(cfg.save_dir) / cfg.name, to_storable(params), overwrite=True)
             report["disk_bytes"] = saved["disk_bytes"]
@@ -75,7 +76,8 @@ def main(argv):
         items=result["tokens"], seconds=report["seconds"], config=cfg.to_dict(),
         method=report["method"], bits=report["bits"], group_size=report["group_size"],
         bits_per_param=report["bits_per_param"], bytes=report["quantized_bytes"],
-        model_bytes=report["model_bytes"], quantize_seconds=report["seconds"], eval_seconds=eval_seconds,
+        model_bytes=report["model_bytes"], weight_rel_error=report.get("weight_rel_error"),
+        quantize_seconds=report["seconds"], eval_seconds=eval_seconds,
         eval_windows=result["windows"], report=summary))
     reports = Path(cfg.results).parent / "quantize_reports"
     reports.mkdir(parents=True, exist_ok=True)

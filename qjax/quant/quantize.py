@@ -16,13 +16,15 @@ rounded methods quantize every parameter `pattern` matches.
 
 The report holds: method, bits, group_size, the number of quantized linears, their bytes and float
 bytes, bits_per_param over the quantized linears (8 * bytes / weights, exact QArray bytes), the
-whole model's bytes, the wall seconds and process CPU seconds (all threads; on a shared machine the
+whole model's bytes, the weight reconstruction error (`weight_rel_error`: relative Frobenius error
+over all quantized linears), the wall seconds and process CPU seconds (all threads; on a shared machine the
 wall time depends on the load), and per-block / per-linear details of calibrated methods.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import time
 from collections.abc import Mapping
@@ -176,7 +178,25 @@ def _summary(params: Mapping, before: Mapping) -> dict:
             "float_bytes": sum(_leaf_bytes(old[p]) for p in changed), "weights": numel,
             "bits_per_param": 8.0 * q_bytes / numel if numel else float("nan"),
             "model_bytes": sum(_leaf_bytes(v) for v in new.values()),
-            "float_model_bytes": sum(_leaf_bytes(v) for v in old.values())}
+            "float_model_bytes": sum(_leaf_bytes(v) for v in old.values()),
+            **_reconstruction_error([(old[p], new[p]) for p in changed])}
+
+
+def _reconstruction_error(pairs: list) -> dict:
+    """Weight reconstruction error of (float weight, weight object) pairs: the relative Frobenius
+    error over all of them together, sqrt(sum ||W - dequantize(Q)||^2 / sum ||W||^2), and the mean
+    of the per-tensor relative errors ||W - dequantize(Q)|| / ||W||."""
+    if not pairs:
+        return {"weight_rel_error": None, "weight_rel_error_mean": None}
+    err_sq, norm_sq, per_tensor = 0.0, 0.0, []
+    for w, q in pairs:
+        w = np.asarray(w, np.float64)
+        e = float(np.sum((w - np.asarray(q.dequantize(), np.float64)) ** 2))
+        n = float(np.sum(w * w))
+        err_sq, norm_sq = err_sq + e, norm_sq + n
+        per_tensor.append(math.sqrt(e / n) if n else 0.0)
+    return {"weight_rel_error": math.sqrt(err_sq / norm_sq) if norm_sq else 0.0,
+            "weight_rel_error_mean": float(np.mean(per_tensor))}
 
 
 def quantize(params: Mapping, config: ModelConfig, method_config,
