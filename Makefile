@@ -25,6 +25,8 @@ $(STAMP): setup.cfg pyproject.toml
 
 demo: $(STAMP)
 	$(PY) experiments/demo.py
+	$(PY) experiments/suite.py --config=configs/suite.py:demo
+	$(PY) experiments/analyze.py --results=results/suite_demo.jsonl --out_dir=results/report_demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile

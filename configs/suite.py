@@ -2,6 +2,7 @@
 
   --config=configs/suite.py            the acceptance grid on SmolLM2 (limits sized for < 1 h on 2 CPUs)
   --config=configs/suite.py:quick      the same grid with tiny limits (smoke run)
+  --config=configs/suite.py:demo       float / RTN W4 / GPTQ W4, a few tasks, small limits (`make demo`)
   --config=configs/suite.py:tiny       a random tiny model (tests: resume after kill -9)
 
 Transforms are "float" or "<method>_w<bits>" (method: rtn, gptq, spqr, ...), quantized with
@@ -59,6 +60,15 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         c.calibration.num_windows = 4
         c.results = "results/suite_quick.jsonl"
         c.work_dir = "results/suite_quick_work"
+    elif variant == "demo":
+        c.transforms = ("float", "rtn_w4", "gptq_w4")
+        c.tasks = ("wikitext2", "efficiency", "arc_easy", "piqa", "truthfulqa_mc1")
+        c.task_options = ml_collections.ConfigDict({
+            "arc_easy": _task(limit=40), "piqa": _task(limit=40), "truthfulqa_mc1": _task(limit=20)})
+        c.perplexity.max_windows = 2
+        c.calibration.num_windows = 16
+        c.results = "results/suite_demo.jsonl"
+        c.work_dir = "results/suite_demo_work"
     elif variant == "tiny":
         c.models = ("random-tiny",)
         c.transforms = ("float", "rtn_w4")
@@ -80,5 +90,5 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         c.results = "results/suite_tiny.jsonl"
         c.work_dir = "results/suite_tiny_work"
     elif variant:
-        raise ValueError(f"unknown suite config variant {variant!r} (known: quick, tiny)")
+        raise ValueError(f"unknown suite config variant {variant!r} (known: quick, demo, tiny)")
     return c
