@@ -113,6 +113,18 @@ def test_quantize_dispatch_and_errors():
     # 4-bit codes + fp16 scale and zero per group of 16 rows: 4 + 2 * 16 / 16 = 6 bits per weight
     assert report["bits_per_param"] == pytest.approx(6.0)
     assert report["model_bytes"] < report["float_model_bytes"]
+    # weight reconstruction error against the numpy RTN reference (tests/quant/test_rtn.py)
+    from test_rtn import numpy_rtn
+
+    kernels = [params[f"layers_{i}"][g][n]["kernel"] for i in range(CONFIG.num_layers)
+               for g, names in (("attn", ("q_proj", "k_proj", "v_proj", "o_proj")),
+                                ("mlp", ("gate_proj", "up_proj", "down_proj"))) for n in names]
+    errors = [(np.sum((np.asarray(w, np.float64) - numpy_rtn(np.asarray(w), 4, 16, False)[1]) ** 2),
+               np.sum(np.asarray(w, np.float64) ** 2)) for w in kernels]
+    assert report["weight_rel_error"] == pytest.approx(
+        np.sqrt(sum(e for e, _ in errors) / sum(n for _, n in errors)), rel=1e-5)
+    assert report["weight_rel_error_mean"] == pytest.approx(np.mean([np.sqrt(e / n) for e, n in errors]),
+                                                            rel=1e-5)
     q_pc, _ = quantize(params, CONFIG, QuantizeConfig(method="rtn", bits=8, group_size=None,
                                                       pattern=r"layers_0/attn/q_proj/kernel"))
     assert isinstance(q_pc["layers_0"]["attn"]["q_proj"]["kernel"], QArray)
