@@ -11,7 +11,8 @@ Procedure on one kernel W (in, out) with input Hessian H (as Vahe1994/SpQR `SPQR
       weight (min-max fit over the other rows of its column, the weight itself then not quantized);
       candidates (decrease > tau) are replaced by the column mean of the others for the fit;
     first level: per output column min-max asymmetric, scale = (max - min) / maxq (min == max: the
-      range [-1, 1]), zero = -min / scale (NOT rounded);
+      range [-1, 1]; a zero point more than maxq outside [0, maxq]: the range widened to include 0,
+      see `_minmax_fit`), zero = -min / scale (NOT rounded);
     second level: the group's (out,) scales and zeros are each quantized to `qq_bits` bits in groups of
       `qq_group_size` consecutive output columns (min-max, `qjax.quant.qarray.quantize_stat`), and the
       first-level codes use those dequantized statistics;
@@ -127,10 +128,21 @@ def paper_bits_per_param(bits: int, group_size: int, qq_bits: int, qq_group_size
 
 
 def _minmax_fit(w, maxq: int):
-    """SpQR's Quantizer.find_params(sym=False, round_zero=False) over axis 0: (scale, zero)."""
+    """SpQR's Quantizer.find_params(sym=False, round_zero=False) over axis 0: (scale, zero).
+
+    One guard the reference lacks: a column that is nearly constant away from 0 (the leave-one-out
+    step can replace all but a few of a group's weights by their mean; seen on SmolLM2-135M at 2
+    bits) gets a vanishing scale and a zero point of order |w| / scale, ~1e5, which overflows the fp16
+    second-level statistics and turns the whole group of columns into NaN. When the zero point lies
+    more than one grid width outside [0, maxq], the range is widened to include 0 (GPTQ's
+    convention), which puts the zero point inside [0, maxq].
+    """
     lo, hi = jnp.min(w, axis=0), jnp.max(w, axis=0)
     same = lo == hi
     lo, hi = jnp.where(same, -1.0, lo), jnp.where(same, 1.0, hi)
+    zero = -lo * maxq / (hi - lo)
+    far = (zero < -maxq) | (zero > 2 * maxq)
+    lo, hi = jnp.where(far, jnp.minimum(lo, 0.0), lo), jnp.where(far, jnp.maximum(hi, 0.0), hi)
     scale = (hi - lo) / maxq
     return scale, -lo / scale
 

@@ -14,6 +14,9 @@ def _fit(x, maxq):
     lo, hi = x.min(1), x.max(1)
     same = lo == hi
     lo, hi = np.where(same, -1.0, lo), np.where(same, 1.0, hi)
+    zero = -lo / ((hi - lo) / maxq)
+    far = (zero < -maxq) | (zero > 2 * maxq)  # nearly constant away from 0: include 0 in the range
+    lo, hi = np.where(far, np.minimum(lo, 0), lo), np.where(far, np.maximum(hi, 0), hi)
     scale = (hi - lo) / maxq
     return scale, -lo / scale
 
@@ -113,6 +116,24 @@ def test_matches_numpy_reference(bits, threshold):
     # the QArray (3-bit second-level statistics, fp16 COO outliers) reconstructs the same weight
     qa = to_qarray(res, bits, 16, cfg)
     np.testing.assert_allclose(np.asarray(qa.dequantize()), np.asarray(res.weight), rtol=1e-6, atol=1e-7)
+
+
+def test_nearly_constant_columns_stay_finite():
+    """Groups whose columns are nearly constant away from 0 (as GGUF-dequantized weights with many
+    repeated values become after the leave-one-out replacement): without the range guard the zero
+    point is ~1e5 and the fp16 second-level statistics overflow to NaN."""
+    w, h = _problem(n_in=64, n_out=32, seed=2)
+    w[16:32, 5] = 0.0483 + np.float32(1e-8) * np.arange(16)
+    w[16:32, 6] = -0.0285
+    w[17, 6] = -0.0285 + 1e-6
+    for threshold in (0.2, float("inf")):
+        cfg = SpQRConfig(outlier_threshold=threshold, block_size=32)
+        res = spqr_quantize(w, h, 2, 16, cfg)
+        ref_w, _ = reference_spqr(w, h, 2, 16, threshold)
+        qa = to_qarray(res, 2, 16, cfg)
+        assert np.all(np.isfinite(np.asarray(res.weight))) and np.all(np.isfinite(np.asarray(qa.dequantize())))
+        np.testing.assert_allclose(np.asarray(res.weight), ref_w, rtol=1e-3, atol=1e-5)
+        assert np.max(np.abs(np.asarray(res.weight)[16:32, 5:7] - w[16:32, 5:7])) < 0.05
 
 
 def test_outliers_lower_the_error_on_planted_outliers():
