@@ -16,9 +16,10 @@ rounded methods quantize every parameter `pattern` matches.
 
 The report holds: method, bits, group_size, the number of quantized linears, their bytes and float
 bytes, bits_per_param over the quantized linears (8 * bytes / weights, exact QArray bytes), the
-whole model's bytes, the weight reconstruction error (`weight_rel_error`: relative Frobenius error
-over all quantized linears), the wall seconds and process CPU seconds (all threads; on a shared machine the
-wall time depends on the load), and per-block / per-linear details of calibrated methods.
+whole model's bytes, the weight reconstruction error (`weight_rel_error`: relative Frobenius
+error over all quantized linears), the wall seconds and process CPU seconds (all threads; on a
+shared machine the wall time depends on the load), and per-block / per-linear details of
+calibrated methods.
 """
 
 from __future__ import annotations
