@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from absl import app
 
-from qjax.eval.task_flags import define_task_flags
-from qjax.eval.tasks import run_experiment
+from qjax.eval.task_experiment import define_task_flags, run_experiment
 
 FLAGS = define_task_flags("configs/knowledge.py")
 

@@ -33,8 +33,7 @@ from qjax.eval.task_metrics import METRICS, MetricValue, ScoredItem, metric_fn
 from qjax.ops.runtime import Runtime
 
 __all__ = ["TASKS", "RUNNERS", "TaskOptions", "PreparedDoc", "run_task", "register_runner",
-           "prepare_prompts", "doc_requests", "score_multiple_choice", "metric_rows", "run_tasks_into_store",
-           "run_experiment"]
+           "prepare_prompts", "doc_requests", "score_multiple_choice", "metric_rows", "run_tasks_into_store"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -291,32 +290,4 @@ def run_tasks_into_store(store, task_names: Sequence[str], params, config, token
                 stderr = "" if row["stderr"] is None else f" ± {row['stderr']:.4f}"
                 log(f"{name:<16} {row['metric']:<14} {row['value']:.4f}{stderr}  (n={row['items']}, "
                     f"{row['seconds']:.0f}s)")
-    return appended
-
-
-def run_experiment(cfg, data_dir: Optional[str] = None, log: Callable[[str], None] = print) -> int:
-    """The knowledge / alignment experiments: load `cfg.model` (float, or the quantized checkpoint at
-    `cfg.quant_config` restored with `qjax.quant.storage`), run `cfg.tasks` into `cfg.results`,
-    skipping tasks already there. cfg fields: see configs/knowledge.py. Returns rows appended."""
-    from pathlib import Path
-
-    from qjax.checkpoints import load_model
-    from qjax.eval.results import ResultStore
-
-    config, params, tokenizer = load_model(cfg.model)
-    transform = cfg.transform or "float"
-    if cfg.quant_config:
-        from qjax.quant.storage import restore_params
-
-        params = restore_params(cfg.quant_config)
-        transform = cfg.transform or Path(cfg.quant_config).name
-    store = ResultStore(cfg.results)
-    experiment_config = {k: v for k, v in cfg.to_dict().items() if k not in ("tasks", "results")}
-    appended = run_tasks_into_store(
-        store, list(cfg.tasks), params, config, tokenizer, model=cfg.model, transform=transform,
-        experiment_config=experiment_config, log=log, limit=None if cfg.limit < 0 else cfg.limit,
-        num_fewshot=None if cfg.num_fewshot < 0 else cfg.num_fewshot, seed=cfg.seed,
-        runtime=Runtime(compute_dtype=cfg.compute_dtype), chat_template=cfg.chat_template,
-        data_dir=data_dir, batch_size=cfg.batch_size)
-    log(f"{appended} rows appended to {cfg.results}")
     return appended

@@ -1,4 +1,8 @@
-"""absl flags shared by the task experiments (`experiments/knowledge.py`, `experiments/alignment.py`).
+"""The driver of the task experiments (`experiments/knowledge.py`, `experiments/alignment.py`).
+
+`run_experiment(cfg)` loads the model (float, or a saved quantized checkpoint) and runs the config's
+tasks into its results store; it is the one place in `qjax.eval` that loads checkpoints, so the
+task core (`qjax.eval.tasks`) stays free of them.
 
 `define_task_flags(default_config)` defines --config (an ml_collections config file, fields
 overridable as --config.field=value) and the shortcuts --model, --tasks, --limit, --num_fewshot,
@@ -9,10 +13,13 @@ overridable as --config.field=value) and the shortcuts --model, --tasks, --limit
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from pathlib import Path
+from typing import Any, Callable, Optional
 
 from absl import flags
 from ml_collections import config_flags
+
+from qjax.ops.runtime import Runtime
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,3 +57,30 @@ def define_task_flags(default_config: str) -> TaskFlags:
     return TaskFlags(config_flag=config_flags.DEFINE_config_file("config", default_config, "experiment config"),
                      shortcuts=shortcuts,
                      data_dir_flag=flags.DEFINE_string("data_dir", None, "data directory (default: $QJAX_DATA_DIR)"))
+
+
+def run_experiment(cfg, data_dir: Optional[str] = None, log: Callable[[str], None] = print) -> int:
+    """The knowledge / alignment experiments: load `cfg.model` (float, or the quantized checkpoint at
+    `cfg.quant_config` restored with `qjax.quant.storage`), run `cfg.tasks` into `cfg.results`,
+    skipping tasks already there. cfg fields: see configs/knowledge.py. Returns rows appended."""
+    from qjax.checkpoints import load_model
+    from qjax.eval.results import ResultStore
+    from qjax.eval.tasks import run_tasks_into_store
+
+    config, params, tokenizer = load_model(cfg.model)
+    transform = cfg.transform or "float"
+    if cfg.quant_config:
+        from qjax.quant.storage import restore_params
+
+        params = restore_params(cfg.quant_config)
+        transform = cfg.transform or Path(cfg.quant_config).name
+    store = ResultStore(cfg.results)
+    experiment_config = {k: v for k, v in cfg.to_dict().items() if k not in ("tasks", "results")}
+    appended = run_tasks_into_store(
+        store, list(cfg.tasks), params, config, tokenizer, model=cfg.model, transform=transform,
+        experiment_config=experiment_config, log=log, limit=None if cfg.limit < 0 else cfg.limit,
+        num_fewshot=None if cfg.num_fewshot < 0 else cfg.num_fewshot, seed=cfg.seed,
+        runtime=Runtime(compute_dtype=cfg.compute_dtype), chat_template=cfg.chat_template,
+        data_dir=data_dir, batch_size=cfg.batch_size)
+    log(f"{appended} rows appended to {cfg.results}")
+    return appended
