@@ -71,13 +71,18 @@ def main(argv):
                 torch_model(torch.from_numpy(w[None]).long())
 
     run_qjax(), run_torch()  # compile / warm up
-    qjax_s = min(_timed(run_qjax) for _ in range(_REPEATS.value))
-    torch_s = min(_timed(run_torch) for _ in range(_REPEATS.value))
-    peak = matmul_peak_flops(_MATMUL.value)
+    # Interleaved repeats (qjax, torch, peak matmul; best of each): this shared machine's speed
+    # drifts by up to ~10% over minutes, and interleaving exposes all three to the same drift.
+    qjax_times, torch_times, peaks = [], [], []
+    for _ in range(_REPEATS.value):
+        qjax_times.append(_timed(run_qjax))
+        torch_times.append(_timed(run_torch))
+        peaks.append(matmul_peak_flops(_MATMUL.value))
+    qjax_s, torch_s, peak = min(qjax_times), min(torch_times), max(peaks)
     tokens = windows.size
     flops = prefill_flops(config, _SEQLEN.value) * len(windows)
     print(f"threads: torch {torch.get_num_threads()}, jax devices {jax.devices()}")
-    print(f"{len(windows)} windows x {_SEQLEN.value} tokens, best of {_REPEATS.value}")
+    print(f"{len(windows)} windows x {_SEQLEN.value} tokens, best of {_REPEATS.value} interleaved repeats")
     print(f"qjax          {tokens / qjax_s:9.1f} tokens/s  {flops / qjax_s / 1e9:7.1f} GFLOP/s")
     print(f"transformers  {tokens / torch_s:9.1f} tokens/s  {flops / torch_s / 1e9:7.1f} GFLOP/s")
     print(f"ratio qjax/torch: {torch_s / qjax_s:.3f}")

@@ -9,6 +9,7 @@ import transformers
 
 from qjax.checkpoints import load_model
 from qjax.models import forward
+from qjax.models.llama import FUSE_MIN_ROWS
 
 COMMON = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
@@ -51,11 +52,15 @@ def _word_level_tokenizer(vocab_size):
     return tokenizer
 
 
+# (2, 48): 96 token rows, at least FUSE_MIN_ROWS, so q/k/v and gate/up run as fused matmuls;
+# (1, 8): below it, so every projection runs on its own.
+@pytest.mark.parametrize("shape", [(2, 48), (1, 8)])
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_logits_match_transformers(tmp_path, name):
+def test_logits_match_transformers(tmp_path, name, shape):
+    assert (shape[0] * shape[1] >= FUSE_MIN_ROWS) == (shape == (2, 48))
     model = _save_tiny(tmp_path, name)
     config, params, _ = load_model(str(tmp_path / name))
-    tokens = np.random.default_rng(0).integers(0, COMMON["vocab_size"], size=(2, 48)).astype(np.int32)
+    tokens = np.random.default_rng(0).integers(0, COMMON["vocab_size"], size=shape).astype(np.int32)
     with torch.no_grad():
         expected = model(torch.from_numpy(tokens).long()).logits.numpy()
     logits, _ = forward(params, tokens, config)
