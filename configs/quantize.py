@@ -5,7 +5,8 @@ options:
   w<b>     bits (2, 3, 4, 8)                 g<k>   groups of k input rows (default 128; spqr 16)
   pc       per output channel (no groups)    pt     per tensor
   sym      symmetric uniform grid            clip   clip search (RTN / GPTQ grids)
-  act      GPTQ act_order (+ static_groups)  gptq   GPTQ rounding for nf4 / companded
+  noact    GPTQ in the paper's row order     gptq   GPTQ rounding for nf4 / companded
+           (default: act_order + static_groups, as llm-compressor)
   noout    SpQR without outliers             noclip AWQ without its clip search
   wo       int8: weight-only (no int8 activations in the int8 part)
 e.g. gptq_w4 (= gptq_w4_g128), gptq_w3_g64, rtn_w8_pc, spqr_w2, spqr_w2_noout, awq_w4,
@@ -36,8 +37,8 @@ def _method(variant: str) -> ml_collections.ConfigDict:
     m.rounding = "rtn"
     m.pattern = r"layers_\d+/(attn|mlp)/\w+_proj/kernel"
     m.batch_size = 8
-    m.gptq = ml_collections.ConfigDict(dict(block_size=128, percdamp=0.01, act_order=False,
-                                            static_groups=False, damp_retries=3))
+    m.gptq = ml_collections.ConfigDict(dict(block_size=128, percdamp=0.01, act_order=True,
+                                            static_groups=True, damp_retries=3))
     m.spqr = ml_collections.ConfigDict(dict(qq_bits=3, qq_group_size=16, outlier_threshold=0.2,
                                             percdamp=1.0, block_size=128, simplified_outliers=False,
                                             damp_retries=3))
@@ -57,9 +58,9 @@ def _method(variant: str) -> ml_collections.ConfigDict:
             m.symmetric = True
         elif opt == "clip":
             m.clip_search = True
-        elif opt == "act":
-            m.gptq.act_order = True
-            m.gptq.static_groups = True
+        elif opt == "noact":
+            m.gptq.act_order = False
+            m.gptq.static_groups = False
         elif opt == "gptq":
             m.rounding = "gptq"
         elif opt == "noout":

@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class GPTQConfig:
-    """GPTQ hyper-parameters (defaults as in the paper / IST-DASLab).
+    """GPTQ hyper-parameters.
 
     block_size: rows per lazy batch update (128).
     percdamp: dampening as a fraction of mean(diag(H)) (0.01).
@@ -56,12 +56,19 @@ class GPTQConfig:
     static_groups: fit group statistics on the unpermuted groups before any update (needed with
       act_order and groups).
     damp_retries: how many times a non-positive-definite Hessian is retried with 10x dampening.
+
+    Defaults: the paper's block size and dampening, with act_order + static_groups on, which is
+    llm-compressor's default ("static" activation ordering). The paper's original row order
+    (act_order=False, static_groups=False) is the IST-DASLab default; on SmolLM2-135M W4 g128 it is
+    no better than RTN (WikiText-2 26.49 against RTN 26.70 on 4 test windows, 8 x 2048 calibration
+    tokens), while act-order gives 24.92: the massive activations of the first token make diag(H)
+    very uneven, and quantizing the dominant rows first leaves the most rows to absorb their error.
     """
 
     block_size: int = 128
     percdamp: float = 0.01
-    act_order: bool = False
-    static_groups: bool = False
+    act_order: bool = True
+    static_groups: bool = True
     damp_retries: int = 3
 
     def __post_init__(self):

@@ -77,7 +77,13 @@ class SpQRConfig:
         if not float(self.outlier_threshold) > 0:
             raise ValueError(f"SpQRConfig: outlier_threshold must be > 0 (inf disables), got "
                              f"{self.outlier_threshold!r}")
-        GPTQConfig(block_size=self.block_size, percdamp=self.percdamp, damp_retries=self.damp_retries)
+        self.factor_config()
+
+    def factor_config(self) -> GPTQConfig:
+        """The Hessian factorisation settings: SpQR keeps the rows in their order (its groups are
+        consecutive rows, fitted as the error feedback reaches them)."""
+        return GPTQConfig(block_size=self.block_size, percdamp=self.percdamp, act_order=False,
+                          static_groups=False, damp_retries=self.damp_retries)
 
     @property
     def outliers(self) -> bool:
@@ -218,8 +224,7 @@ def spqr_quantize(w, h, bits: int, group_size: int, cfg: SpQRConfig = SpQRConfig
     if h.shape != (n_in, n_in):
         raise ValueError(f"{path}: Hessian has shape {h.shape}, expected ({n_in}, {n_in})")
     # SpQR damps with mean |diag H| (equal to mean diag H for a Gram matrix).
-    factor = factor_hessian(h, GPTQConfig(block_size=cfg.block_size, percdamp=cfg.percdamp,
-                                          damp_retries=cfg.damp_retries), path)
+    factor = factor_hessian(h, cfg.factor_config(), path)
     w1 = jnp.where(factor.dead[:, None], 0.0, jnp.asarray(w_np, jnp.float32))
     d = jnp.diag(factor.upper)
     threshold = float(cfg.outlier_threshold * _outlier_scale(w1, d)) if cfg.outliers else float("inf")

@@ -170,7 +170,8 @@ def test_bad_inputs_raise_clearly():
     with pytest.raises(ValueError, match="group_size 64 exceeds the input dimension 32"):
         gptq_quantize(w, h, WeightQuantSpec(bits=4, group_size=64))
     with pytest.raises(ValueError, match="static_groups=True"):
-        gptq_quantize(w, h, WeightQuantSpec(bits=4, group_size=16), GPTQConfig(act_order=True))
+        gptq_quantize(w, h, WeightQuantSpec(bits=4, group_size=16),
+                      GPTQConfig(act_order=True, static_groups=False))
     with pytest.raises(ValueError, match=r"Hessian has shape \(16, 16\)"):
         gptq_quantize(w, h[:16, :16], WeightQuantSpec(bits=4))
     h_nan = h.copy()
