@@ -81,7 +81,7 @@ def sibling_linears(parent: nn.Module, x, runtime_state, linears: Sequence[Linea
     if fusable:
         params = parent.variables["params"]
         kernels = [params[m.name]["kernel"] for m in linears]
-        fusable = all(isinstance(k, jax.Array) and not hasattr(k, "matmul") for k in kernels)
+        fusable = all(isinstance(k, jax.Array) for k in kernels)  # QArrays multiply themselves
     if not fusable:
         return [m(x, runtime_state) for m in linears]
     biases = None
