@@ -20,6 +20,7 @@ scored twice: by torch (its own forward) and by qjax after copying its fake-quan
 from __future__ import annotations
 
 import math
+import tempfile
 import time
 
 import numpy as np
@@ -112,7 +113,21 @@ def main(argv):
 
     gguf = resolve("smollm2-135m")
     model = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
-                                                              torch_dtype=torch.float32).eval()
+                                                              torch_dtype=torch.float32)
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # llm-compressor re-reads the model's config from model.name_or_path, which must be a Hugging Face
+    # directory (config.json), not the GGUF's folder: round-trip the dequantized weights through one
+    # (a fresh model without the GGUF quantizer, which transformers refuses to serialize).
+    hf_dir = tempfile.mkdtemp(prefix="smollm2-hf-")
+    hf_config = model.config
+    if hasattr(hf_config, "quantization_config"):
+        del hf_config.quantization_config
+    plain = transformers.AutoModelForCausalLM.from_config(hf_config, torch_dtype=torch.float32)
+    plain.load_state_dict(model.state_dict())
+    plain.save_pretrained(hf_dir)
+    del plain
+    hf_tokenizer.save_pretrained(hf_dir)
+    model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, torch_dtype=torch.float32).eval()
     float_hf = hf_to_qjax(model, params)
     diff = max(float(np.max(np.abs(np.asarray(float_hf[f"layers_{i}"][g][n]["kernel"])
                                     - np.asarray(params[f"layers_{i}"][g][n]["kernel"]))))
@@ -126,7 +141,6 @@ def main(argv):
                           dampening_frac=0.01, actorder="static" if _ACTORDER.value else None)
     data = Dataset.from_dict({"input_ids": [r.tolist() for r in calib],
                               "attention_mask": [[1] * calib.shape[1] for _ in range(calib.shape[0])]})
-    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     start = time.perf_counter()
     oneshot(model=model, processor=hf_tokenizer, dataset=data, recipe=recipe, max_seq_length=calib.shape[1],
             num_calibration_samples=calib.shape[0], shuffle_calibration_samples=False)
