@@ -138,9 +138,7 @@ def main(argv):
         num_bits=_BITS.value, type="int", symmetric=False, strategy="group", group_size=_GROUP.value,
         observer="minmax", actorder="static" if _ACTORDER.value else None))
     recipe = GPTQModifier(config_groups={"group_0": scheme}, ignore=["lm_head"], block_size=128,
-                          dampening_frac=0.01, actorder="static" if _ACTORDER.value else None,
-                          # SmolLM2's 576 inputs are 4 groups of 128 and a partial one of 64, as in qjax
-                          bypass_divisibility_checks=True)
+                          dampening_frac=0.01, actorder="static" if _ACTORDER.value else None)
     data = Dataset.from_dict({"input_ids": [r.tolist() for r in calib],
                               "attention_mask": [[1] * calib.shape[1] for _ in range(calib.shape[0])]})
     start = time.perf_counter()
