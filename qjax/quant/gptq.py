@@ -61,9 +61,9 @@ class GPTQConfig:
     llm-compressor's default ("static" activation ordering). The paper's original row order
     (act_order=False, static_groups=False) is the IST-DASLab default; on SmolLM2-135M W4 g128 it is
     no better than RTN (WikiText-2 26.49 against RTN 26.70 on 4 test windows, 8 x 2048 calibration
-    tokens; 23.98 against 23.66 on 16 windows, 32 x 2048), while act-order gives 24.92 (22.45):
-    likely because the massive activations of the first token make diag(H) very uneven and quantizing the
-    dominant rows first leaves the most rows to absorb their error.
+    tokens; 23.98 against 23.66 on 16 windows, 32 x 2048), while act-order gives 24.92 (22.45),
+    likely because the massive activations of the first token make diag(H) very uneven, and
+    quantizing the dominant rows first leaves the most rows to absorb their error.
     """
 
     block_size: int = 128
