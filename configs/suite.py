@@ -50,6 +50,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.batch_size = 16          # log-likelihood tasks
     c.gen_batch_size = 8       # generation tasks
     c.compute_dtype = "float32"
+    # Score tasks on the dequantized weights (same arithmetic as the QArray path, compiled once for
+    # every configuration); "efficiency" always runs the stored params.
+    c.score_dequantized = True
     c.seed = 0
     c.results = "results/suite.jsonl"
     c.work_dir = "results/suite_work"  # journal of finished tasks, quantized params cache, samples

@@ -13,6 +13,11 @@ Crash safety (a `kill -9` at any instant loses nothing finished and repeats noth
   * quantized params are cached per (model, transform) under `<work_dir>/params/` with Orbax
     (`qjax.quant.storage.save_params`) into a temp directory renamed into place when complete, so
     a resumed run restores them instead of quantizing again; leftover temp directories are removed.
+Scores: with `score_dequantized` (the default) every task but "efficiency" runs on the quantized
+params' dequantized float weights, which is the same arithmetic as the QArray leaves' own
+dequantize-then-matmul path (x @ dequantize()), so the float configuration's compiled forwards are
+reused instead of compiling every task's shapes again per bit width and storage layout;
+"efficiency" always measures the stored (packed) params.
 Progress lines: "[run] model transform task" when a task starts, "[done] ..." when its rows are in
 the store, "[skip] ..." for tasks already done.
 """
@@ -38,6 +43,7 @@ from qjax.eval.gen_tasks import is_generation_task, run_generation_task
 from qjax.eval.results import ResultStore, make_row, row_key
 from qjax.models.config import ModelConfig
 from qjax.ops.runtime import Runtime
+from qjax.quant.calibration import dequantized
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/suite.py", "suite config")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "data directory (default: $QJAX_DATA_DIR)")
@@ -265,7 +271,8 @@ def full_rows(rows: list[dict], model: str, transform: Transform, cfg, extra: di
         task_config = row.pop("config", None) or {}
         out.append(make_row(model=model, transform=transform.name,
                             config={"transform": transform.info(), "task": task_config,
-                                    "suite": {"seed": cfg.seed, "compute_dtype": cfg.compute_dtype},
+                                    "suite": {"seed": cfg.seed, "compute_dtype": cfg.compute_dtype,
+                                              "score_dequantized": cfg.score_dequantized},
                                     **extra}, **row))
     return out
 
@@ -298,18 +305,20 @@ def run_suite(cfg, data_dir: Optional[str]) -> ResultStore:
                 continue
             tparams, cache_info = transformed_params(model, params, config, tokenizer, t, calibration,
                                                      work_dir, data_dir)
+            scored = dequantized(tparams) if cfg.score_dequantized else tparams
             for task in tasks:
                 print(f"[run] {model} {t.name} {task}", flush=True)
                 start = time.perf_counter()
                 samples_dir = work_dir / "samples" / _slug(model) / _slug(t.name)
-                rows = run_task_rows(task, tparams, config, tokenizer, cfg, runtime, data_dir, samples_dir)
+                rows = run_task_rows(task, tparams if task == "efficiency" else scored, config, tokenizer, cfg,
+                                     runtime, data_dir, samples_dir)
                 rows = full_rows(rows, model, t, cfg, {"params_cache": cache_info} if cache_info else {})
                 journal.write(model, t.name, task, rows)
                 append_missing(store, rows)
                 summary = ", ".join(f"{r['task']} {r['metric']}={r['value']:.4g}" for r in rows[-4:])
                 print(f"[done] {model} {t.name} {task} ({time.perf_counter() - start:.0f} s): {summary}",
                       flush=True)
-            del tparams
+            del tparams, scored
     return store
 
 

@@ -246,17 +246,22 @@ def metric_rows(spec: TaskSpec, items: Sequence[ScoredItem], options: TaskOption
     for m in spec.metrics:
         value = pooled[m]
         if spec.subject_field and m != "ece":
-            value = _macro_average([per_group[k][m] for k in per_group])
+            value = _macro_average([per_group[k][m] for k in per_group], value)
         rows.append(row(spec.name, m, value))
     return rows
 
 
-def _macro_average(values: Sequence[MetricValue]) -> MetricValue:
+def _macro_average(values: Sequence[MetricValue], pooled: MetricValue) -> MetricValue:
+    """Mean over subjects, stderr sqrt(sum se_s^2) / S. A subject with one item has no sample
+    variance of its own: its se_s^2 is the pooled per-item variance (pooled.stderr^2 * pooled.items),
+    so with one item in every subject the stderr is the pooled one."""
     mean = float(np.mean([v.value for v in values]))
-    if any(v.stderr is None for v in values):
+    if pooled.stderr is None:
         stderr = None
     else:
-        stderr = math.sqrt(sum(v.stderr ** 2 for v in values)) / len(values)
+        item_variance = pooled.stderr ** 2 * pooled.items
+        variances = [v.stderr ** 2 if v.stderr is not None else item_variance / v.items for v in values]
+        stderr = math.sqrt(sum(variances)) / len(values)
     return MetricValue(mean, stderr, sum(v.items for v in values))
 
 

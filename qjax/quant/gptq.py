@@ -122,24 +122,6 @@ def _inverse_cholesky(h: jax.Array, percdamp: jax.Array):
     return upper, jnp.all(jnp.isfinite(upper))
 
 
-def inverse_hessian_factor(h: jax.Array, percdamp: float = 0.01, damp_retries: int = 3,
-                           path: str = "weight") -> tuple[jax.Array, float, int]:
-    """U with (H + damp I)^-1 = U^T U, U upper triangular, retrying a failed factorisation with
-    10x the dampening (logged). Returns (U, percdamp used, retries). Dead inputs must already be
-    handled (diag(H) > 0)."""
-    damp = float(percdamp)
-    for retry in range(damp_retries + 1):
-        upper, ok = _inverse_cholesky(h, jnp.float32(damp))
-        if bool(ok):
-            return upper, damp, retry
-        if retry < damp_retries:
-            log.warning("%s: Hessian is not positive definite with dampening %.3g x mean(diag); "
-                        "retrying with %.3g", path, damp, damp * 10)
-            damp *= 10
-    raise ValueError(f"{path}: Hessian is not positive definite even with dampening {damp:.3g} x "
-                     f"mean(diag) after {damp_retries} retries")
-
-
 @dataclasses.dataclass
 class HessianFactor:
     """What GPTQ needs from one input Hessian (shared by the linears that read the same input).
@@ -152,28 +134,44 @@ class HessianFactor:
 
     h: jax.Array
     dead: jax.Array
-    perm: Optional[np.ndarray]
+    perm: Optional[jax.Array]
     upper: jax.Array
     percdamp: float
     retries: int
 
 
+@functools.partial(jax.jit, static_argnames=("act_order",))
+def _prepare_and_factor(h: jax.Array, percdamp: jax.Array, *, act_order: bool):
+    """One compiled call: (H with dead diagonals set to 1, dead (in,), perm (in,) or None, U of the
+    permuted damped H, U finite, H finite)."""
+    finite = jnp.all(jnp.isfinite(h))
+    dead = jnp.diag(h) == 0
+    h = h + jnp.diag(dead.astype(jnp.float32))
+    perm = jnp.argsort(-jnp.diag(h), stable=True) if act_order else None
+    upper, ok = _inverse_cholesky(h[perm][:, perm] if act_order else h, percdamp)
+    return h, dead, perm, upper, ok, finite
+
+
 def factor_hessian(h, cfg: Optional[GPTQConfig] = None, path: str = "weight") -> HessianFactor:
-    """Check H (square, finite), handle dead inputs, order rows (act_order), factor with retries."""
+    """Check H (square, finite), handle dead inputs, order rows (act_order), factor with retries
+    (each retry with 10x the dampening, logged as a warning)."""
     cfg = GPTQConfig() if cfg is None else cfg
     h = jnp.asarray(h, jnp.float32)
     if h.ndim != 2 or h.shape[0] != h.shape[1]:
         raise ValueError(f"{path}: Hessian must be square, got shape {h.shape}")
-    if not bool(jnp.all(jnp.isfinite(h))):
-        raise ValueError(f"{path}: Hessian holds NaN or Inf (non-finite calibration activations?)")
-    dead = jnp.diag(h) == 0
-    h = h + jnp.diag(dead.astype(jnp.float32))
-    perm, hp = None, h
-    if cfg.act_order:
-        perm = np.argsort(-np.asarray(jnp.diag(h)), kind="stable")
-        hp = h[perm][:, perm]
-    upper, damp, retries = inverse_hessian_factor(hp, cfg.percdamp, cfg.damp_retries, path)
-    return HessianFactor(h=h, dead=dead, perm=perm, upper=upper, percdamp=damp, retries=retries)
+    damp = float(cfg.percdamp)
+    for retry in range(cfg.damp_retries + 1):
+        hfix, dead, perm, upper, ok, finite = _prepare_and_factor(h, jnp.float32(damp), act_order=cfg.act_order)
+        if not bool(finite):
+            raise ValueError(f"{path}: Hessian holds NaN or Inf (non-finite calibration activations?)")
+        if bool(ok):
+            return HessianFactor(h=hfix, dead=dead, perm=perm, upper=upper, percdamp=damp, retries=retry)
+        if retry < cfg.damp_retries:
+            log.warning("%s: Hessian is not positive definite with dampening %.3g x mean(diag); "
+                        "retrying with %.3g", path, damp, damp * 10)
+            damp *= 10
+    raise ValueError(f"{path}: Hessian is not positive definite even with dampening {damp:.3g} x "
+                     f"mean(diag) after {cfg.damp_retries} retries")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -343,8 +341,6 @@ def gptq_quantize(w, h, spec: WeightQuantSpec, cfg: GPTQConfig = GPTQConfig(), *
     if cfg.act_order and grouped and not cfg.static_groups:
         raise ValueError(f"{path}: act_order with group_size={spec.group_size} needs static_groups=True "
                          f"(QArray stores groups of consecutive input rows, without a g_idx)")
-    grid = make_grid(spec)
-    has_zero = grid.codebook is None
     w0 = jnp.asarray(w_np, jnp.float32)
     factor = h if isinstance(h, HessianFactor) else factor_hessian(h, cfg, path)
     if factor.h.shape != (n_in, n_in):
@@ -352,33 +348,44 @@ def gptq_quantize(w, h, spec: WeightQuantSpec, cfg: GPTQConfig = GPTQConfig(), *
                          f"kernel of shape {w_np.shape}")
     if (factor.perm is not None) != cfg.act_order:
         raise ValueError(f"{path}: the HessianFactor was made with act_order={not cfg.act_order}")
-    w1 = jnp.where(factor.dead[:, None], 0.0, w0)
-
     dynamic = grouped and not cfg.static_groups
+    codes, q, scale, zero, error = _gptq_kernel(w0, factor.dead, factor.perm, factor.upper, factor.h, spec=spec,
+                                                block_size=cfg.block_size, group=g, dynamic=dynamic)
+    return GPTQResult(codes=codes, scale=scale, zero=zero, weight=q, percdamp=factor.percdamp,
+                      retries=factor.retries, dead=int(jnp.sum(factor.dead)), error=float(error))
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "block_size", "group", "dynamic"))
+def _gptq_kernel(w0, dead, perm, upper, h, *, spec: WeightQuantSpec, block_size: int, group: int,
+                 dynamic: bool):
+    """gptq_quantize after its checks, one compiled call: (codes, q, scale, zero or None, error).
+
+    w0 (in, out) float32; dead (in,) bool; perm (in,) row order or None; upper, h (in, in); group:
+    rows per group (in for per-channel / per-tensor specs); dynamic: fit groups on the current rows
+    (else static statistics fitted on the dead-zeroed weight before any update)."""
+    grid = make_grid(spec)
+    has_zero = grid.codebook is None
+    n_in, n_out = w0.shape
+    w1 = jnp.where(dead[:, None], 0.0, w0)
     row_scale = row_zero = None
     if not dynamic:
         scale, zero = grid.fit_weight(w1)  # per channel (1, out), per tensor (1, 1), static groups
-        row_group = np.arange(n_in) // g if grouped else np.zeros(n_in, np.int64)
+        row_group = jnp.arange(n_in) // group
         row_scale = jnp.broadcast_to(scale, (scale.shape[0], n_out))[row_group]
         row_zero = jnp.broadcast_to(zero if has_zero else jnp.zeros_like(scale), (scale.shape[0], n_out))[row_group]
-
-    perm = factor.perm
+    rows = w1
     if perm is not None:
-        w1 = w1[perm]
-        row_scale, row_zero = row_scale[perm], row_zero[perm]
-    codes, q, fitted = _gptq_rows(w1, factor.upper, row_scale, row_zero, spec=spec,
-                                  block_size=cfg.block_size, group=g if dynamic else None)
+        rows, row_scale, row_zero = w1[perm], row_scale[perm], row_zero[perm]
+    codes, q, fitted = _gptq_rows(rows, upper, row_scale, row_zero, spec=spec, block_size=block_size,
+                                  group=group if dynamic else None)
     if perm is not None:
-        inv = np.argsort(perm)
+        inv = jnp.argsort(perm)
         codes, q = codes[inv], q[inv]
     if dynamic:
-        scale, zero = fitted[0], (fitted[1] if has_zero else None)
-    error = float(_relative_error(jnp.where(factor.dead[:, None], 0.0, w0), q, factor.h))
+        scale, zero = fitted
     if has_zero and spec.symmetric:
         zero = jnp.full(scale.shape, float(1 << (spec.bits - 1)), jnp.float32)
-    return GPTQResult(codes=codes, scale=scale, zero=zero if has_zero else None, weight=q,
-                      percdamp=factor.percdamp, retries=factor.retries, dead=int(jnp.sum(factor.dead)),
-                      error=error)
+    return codes, q, scale, zero if has_zero else None, _relative_error(w1, q, h)
 
 
 def to_qarray(result: GPTQResult, spec: WeightQuantSpec, dtype: str = "float32") -> QArray:
@@ -407,4 +414,4 @@ def gptq_block(capture, specs: Mapping[str, WeightQuantSpec], cfg: GPTQConfig = 
 
 
 __all__ = ["GPTQConfig", "GPTQResult", "HessianFactor", "gptq_quantize", "gptq_loop", "factor_hessian",
-           "to_qarray", "gptq_block", "inverse_hessian_factor", "effective_block"]
+           "to_qarray", "gptq_block", "effective_block"]

@@ -115,6 +115,16 @@ def test_subject_rows_macro_average_and_pooled_ece():
     assert set(rows["toy", "acc"]) >= {"task", "metric", "value", "stderr", "items", "seconds", "config"}
 
 
+def test_macro_stderr_with_one_item_per_subject_is_the_pooled_binomial_one():
+    spec = TaskSpec("toy", MULTIPLE_CHOICE, lambda split, d: [], "test", subject_field="subject",
+                    metrics=("acc",))
+    golds = [0, 0, 1, 1, 1]  # the model always picks choice 0: correct on 2 of 5 subjects
+    items = [item([0, -1], [g], doc={"subject": f"s{i}"}) for i, g in enumerate(golds)]
+    macro = {(r["task"], r["metric"]): r for r in metric_rows(spec, items, TaskOptions(), 1.0)}["toy", "acc"]
+    assert macro["value"] == pytest.approx(0.4)
+    assert macro["stderr"] == pytest.approx(math.sqrt(0.4 * 0.6 * 5 / 4 / 5))  # ddof=1 sample std / sqrt(n)
+
+
 def test_unknown_metric_is_one_clear_error():
     with pytest.raises(ValueError, match="no metric 'f1' for multiple_choice"):
         tm.metric_fn("multiple_choice", "f1")

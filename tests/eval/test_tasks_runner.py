@@ -125,3 +125,20 @@ def test_rolling_wikitext_document_loglikelihood(params, tokenizer, tmp_path):
     assert rows["word_perplexity"]["value"] == pytest.approx(math.exp(-total_ll / total_words), rel=1e-4)
     assert rows["bits_per_byte"]["value"] == pytest.approx(-total_ll / total_bytes / math.log(2), rel=1e-4)
     assert rows["word_perplexity"]["items"] == 2
+
+
+def test_quantized_params_score_as_their_dequantized_weights(params, tokenizer, data_dir):
+    """The suite scores tasks on dequantized weights: the same numbers as the QArray leaves."""
+    from qjax.quant.calibration import dequantized
+    from qjax.quant.qarray import QArray
+    from qjax.quant.quantize import QuantizeConfig, quantize
+
+    quantized, _ = quantize(params, CONFIG, QuantizeConfig(method="rtn", bits=4, group_size=8))
+    assert isinstance(quantized["layers_0"]["mlp"]["down_proj"]["kernel"], QArray)
+    kwargs = dict(limit=6, num_fewshot=1, seed=4, data_dir=str(data_dir), batch_size=4)
+    on_qarrays = {r["metric"]: r["value"] for r in run_task("arc_easy", quantized, CONFIG, tokenizer, **kwargs)}
+    on_floats = {r["metric"]: r["value"] for r in run_task("arc_easy", dequantized(quantized), CONFIG, tokenizer,
+                                                           **kwargs)}
+    on_original = {r["metric"]: r["value"] for r in run_task("arc_easy", params, CONFIG, tokenizer, **kwargs)}
+    assert on_qarrays == pytest.approx(on_floats, abs=1e-6)
+    assert on_qarrays["ece"] != pytest.approx(on_original["ece"], abs=1e-6)  # W4 changed the scores
