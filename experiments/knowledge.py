@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from absl import app
 
-from qjax.eval.task_experiment import define_task_flags, run_experiment
+from task_experiment import define_task_flags, run_experiment  # experiments/task_experiment.py
 
 FLAGS = define_task_flags("configs/knowledge.py")
 

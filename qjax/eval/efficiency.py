@@ -31,7 +31,6 @@ from qjax.eval.generate import Sampling, decode, prefill
 from qjax.models.config import ModelConfig
 from qjax.models.kv_cache import cache_nbytes
 from qjax.ops.runtime import Runtime
-from qjax.quant.storage import params_nbytes
 
 
 def _compiled_peak(compiled) -> Optional[int]:
@@ -40,6 +39,12 @@ def _compiled_peak(compiled) -> Optional[int]:
         return None
     return int(analysis.argument_size_in_bytes + analysis.output_size_in_bytes
                + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
+
+
+def tree_nbytes(params) -> int:
+    """Stored bytes of a params pytree: every array leaf at its dtype (a QArray's leaves are its
+    codes, statistics, outliers and codebook, so this equals the sum of the QArrays' `nbytes`)."""
+    return int(sum(leaf.size * np.dtype(leaf.dtype).itemsize for leaf in jax.tree_util.tree_leaves(params)))
 
 
 def _block(tree) -> None:
@@ -98,7 +103,7 @@ def measure_efficiency(params, config: ModelConfig, *, prompt_tokens: int = 512,
         raise RuntimeError(f"decode ran {int(final['step']) - 1} steps, expected {steps}")
 
     result = {
-        "weight_bytes": params_nbytes(params),
+        "weight_bytes": tree_nbytes(params),
         "kv_bytes": cache_nbytes(cache, runtime.kv_cache),
         "kv_bytes_per_token": cache_nbytes(cache, runtime.kv_cache) // (batch_size * (prompt_tokens + new_tokens)),
         "prefill_tokens_per_s": batch_size * prompt_tokens / min(prefill_s),

@@ -30,3 +30,15 @@ def test_bytes_and_speeds():
         assert run["decode_peak_bytes"] >= run["weight_bytes"]
     with pytest.raises(ValueError, match="exceeds the model's context"):
         measure_efficiency(params, config, prompt_tokens=250, new_tokens=10)
+
+
+def test_weight_bytes_count_packed_codes_and_statistics():
+    from qjax.eval.efficiency import tree_nbytes
+    from qjax.quant.rtn import quantize_rtn
+    from qjax.quant.spec import WeightQuantSpec
+
+    w = np.random.default_rng(0).standard_normal((64, 128)).astype(np.float32)
+    qa = quantize_rtn(w, WeightQuantSpec(bits=3, group_size=32, symmetric=False))
+    tree = {"norm": np.ones(64, np.float32), "kernel": qa}
+    stat_bytes = 2 * (64 // 32) * 128 * qa.scale.dtype.itemsize  # scale and zero per (group, column)
+    assert tree_nbytes(tree) == 64 * 4 + 64 * 128 * 3 // 8 + stat_bytes

@@ -1,8 +1,8 @@
 """The driver of the task experiments (`experiments/knowledge.py`, `experiments/alignment.py`).
 
 `run_experiment(cfg)` loads the model (float, or a saved quantized checkpoint) and runs the config's
-tasks into its results store; it is the one place in `qjax.eval` that loads checkpoints, so the
-task core (`qjax.eval.tasks`) stays free of them.
+tasks into its results store. It lives with the scripts (imported by them as a sibling module), not
+in `qjax.eval`, because loading checkpoints is an experiment's job: the task core stays free of it.
 
 `define_task_flags(default_config)` defines --config (an ml_collections config file, fields
 overridable as --config.field=value) and the shortcuts --model, --tasks, --limit, --num_fewshot,
