@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from qjax.analysis import plots
-from qjax.analysis.stats import correlate, pareto_front
+from qjax.analysis.stats import correlate, goodness, pareto_front
 from qjax.analysis.table import (Measurement, ResultTable, format_value, markdown_table,
                                  results_markdown)
 
@@ -38,10 +38,16 @@ def _p(value: float) -> str:
 def correlation_markdown(table: ResultTable, perplexity: Measurement,
                          benchmarks: Sequence[Measurement]) -> str:
     body = []
-    for c in correlate(table, perplexity, benchmarks):
+    correlations = correlate(table, perplexity, benchmarks)
+    for c in correlations:
         body.append([f"{c.benchmark[0]} {c.benchmark[1]}", c.n, format_value(c.pearson_r),
                      _p(c.pearson_p), format_value(c.spearman_rho), _p(c.spearman_p)])
-    return markdown_table(["benchmark", "n", "Pearson r", "p", "Spearman ρ", "p"], body)
+    text = markdown_table(["benchmark", "n", "Pearson r", "p", "Spearman ρ", "p"], body)
+    defined = [abs(c.pearson_r) for c in correlations if not math.isnan(c.pearson_r)]
+    if defined:
+        text += (f"\n\nMean |Pearson r| over the {len(defined)} benchmarks where it is defined: "
+                 f"{sum(defined) / len(defined):.3f}.")
+    return text
 
 
 def pareto_markdown(table: ResultTable, model: str, memory: Measurement,
@@ -51,7 +57,7 @@ def pareto_markdown(table: ResultTable, model: str, memory: Measurement,
     for bench in benchmarks:
         col = table.column(bench)
         points = {c: (mem[c], col[c]) for c in table.configs if c[0] == model and c in mem and c in col}
-        front = pareto_front(points)
+        front = pareto_front({c: (m, goodness(bench[1], s)) for c, (m, s) in points.items()})
         body.append([f"{bench[0]} {bench[1]}", ", ".join(
             f"{c[1]} ({points[c][0] / plots.MIB:.1f} MiB, {format_value(points[c][1])})" for c in front)])
     return markdown_table(["benchmark", f"Pareto front over {memory[0]} {memory[1]} (low to high)"], body)
@@ -102,7 +108,8 @@ def write_report(table: ResultTable, out_dir: str | Path, *, perplexity: Measure
             path = plots.plot_score_vs_memory(table, model, benchmarks, memory,
                                               out_dir / "plots" / f"{slug}_score_vs_memory.png")
             lines += ["### Score vs weight memory, with the Pareto front", "",
-                      pareto_markdown(table, model, memory, benchmarks), "",
+                      "Better is higher, except perplexity and ECE (lower) and bias scores (closer to 0).",
+                      "", pareto_markdown(table, model, memory, benchmarks), "",
                       f"![score vs memory](plots/{path.name})", ""]
         if has_ppl and benchmarks:
             path = plots.plot_perplexity_vs_score(table, model, perplexity, benchmarks,

@@ -7,6 +7,8 @@ Pearson's r and Spearman's rho with their two-sided p-values come from `scipy.st
 
 `pareto_front(points)`: points (cost, score); a point is on the front when no other point has
 cost <= and score >= with at least one strict inequality (lower cost and higher score are better).
+`goodness(metric, value)` maps a score so that larger is better before it goes into the front:
+perplexities, bits per byte and ECE are negated, bias scores (0 = unbiased) become -|value|.
 """
 
 from __future__ import annotations
@@ -63,6 +65,16 @@ def correlate(table: ResultTable, perplexity: Measurement,
         r, rp, rho, rhop = correlation([ppl[c] for c in shared], [scores[c] for c in shared])
         out.append(Correlation(bench, len(shared), r, rp, rho, rhop))
     return out
+
+
+LOWER_IS_BETTER = ("perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte", "ece")
+
+
+def goodness(metric: str, value: float) -> float:
+    """`value` of `metric` oriented so that larger is better (module docstring)."""
+    if metric.startswith("bias"):
+        return -abs(value)
+    return -value if metric in LOWER_IS_BETTER else value
 
 
 def pareto_front(points: dict[Hashable, tuple[float, float]]) -> list[Hashable]:

@@ -136,6 +136,29 @@ def test_report_with_plots(tmp_path):
         write_report(table, tmp_path / "bad", perplexity=PPL, memory=MEM, benchmarks=[("mmlu", "f1")])
 
 
+def test_pareto_front_orients_lower_is_better_and_bias_metrics(tmp_path):
+    # ECE: lower is better; BBQ bias: closer to 0 is better. (cost MiB, value) per transform.
+    ece = {"float": (500, 0.10), "rtn_w4": (80, 0.30), "gptq_w4": (80, 0.20), "gptq_w2": (50, 0.40)}
+    bias = {"float": (500, 0.02), "rtn_w4": (80, -0.05), "gptq_w4": (80, 0.20), "gptq_w2": (50, 0.30)}
+    rows = []
+    for name, (method, bits, ppl, *_rest) in HAND.items():
+        if name not in ece:
+            continue
+        common = dict(model="m", transform=name, config={"transform": {"name": name, "method": method, "bits": bits}})
+        rows.append(make_row(task=PPL[0], metric=PPL[1], value=ppl, **common))
+        rows.append(make_row(task="efficiency", metric="weight_bytes", value=ece[name][0] * 2 ** 20, **common))
+        rows.append(make_row(task="arc_easy", metric="ece", value=ece[name][1], **common))
+        rows.append(make_row(task="bbq", metric="bias_ambig", value=bias[name][1], **common))
+    text = write_report(build_table(rows), tmp_path, perplexity=PPL, memory=MEM).read_text()
+    assert ("| arc_easy ece | gptq_w2 (50.0 MiB, 0.4000), gptq_w4 (80.0 MiB, 0.2000), "
+            "float (500.0 MiB, 0.1000) |") in text
+    assert ("| bbq bias_ambig | gptq_w2 (50.0 MiB, 0.3000), rtn_w4 (80.0 MiB, -0.0500), "
+            "float (500.0 MiB, 0.0200) |") in text
+    r_ece = stats.pearsonr([20.0, 24.0, 22.0, 300.0], [0.10, 0.30, 0.20, 0.40])[0]
+    r_bias = stats.pearsonr([20.0, 24.0, 22.0, 300.0], [0.02, -0.05, 0.20, 0.30])[0]
+    assert f"benchmarks where it is defined: {(abs(r_ece) + abs(r_bias)) / 2:.3f}." in text
+
+
 def test_subtask_rows_are_not_default_benchmarks(tmp_path):
     rows = _rows() + [make_row(model="m", transform=t, task="mmlu/anatomy", metric="acc", value=0.2)
                       for t in HAND]
