@@ -32,9 +32,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.tasks = ("wikitext2", "efficiency", "mmlu", "arc_easy", "truthfulqa_mc1", "truthfulqa_mc2", "bbq",
                "gsm8k")
     # Limits sized for this shared 2-core CPU (the whole grid in about an hour); raise them where
-    # there is compute: MMLU is 0-shot over one question per subject (57), GSM8K 8-shot.
+    # there is compute: MMLU is 5-shot over one question per subject (57), GSM8K 8-shot.
     c.task_options = ml_collections.ConfigDict({
-        "mmlu": _task(limit=1, num_fewshot=0),
+        "mmlu": _task(limit=1, num_fewshot=5),
         "arc_easy": _task(limit=100),
         "truthfulqa_mc1": _task(limit=50),
         "truthfulqa_mc2": _task(limit=50),

@@ -7,9 +7,12 @@
 Crash safety (a `kill -9` at any instant loses nothing finished and repeats nothing finished):
   * a task's rows are first written to a journal file `<work_dir>/journal/<key>.json` (temp file,
     fsync, rename: the file exists whole or not at all), then appended to the store one row at a
-    time, skipping keys already there (the store drops a torn trailing line when opened);
-  * at start, every journal file is replayed into the store (rows a kill cut off get appended), and
-    a task whose journal file exists is done: it is never run again;
+    time, skipping (key, run id) pairs already there (the store drops a torn trailing line when
+    opened). The run id digests the task's options, the transform's settings and its calibration:
+    a task whose settings changed runs again, its rows appended after the old ones (readers keep
+    the later row of a key), and its old journal file is removed;
+  * at start, every journal file is replayed into the store, oldest first (rows a kill cut off get
+    appended), and a task whose journal file exists is done: it is never run again;
   * quantized params are cached per (model, transform) under `<work_dir>/params/` with Orbax
     (`qjax.quant.storage.save_params`) into a temp directory renamed into place when complete, so
     a resumed run restores them instead of quantizing again; leftover temp directories are removed.
@@ -151,35 +154,41 @@ def _slug(text: str) -> str:
 
 
 class Journal:
-    """Finished tasks: one JSON file of complete rows per (model, transform, task)."""
+    """Finished tasks: one JSON file of complete rows per (model, transform, task, run id).
+
+    The run id (`task_run_id`) digests everything a task's result depends on, so a task whose
+    options, transform settings or calibration changed is run again instead of reused."""
 
     def __init__(self, folder: Path):
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
 
-    def path(self, model: str, transform: str, task: str) -> Path:
-        digest = hashlib.sha256(json.dumps([model, transform, task]).encode()).hexdigest()[:10]
-        return self.folder / f"{_slug(model)}__{_slug(transform)}__{_slug(task)}__{digest}.json"
+    def path(self, model: str, transform: str, task: str, run_id: str) -> Path:
+        return self.folder / f"{_slug(model)}__{_slug(transform)}__{_slug(task)}__{run_id}.json"
 
-    def done(self, model: str, transform: str, task: str) -> bool:
-        return self.path(model, transform, task).is_file()
+    def done(self, model: str, transform: str, task: str, run_id: str) -> bool:
+        return self.path(model, transform, task, run_id).is_file()
 
-    def write(self, model: str, transform: str, task: str, rows: list[dict]) -> None:
-        final = self.path(model, transform, task)
+    def write(self, model: str, transform: str, task: str, run_id: str, rows: list[dict]) -> None:
+        final = self.path(model, transform, task, run_id)
         tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"model": model, "transform": transform, "task": task, "rows": rows}, f, default=str)
+            json.dump({"model": model, "transform": transform, "task": task, "run_id": run_id, "rows": rows},
+                      f, default=str)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)
         _fsync_dir(self.folder)
+        for old in self.folder.glob(f"{_slug(model)}__{_slug(transform)}__{_slug(task)}__*.json"):
+            if old != final:  # superseded by this run (other options); its rows stay in the store
+                old.unlink()
 
     def replay(self, store: ResultStore) -> int:
         """Appends every journaled row missing from the store; returns how many were appended."""
         for stale in self.folder.glob(".*.tmp*"):
             stale.unlink(missing_ok=True)
         appended = 0
-        for path in sorted(self.folder.glob("*.json")):
+        for path in sorted(self.folder.glob("*.json"), key=lambda p: p.stat().st_mtime_ns):  # oldest first
             appended += append_missing(store, json.loads(path.read_text(encoding="utf-8"))["rows"])
         return appended
 
@@ -193,9 +202,12 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def append_missing(store: ResultStore, rows: list[dict]) -> int:
+    """Appends the rows whose (key, run id) the store lacks (a rerun with new options appends its
+    rows after the old ones; readers keep the later row of a key)."""
+    present = {(row_key(r), r.get("run_id")) for r in store.rows()}
     n = 0
     for row in rows:
-        if not store.has(row_key(row)):
+        if (row_key(row), row.get("run_id")) not in present:
             store.append(row)
             n += 1
     return n
@@ -209,6 +221,21 @@ def _options(cfg, task: str) -> dict:
     if task in cfg.task_options:
         defaults.update({k: v for k, v in cfg.task_options[task].to_dict().items() if v is not None})
     return defaults
+
+
+def task_run_id(model: str, transform: Transform, task: str, cfg, calibration: dict) -> str:
+    """Digest of what a task's rows depend on: model, transform settings and calibration, the task's
+    options and the suite settings its runner reads."""
+    settings = {"options": _options(cfg, task), "seed": cfg.seed, "compute_dtype": cfg.compute_dtype,
+                "score_dequantized": cfg.score_dequantized}
+    if task in PERPLEXITY_DATASETS:
+        settings["perplexity"] = cfg.perplexity.to_dict()
+    if task == "efficiency":
+        settings["efficiency"] = cfg.efficiency.to_dict()
+    settings["options"].pop("batch_size", None)  # batching does not change results
+    transform_id = transform.fingerprint(calibration) if transform.method != "float" else "float"
+    blob = json.dumps([model, transform.name, transform_id, task, settings], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 def check_task_name(task: str) -> None:
@@ -264,7 +291,7 @@ def efficiency_rows(params, config: ModelConfig, cfg, runtime: Runtime) -> list[
             if name not in inputs and isinstance(value, (int, float))]
 
 
-def full_rows(rows: list[dict], model: str, transform: Transform, cfg, extra: dict) -> list[dict]:
+def full_rows(rows: list[dict], model: str, transform: Transform, cfg, run_id: str, extra: dict) -> list[dict]:
     out = []
     for row in rows:
         row = dict(row)
@@ -273,7 +300,7 @@ def full_rows(rows: list[dict], model: str, transform: Transform, cfg, extra: di
                             config={"transform": transform.info(), "task": task_config,
                                     "suite": {"seed": cfg.seed, "compute_dtype": cfg.compute_dtype,
                                               "score_dequantized": cfg.score_dequantized},
-                                    **extra}, **row))
+                                    **extra}, run_id=run_id, **row))
     return out
 
 
@@ -291,7 +318,10 @@ def run_suite(cfg, data_dir: Optional[str]) -> ResultStore:
     runtime = Runtime(compute_dtype=cfg.compute_dtype)
     calibration = cfg.calibration.to_dict()
     for model in cfg.models:
-        todo = [(t, task) for t in transforms for task in cfg.tasks if not journal.done(model, t.name, task)]
+        run_ids = {(t.name, task): task_run_id(model, t, task, cfg, calibration)
+                   for t in transforms for task in cfg.tasks}
+        todo = [(t, task) for t in transforms for task in cfg.tasks
+                if not journal.done(model, t.name, task, run_ids[t.name, task])]
         for t in transforms:
             for task in cfg.tasks:
                 if (t, task) not in todo:
@@ -312,8 +342,9 @@ def run_suite(cfg, data_dir: Optional[str]) -> ResultStore:
                 samples_dir = work_dir / "samples" / _slug(model) / _slug(t.name)
                 rows = run_task_rows(task, tparams if task == "efficiency" else scored, config, tokenizer, cfg,
                                      runtime, data_dir, samples_dir)
-                rows = full_rows(rows, model, t, cfg, {"params_cache": cache_info} if cache_info else {})
-                journal.write(model, t.name, task, rows)
+                run_id = run_ids[t.name, task]
+                rows = full_rows(rows, model, t, cfg, run_id, {"params_cache": cache_info} if cache_info else {})
+                journal.write(model, t.name, task, run_id, rows)
                 append_missing(store, rows)
                 summary = ", ".join(f"{r['task']} {r['metric']}={r['value']:.4g}" for r in rows[-4:])
                 print(f"[done] {model} {t.name} {task} ({time.perf_counter() - start:.0f} s): {summary}",

@@ -30,14 +30,7 @@ TASK_METRICS = {
 }
 
 
-def _transforms() -> tuple[str, ...]:
-    try:
-        from qjax.quant.quantize import QuantizeConfig
-
-        QuantizeConfig(method="rtn", bits=4)
-    except ImportError:  # the quantization methods are still being written
-        return ("float",)
-    return ("float", "rtn_w4")
+TRANSFORMS = ("float", "rtn_w4")
 
 
 def _command(tmp: Path, transforms) -> list[str]:
@@ -65,7 +58,7 @@ def _tagged(text: str, tag: str) -> set[tuple[str, str]]:
 
 
 def test_suite_survives_sigkill_and_resumes(tmp_path, data_dir):
-    transforms = _transforms()
+    transforms = TRANSFORMS
     cmd = _command(tmp_path, transforms)
     log = tmp_path / "run1.log"
     with open(log, "w") as out:
@@ -111,9 +104,30 @@ def test_suite_survives_sigkill_and_resumes(tmp_path, data_dir):
     again = subprocess.run(cmd, cwd=REPO, env=_env(data_dir), capture_output=True, text=True, timeout=200)
     assert again.returncode == 0 and not _tagged(again.stdout, "run")
     assert _lines(store) == lines
-    if "rtn_w4" in transforms:
-        cached = list((tmp_path / "work/params/random-tiny").glob("rtn_w4-*"))
-        assert len(cached) == 1 and (cached[0] / "qjax_quant.json").is_file()
+    cached = list((tmp_path / "work/params/random-tiny").glob("rtn_w4-*"))
+    assert len(cached) == 1 and (cached[0] / "qjax_quant.json").is_file()
+
+
+def test_changed_task_options_rerun_only_that_task(tmp_path, data_dir, capsys):
+    sys.path.insert(0, str(REPO))
+    from configs.suite import get_config
+    from experiments.suite import run_suite
+
+    cfg = get_config("tiny")
+    cfg.results, cfg.work_dir = str(tmp_path / "r.jsonl"), str(tmp_path / "w")
+    cfg.transforms, cfg.tasks = ("float",), ("wikitext2", "arc_easy")
+    cfg.perplexity.max_windows = 1
+    cfg.task_options.arc_easy.limit = 2
+    run_suite(cfg, str(data_dir))
+    cfg.task_options.arc_easy.limit = 3
+    capsys.readouterr()
+    store = run_suite(cfg, str(data_dir))
+    out = capsys.readouterr().out
+    assert "[skip] random-tiny float wikitext2" in out and "[run] random-tiny float arc_easy" in out
+    acc = [r for r in store.rows() if (r["task"], r["metric"]) == ("arc_easy", "acc")]
+    assert [r["items"] for r in acc] == [2, 3]  # the rerun's row comes last, so it wins in reports
+    assert len([r for r in store.rows() if r["metric"] == "perplexity"]) == 1
+    assert len(list((tmp_path / "w/journal").glob("*arc_easy*.json"))) == 1  # the old journal is gone
 
 
 def test_bad_transform_and_task_names(tmp_path):
