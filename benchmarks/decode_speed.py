@@ -4,7 +4,10 @@ against this machine's memory bandwidth and against transformers' `generate`, al
   nice -n 10 .venv/bin/python benchmarks/decode_speed.py --prompt_tokens=128 --new_tokens=64
 
 1. Memory bandwidth: the best of several in-place copies (x + 1, x donated) of a large float32 array
-   (bytes read + written / s).
+   (bytes read + written / s), and XLA's matvec ceiling: every float weight of the model streamed
+   through one batch-1 matvec (kernels x (1, in) @ W, the tied embedding W @ h as the LM head does),
+   all in one compiled call, with nothing else of a decode step (the bytes/s a decode step's weight
+   reads could reach on this backend).
 2. Per setting (`qjax.eval.efficiency.measure_efficiency`, batch 1, random prompt of prompt_tokens):
    weight bytes, KV bytes, prefill tokens/s, decode tokens/s. The batch-1 decode limit is
    bandwidth / bytes read per step, where a step reads every weight (the tied embedding too: it is
@@ -58,12 +61,36 @@ def memory_bandwidth(megabytes: int, repeats: int = 5) -> float:
     return 2 * nbytes / best
 
 
+def matvec_bandwidth(params, repeats: int = 5) -> float:
+    """Bytes/s of streaming every 2-D float weight of `params` through one batch-1 matvec (module
+    docstring, step 1)."""
+    mats = [w for w in jax.tree_util.tree_leaves(params) if getattr(w, "ndim", 0) == 2]
+    vocab_rows = [w.shape[0] == params["embed"]["embedding"].shape[0] for w in mats]  # (vocab, hidden)
+    xs = [jax.random.normal(jax.random.key(i), (1, w.shape[1] if rows else w.shape[0]), w.dtype)
+          for i, (w, rows) in enumerate(zip(mats, vocab_rows))]
+
+    @jax.jit
+    def step(mats, xs):
+        return [w @ x[0] if rows else x @ w for w, x, rows in zip(mats, xs, vocab_rows)]
+
+    jax.block_until_ready(step(mats, xs))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(step(mats, xs))
+        best = min(best, time.perf_counter() - start)
+    return sum(w.nbytes for w in mats) / best
+
+
 def main(argv):
     del argv
     config, params, tokenizer = load_model("smollm2-135m")
     bandwidth = memory_bandwidth(_COPY_MB.value)
     print(f"device {jax.devices()[0].device_kind}; memory bandwidth (copy): {bandwidth / 1e9:.2f} GB/s")
-    results = {"bandwidth_bytes_per_s": bandwidth, "settings": {}}
+    matvec = matvec_bandwidth(params)
+    print(f"XLA matvec ceiling (every weight through one batch-1 matvec): {matvec / 1e9:.2f} GB/s = "
+          f"{100 * matvec / bandwidth:.1f}% of the copy bandwidth")
+    results = {"bandwidth_bytes_per_s": bandwidth, "matvec_bytes_per_s": matvec, "settings": {}}
     head = (f"{'setting':<8} {'weights MB':>10} {'KV MB':>7} {'prefill tok/s':>13} {'decode tok/s':>12} "
             f"{'limit tok/s':>11} {'of limit':>8}")
     print(head)
