@@ -41,12 +41,17 @@ def correlation_markdown(table: ResultTable, perplexity: Measurement,
     correlations = correlate(table, perplexity, benchmarks)
     for c in correlations:
         body.append([f"{c.benchmark[0]} {c.benchmark[1]}", c.n, format_value(c.pearson_r),
-                     _p(c.pearson_p), format_value(c.spearman_rho), _p(c.spearman_p)])
-    text = markdown_table(["benchmark", "n", "Pearson r", "p", "Spearman ρ", "p"], body)
-    defined = [abs(c.pearson_r) for c in correlations if not math.isnan(c.pearson_r)]
-    if defined:
-        text += (f"\n\nMean |Pearson r| over the {len(defined)} benchmarks where it is defined: "
-                 f"{sum(defined) / len(defined):.3f}.")
+                     _p(c.pearson_p), format_value(c.spearman_rho), _p(c.spearman_p),
+                     format_value(c.log_pearson_r), _p(c.log_pearson_p)])
+    text = markdown_table(["benchmark", "n", "Pearson r", "p", "Spearman ρ", "p", "Pearson r (log ppl)", "p"],
+                          body)
+    for name, values in (("Pearson r", [c.pearson_r for c in correlations]),
+                         ("Spearman ρ", [c.spearman_rho for c in correlations]),
+                         ("Pearson r (log ppl)", [c.log_pearson_r for c in correlations])):
+        defined = [abs(v) for v in values if not math.isnan(v)]
+        if defined:
+            text += (f"\n\nMean |{name}| over the {len(defined)} benchmarks where it is defined: "
+                     f"{sum(defined) / len(defined):.3f}.")
     return text
 
 

@@ -3,7 +3,9 @@
 `correlate(table, perplexity, benchmarks)`: for each benchmark measurement, the configurations that
 have both it and the perplexity measurement give paired samples (x = perplexity, y = score);
 Pearson's r and Spearman's rho with their two-sided p-values come from `scipy.stats.pearsonr` /
-`spearmanr`. With fewer than 3 pairs, or a constant side, the coefficients are NaN (undefined).
+`spearmanr`, and Pearson's r of log(perplexity) beside them (robust to a collapsed configuration
+whose perplexity is orders of magnitude above the rest). With fewer than 3 pairs, or a constant
+side, the coefficients are NaN (undefined).
 
 `pareto_front(points)`: points (cost, score); a point is on the front when no other point has
 cost <= and score >= with at least one strict inequality (lower cost and higher score are better).
@@ -32,6 +34,8 @@ class Correlation:
     pearson_p: float
     spearman_rho: float
     spearman_p: float
+    log_pearson_r: float  # Pearson r of log(perplexity) with the score: one collapsed
+    log_pearson_p: float  # configuration (perplexity in the thousands) does not dominate it
 
 
 def correlation(x: Sequence[float], y: Sequence[float]) -> tuple[float, float, float, float]:
@@ -62,8 +66,10 @@ def correlate(table: ResultTable, perplexity: Measurement,
     for bench in benchmarks:
         scores = table.column(bench)
         shared = [c for c in ppl if c in scores]
-        r, rp, rho, rhop = correlation([ppl[c] for c in shared], [scores[c] for c in shared])
-        out.append(Correlation(bench, len(shared), r, rp, rho, rhop))
+        x, y = [ppl[c] for c in shared], [scores[c] for c in shared]
+        r, rp, rho, rhop = correlation(x, y)
+        log_r, log_p = correlation(np.log(x), y)[:2] if all(v > 0 for v in x) else (math.nan, math.nan)
+        out.append(Correlation(bench, len(shared), r, rp, rho, rhop, log_r, log_p))
     return out
 
 

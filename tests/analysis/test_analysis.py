@@ -86,6 +86,9 @@ def test_correlations_match_independent_formulas():
     rho, rho_p = _numpy_pearson(_ranks(ppl), _ranks(mmlu))
     assert c.spearman_rho == pytest.approx(rho) and c.spearman_p == pytest.approx(rho_p)
     assert c.spearman_rho == pytest.approx(-33 / 35)  # 1 - 6 * sum(d^2) / (n (n^2 - 1)), sum d^2 = 68
+    log_r, log_p = _numpy_pearson(np.log(ppl), mmlu)
+    assert c.log_pearson_r == pytest.approx(log_r) and c.log_pearson_p == pytest.approx(log_p)
+    assert abs(c.log_pearson_r) > abs(c.pearson_r)  # the W2 perplexity of 300 no longer dominates
 
     g = result[("gsm8k", "exact_match_strict")]
     keep = [k for k in HAND if k != "rtn_w8"]
@@ -123,7 +126,7 @@ def test_report_with_plots(tmp_path):
         png = tmp_path / "plots" / name
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
         assert f"(plots/{name})" in text
-    assert "| benchmark | n | Pearson r | p | Spearman ρ | p |" in text
+    assert "| benchmark | n | Pearson r | p | Spearman ρ | p | Pearson r (log ppl) | p |" in text
     assert "| mmlu acc | 6 |" in text
     # Pareto front for mmlu over weight bytes: gptq_w2 (50), gptq_w3 (65), gptq_w4 (80), rtn_w8 (140)
     assert ("| mmlu acc | gptq_w2 (50.0 MiB, 0.2500), gptq_w3 (65.0 MiB, 0.2600), "
@@ -156,7 +159,7 @@ def test_pareto_front_orients_lower_is_better_and_bias_metrics(tmp_path):
             "float (500.0 MiB, 0.0200) |") in text
     r_ece = stats.pearsonr([20.0, 24.0, 22.0, 300.0], [0.10, 0.30, 0.20, 0.40])[0]
     r_bias = stats.pearsonr([20.0, 24.0, 22.0, 300.0], [0.02, -0.05, 0.20, 0.30])[0]
-    assert f"benchmarks where it is defined: {(abs(r_ece) + abs(r_bias)) / 2:.3f}." in text
+    assert f"Mean |Pearson r| over the 2 benchmarks where it is defined: {(abs(r_ece) + abs(r_bias)) / 2:.3f}." in text
 
 
 def test_subtask_rows_are_not_default_benchmarks(tmp_path):
