@@ -38,7 +38,7 @@ def _grid(n: int, title: str):
 
 def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))  # keep 0.5 inch for the suptitle
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
