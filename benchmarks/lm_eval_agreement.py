@@ -35,7 +35,10 @@ from qjax.eval.tasks import TaskOptions, metric_rows, score_multiple_choice  # n
 _TASKS = flags.DEFINE_list("tasks", ["arc_easy", "piqa", "mmlu"], "tasks to compare")
 _ITEMS = flags.DEFINE_integer("items", 500, "ARC-Easy and PIQA items")
 _MMLU_PER_SUBJECT = flags.DEFINE_integer("mmlu_per_subject", 10, "MMLU items per subject")
-_BATCH = flags.DEFINE_integer("batch_size", 16, "batch size of both systems")
+_BATCH = flags.DEFINE_integer("batch_size", 16, "qjax's batch size (contexts per batch)")
+_LM_BATCH = flags.DEFINE_integer("lm_eval_batch_size", 16, "lm-eval's batch size (requests per batch; its HF "
+                                 "backend holds batch x length x vocab float32 logits, several GB for long "
+                                 "MMLU 5-shot prompts at 16)")
 _SEED = flags.DEFINE_integer("seed", 0, "item selection seed")
 _OUT = flags.DEFINE_string("out", "results/tasks/lm_eval_agreement.json", "JSON summary")
 
@@ -93,7 +96,7 @@ def run_lm_eval(lm, task, ids, root):
 
     configs = lm_eval_configs(task, root)
     start = time.perf_counter()
-    out = simple_evaluate(model=lm, tasks=configs, samples=ids, batch_size=_BATCH.value, log_samples=True)
+    out = simple_evaluate(model=lm, tasks=configs, samples=ids, batch_size=_LM_BATCH.value, log_samples=True)
     seconds = time.perf_counter() - start
     lls = {}  # (lm-eval task, doc id) -> per-choice log-likelihoods
     for name, samples in out["samples"].items():
@@ -114,7 +117,7 @@ def main(argv):
     config, params, tokenizer = load_model("smollm2-135m")
     gguf = resolve("smollm2-135m")
     lm = HFLM(pretrained=str(gguf.parent), gguf_file=gguf.name, dtype="float32", device="cpu",
-              batch_size=_BATCH.value)
+              batch_size=_LM_BATCH.value)
     summary = {}
     for task in _TASKS.value:
         prepared, items, row, qjax_s = run_qjax(task, params, config, tokenizer, root)

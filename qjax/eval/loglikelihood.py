@@ -23,7 +23,9 @@ One jitted function per padded shape runs, per batch:
   2. rows `[last context token] + continuation[:-1]`, right-padded to C, on the cache rows gathered
      for them; logits at step j predict continuation token j.
 Padding slots are hidden by the cache's key_mask and RoPE positions count real tokens only, so the
-result equals one plain forward over context + continuation. Logits of passes 0 and 1 are unused and
+result equals one plain forward over context + continuation. The layers run in one `lax.scan` over
+their stacked params (`models.llama.stack_layers`) wherever that reproduces the unrolled forward, so
+each shape compiles one layer body rather than num_layers of them. Logits of passes 0 and 1 are unused and
 dropped by XLA. Shapes (S, P, C and power-of-two row counts) come from fixed buckets: one compilation
 per bucket. Contexts longer than the model's window are cut from the left as lm-eval does (at most
 `max_length` input positions per request). The cache's per-layer leaves must have the batch as their
@@ -44,7 +46,7 @@ from tqdm.auto import tqdm
 
 from qjax.models.config import ModelConfig
 from qjax.models.kv_cache import init_cache
-from qjax.models.llama import forward
+from qjax.models.llama import forward, stack_cache, stack_layers
 from qjax.ops.runtime import Runtime
 
 PREFIX_BUCKETS = (16, 32, 64, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
@@ -145,20 +147,27 @@ def _score_batch(params, shared_tokens, shared_positions, shared_mask, prefix_to
     c = row_tokens.shape[1]
     dtype = jnp.bfloat16 if runtime.compute_dtype == "bfloat16" else jnp.float32
     key_mask = jnp.concatenate([jnp.broadcast_to(shared_mask, (b, s)), prefix_mask, jnp.ones((b, c), bool)], 1)
+    stacked = "layers" in params  # `stack_layers` params: layer leaves (L, batch, ...), else (batch, ...)
+    axis = 1 if stacked else 0
+
+    def new_cache(rows, slots, mask):
+        cache = init_cache(config, rows, slots, spec=runtime.kv_cache, dtype=dtype, key_mask=mask)
+        return stack_cache(cache) if stacked else cache
+
     if s:
-        cache = init_cache(config, 1, s + p + c, spec=runtime.kv_cache, dtype=dtype, key_mask=key_mask[:1])
+        cache = new_cache(1, s + p + c, key_mask[:1])
         _, cache = forward(params, shared_tokens, config, runtime, positions=shared_positions, cache=cache,
                            runtime_state=runtime_state)
-        broadcast = lambda x: jnp.broadcast_to(x, (b,) + x.shape[1:])  # noqa: E731
-        cache = {"layers": [jax.tree_util.tree_map(broadcast, layer) for layer in cache["layers"]],
-                 "length": cache["length"], "key_mask": key_mask}
+        broadcast = lambda x: jnp.broadcast_to(x, x.shape[:axis] + (b,) + x.shape[axis + 1:])  # noqa: E731
+        cache = {"layers": jax.tree_util.tree_map(broadcast, cache["layers"]), "length": cache["length"],
+                 "key_mask": key_mask}
     else:
-        cache = init_cache(config, b, p + c, spec=runtime.kv_cache, dtype=dtype, key_mask=key_mask)
+        cache = new_cache(b, p + c, key_mask)
     _, cache = forward(params, prefix_tokens, config, runtime, positions=prefix_positions, cache=cache,
                        runtime_state=runtime_state)
-    take = functools.partial(jnp.take, indices=row_context, axis=0)
-    cache = {"layers": [jax.tree_util.tree_map(take, layer) for layer in cache["layers"]],
-             "length": cache["length"], "key_mask": take(cache["key_mask"])}
+    take = functools.partial(jnp.take, indices=row_context)
+    cache = {"layers": jax.tree_util.tree_map(functools.partial(take, axis=axis), cache["layers"]),
+             "length": cache["length"], "key_mask": take(cache["key_mask"], axis=0)}
     logits, _ = forward(params, row_tokens, config, runtime, positions=row_positions, cache=cache,
                         runtime_state=runtime_state)
     logp = jax.nn.log_softmax(logits, axis=-1)
@@ -206,9 +215,10 @@ def score_requests(params, config: ModelConfig, requests: Sequence[Request], *,
                for batch in _plan_batches(shared, [groups[ctx] for ctx in members], batch_size,
                                           max_cache_tokens, max_batch_tokens)]
     results: list[Optional[tuple[float, bool]]] = [None] * len(requests)
+    scored = stack_layers(params, config, runtime) or params  # one layer body to compile per shape
     for batch in tqdm(batches, desc="loglikelihood", disable=not progress, leave=False):
         arrays, index = _batch_arrays(batch)
-        ll, greedy = _score_batch(params, *arrays, config=config, runtime=runtime,
+        ll, greedy = _score_batch(scored, *arrays, config=config, runtime=runtime,
                                   runtime_state=runtime_state)
         ll, greedy = np.asarray(ll), np.asarray(greedy)
         for r, request_index in enumerate(index):

@@ -208,39 +208,61 @@ class DecoderLayer(nn.Module):
         return x, layer_cache
 
 
+def decoder_inputs(cfg: ModelConfig, shape: tuple[int, int], positions, attention_mask, cache):
+    """(cache start, key_mask (B, S), positions (B, T), mask (B, 1, T, S)) of a forward on `shape`
+    = (B, T) tokens: S is T without a cache, else the cache's slots (its key_mask)."""
+    b, t = shape
+    if cache is None:
+        start = jnp.zeros((), jnp.int32)
+        key_mask = jnp.ones((b, t), bool) if attention_mask is None else attention_mask.astype(bool)
+        num_slots = t
+    else:
+        start = cache["length"]
+        key_mask = cache["key_mask"]
+        num_slots = key_mask.shape[1]
+    if positions is None:
+        positions = jnp.broadcast_to(start + jnp.arange(t, dtype=jnp.int32), (b, t))
+    query_slots = start + jnp.arange(t, dtype=jnp.int32)
+    mask = causal_mask(query_slots, jnp.arange(num_slots, dtype=jnp.int32), key_mask, cfg.sliding_window)
+    return start, key_mask, positions, mask
+
+
 class Decoder(nn.Module):
-    """Tokens -> logits, optionally reading and writing a KV cache (see `qjax.models.kv_cache`)."""
+    """Tokens -> logits, optionally reading and writing a KV cache (see `qjax.models.kv_cache`).
+
+    scan_layers: the layers' params arrive stacked under "layers" (`stack_layers`) and run in one
+    `lax.scan` (one layer body compiled instead of num_layers); the cache's "layers" is then the
+    stacked tree too (`stack_cache`).
+    """
 
     config: ModelConfig
     runtime: Runtime = Runtime()
+    scan_layers: bool = False
 
     @nn.compact
     def __call__(self, tokens, positions=None, attention_mask=None, cache=None, runtime_state=None):
         cfg = self.config
         dtype = _dtype(self.runtime)
-        b, t = tokens.shape
-        if cache is None:
-            start = jnp.zeros((), jnp.int32)
-            key_mask = jnp.ones((b, t), bool) if attention_mask is None else attention_mask.astype(bool)
-            num_slots = t
-        else:
-            start = cache["length"]
-            key_mask = cache["key_mask"]
-            num_slots = key_mask.shape[1]
-        if positions is None:
-            positions = jnp.broadcast_to(start + jnp.arange(t, dtype=jnp.int32), (b, t))
-        query_slots = start + jnp.arange(t, dtype=jnp.int32)
-        mask = causal_mask(query_slots, jnp.arange(num_slots, dtype=jnp.int32), key_mask,
-                                 cfg.sliding_window)
+        start, key_mask, positions, mask = decoder_inputs(cfg, tokens.shape, positions, attention_mask, cache)
 
         embedding = self.param("embed", nn.initializers.normal(0.02), (cfg.vocab_size, cfg.hidden_size))
         x = jnp.take(embedding, tokens, axis=0).astype(dtype)
-        new_layers = []
-        for i in range(cfg.num_layers):
-            layer_cache = None if cache is None else cache["layers"][i]
-            x, layer_cache = DecoderLayer(cfg, self.runtime, name=f"layers_{i}")(
-                x, positions, mask, layer_cache, start, runtime_state)
-            new_layers.append(layer_cache)
+        if self.scan_layers:
+            layer = DecoderLayer(cfg, self.runtime, parent=None)
+
+            def body(x, inputs):
+                layer_params, layer_cache = inputs
+                return layer.apply({"params": layer_params}, x, positions, mask, layer_cache, start, runtime_state)
+
+            x, new_layers = jax.lax.scan(body, x, (self.variables["params"]["layers"],
+                                                   None if cache is None else cache["layers"]))
+        else:
+            new_layers = []
+            for i in range(cfg.num_layers):
+                layer_cache = None if cache is None else cache["layers"][i]
+                x, layer_cache = DecoderLayer(cfg, self.runtime, name=f"layers_{i}")(
+                    x, positions, mask, layer_cache, start, runtime_state)
+                new_layers.append(layer_cache)
         x = RMSNorm(cfg.rms_norm_eps, name="final_norm")(x)
         if cfg.tie_word_embeddings:
             logits = jnp.einsum("btd,vd->btv", x, embedding.astype(dtype),
@@ -249,7 +271,7 @@ class Decoder(nn.Module):
             logits = Linear(cfg.vocab_size, self.runtime, name="lm_head")(x, runtime_state)
         new_cache = None
         if cache is not None:
-            new_cache = {"layers": new_layers, "length": start + t, "key_mask": key_mask}
+            new_cache = {"layers": new_layers, "length": start + tokens.shape[1], "key_mask": key_mask}
         return logits.astype(jnp.float32), new_cache
 
 
@@ -261,6 +283,29 @@ def _to_linen(params: dict) -> dict:
     return {"params": linen}
 
 
+def stack_layers(params: dict, config: ModelConfig, runtime: Runtime = Runtime()) -> Optional[dict]:
+    """params with layers_0 .. layers_{L-1} replaced by one tree "layers" whose leaves carry a
+    leading (L,) axis, for a `forward` that scans over the layers; None when scanning cannot
+    reproduce the unrolled forward: layers of different structure (e.g. quantized by different
+    rules) or a runtime whose activation transforms select sites by their layers_i path."""
+    layers = [params[f"layers_{i}"] for i in range(config.num_layers)]
+    first = jax.tree_util.tree_structure(layers[0])
+    if runtime.activations or any(jax.tree_util.tree_structure(t) != first for t in layers[1:]):
+        return None
+    shapes = [[(x.shape, x.dtype) for x in jax.tree_util.tree_leaves(t)] for t in layers]
+    if any(s != shapes[0] for s in shapes[1:]):
+        return None
+    stacked = {k: v for k, v in params.items() if not k.startswith("layers_")}
+    stacked["layers"] = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *layers)
+    return stacked
+
+
+def stack_cache(cache: dict) -> dict:
+    """A cache (`kv_cache.init_cache`) with its per-layer list stacked along a leading (L,) axis,
+    for a `forward` on `stack_layers` params (the batch axis of a layer leaf becomes axis 1)."""
+    return {**cache, "layers": jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *cache["layers"])}
+
+
 @functools.partial(jax.jit, static_argnames=("config", "runtime"))
 def forward(params: dict, tokens: jax.Array, config: ModelConfig, runtime: Runtime = Runtime(),
             positions: Optional[jax.Array] = None, attention_mask: Optional[jax.Array] = None,
@@ -269,10 +314,12 @@ def forward(params: dict, tokens: jax.Array, config: ModelConfig, runtime: Runti
 
     tokens: (batch, T) int32. positions: (batch, T) RoPE positions (default: cache length + arange).
     attention_mask: (batch, T) with 0 for padding keys, used when there is no cache (with a cache the
-    mask lives in `cache["key_mask"]`). One compilation per (shapes, config, runtime).
+    mask lives in `cache["key_mask"]`). params in the stacked layout of `stack_layers` (a "layers"
+    entry) run the layers in one `lax.scan`, with a `stack_cache` cache. One compilation per
+    (shapes, config, runtime).
     """
-    return Decoder(config, runtime).apply(_to_linen(params), tokens, positions, attention_mask, cache,
-                                          runtime_state)
+    decoder = Decoder(config, runtime, scan_layers="layers" in params)
+    return decoder.apply(_to_linen(params), tokens, positions, attention_mask, cache, runtime_state)
 
 
 def init_params(config: ModelConfig, key: jax.Array) -> dict:
