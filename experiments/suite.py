@@ -343,7 +343,8 @@ def run_suite(cfg, data_dir: Optional[str]) -> ResultStore:
                 rows = run_task_rows(task, tparams if task == "efficiency" else scored, config, tokenizer, cfg,
                                      runtime, data_dir, samples_dir)
                 run_id = run_ids[t.name, task]
-                rows = full_rows(rows, model, t, cfg, run_id, {"params_cache": cache_info} if cache_info else {})
+                extra = {"params_cache": cache_info} if cache_info else {}
+                rows = full_rows(rows, model, t, cfg, run_id, extra)
                 journal.write(model, t.name, task, run_id, rows)
                 append_missing(store, rows)
                 summary = ", ".join(f"{r['task']} {r['metric']}={r['value']:.4g}" for r in rows[-4:])

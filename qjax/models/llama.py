@@ -252,7 +252,8 @@ class Decoder(nn.Module):
 
             def body(x, inputs):
                 layer_params, layer_cache = inputs
-                return layer.apply({"params": layer_params}, x, positions, mask, layer_cache, start, runtime_state)
+                return layer.apply({"params": layer_params}, x, positions, mask, layer_cache, start,
+                                   runtime_state)
 
             x, new_layers = jax.lax.scan(body, x, (self.variables["params"]["layers"],
                                                    None if cache is None else cache["layers"]))

@@ -161,7 +161,8 @@ def factor_hessian(h, cfg: Optional[GPTQConfig] = None, path: str = "weight") ->
         raise ValueError(f"{path}: Hessian must be square, got shape {h.shape}")
     damp = float(cfg.percdamp)
     for retry in range(cfg.damp_retries + 1):
-        hfix, dead, perm, upper, ok, finite = _prepare_and_factor(h, jnp.float32(damp), act_order=cfg.act_order)
+        hfix, dead, perm, upper, ok, finite = _prepare_and_factor(h, jnp.float32(damp),
+                                                                  act_order=cfg.act_order)
         if not bool(finite):
             raise ValueError(f"{path}: Hessian holds NaN or Inf (non-finite calibration activations?)")
         if bool(ok):
@@ -349,8 +350,9 @@ def gptq_quantize(w, h, spec: WeightQuantSpec, cfg: GPTQConfig = GPTQConfig(), *
     if (factor.perm is not None) != cfg.act_order:
         raise ValueError(f"{path}: the HessianFactor was made with act_order={not cfg.act_order}")
     dynamic = grouped and not cfg.static_groups
-    codes, q, scale, zero, error = _gptq_kernel(w0, factor.dead, factor.perm, factor.upper, factor.h, spec=spec,
-                                                block_size=cfg.block_size, group=g, dynamic=dynamic)
+    codes, q, scale, zero, error = _gptq_kernel(w0, factor.dead, factor.perm, factor.upper, factor.h,
+                                                spec=spec, block_size=cfg.block_size, group=g,
+                                                dynamic=dynamic)
     return GPTQResult(codes=codes, scale=scale, zero=zero, weight=q, percdamp=factor.percdamp,
                       retries=factor.retries, dead=int(jnp.sum(factor.dead)), error=float(error))
 
