@@ -183,13 +183,14 @@ class Journal:
             if old != final:  # superseded by this run (other options); its rows stay in the store
                 old.unlink()
 
-    def replay(self, store: ResultStore) -> int:
-        """Appends every journaled row missing from the store; returns how many were appended."""
+    def replay(self, store: ResultStore, present: set) -> int:
+        """Appends every journaled row missing from the store (`present`: its (key, run id) pairs,
+        updated); returns how many were appended."""
         for stale in self.folder.glob(".*.tmp*"):
             stale.unlink(missing_ok=True)
         appended = 0
         for path in sorted(self.folder.glob("*.json"), key=lambda p: p.stat().st_mtime_ns):  # oldest first
-            appended += append_missing(store, json.loads(path.read_text(encoding="utf-8"))["rows"])
+            appended += append_missing(store, json.loads(path.read_text(encoding="utf-8"))["rows"], present)
         return appended
 
 
@@ -201,14 +202,21 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def append_missing(store: ResultStore, rows: list[dict]) -> int:
-    """Appends the rows whose (key, run id) the store lacks (a rerun with new options appends its
-    rows after the old ones; readers keep the later row of a key)."""
-    present = {(row_key(r), r.get("run_id")) for r in store.rows()}
+def run_keys(store: ResultStore) -> set:
+    """The (key, run id) pairs of the store's rows (read once per suite run)."""
+    return {(row_key(r), r.get("run_id")) for r in store.rows()}
+
+
+def append_missing(store: ResultStore, rows: list[dict], present: set) -> int:
+    """Appends the rows whose (key, run id) is not in `present` (the store's pairs, kept up to date
+    here); a rerun with new options appends its rows after the old ones, and readers keep the later
+    row of a key."""
     n = 0
     for row in rows:
-        if (row_key(row), row.get("run_id")) not in present:
+        pair = (row_key(row), row.get("run_id"))
+        if pair not in present:
             store.append(row)
+            present.add(pair)
             n += 1
     return n
 
@@ -312,7 +320,8 @@ def run_suite(cfg, data_dir: Optional[str]) -> ResultStore:
     store = ResultStore(cfg.results)
     work_dir = Path(cfg.work_dir)
     journal = Journal(work_dir / "journal")
-    replayed = journal.replay(store)
+    present = run_keys(store)
+    replayed = journal.replay(store, present)
     if replayed:
         print(f"[replay] {replayed} journaled rows appended to {cfg.results}", flush=True)
     runtime = Runtime(compute_dtype=cfg.compute_dtype)
@@ -346,7 +355,7 @@ def run_suite(cfg, data_dir: Optional[str]) -> ResultStore:
                 extra = {"params_cache": cache_info} if cache_info else {}
                 rows = full_rows(rows, model, t, cfg, run_id, extra)
                 journal.write(model, t.name, task, run_id, rows)
-                append_missing(store, rows)
+                append_missing(store, rows, present)
                 summary = ", ".join(f"{r['task']} {r['metric']}={r['value']:.4g}" for r in rows[-4:])
                 print(f"[done] {model} {t.name} {task} ({time.perf_counter() - start:.0f} s): {summary}",
                       flush=True)
