@@ -11,25 +11,29 @@ An empty context becomes the BOS token (lm-eval's prefix token).
 
 Scoring (`score_requests`) shares work at three levels:
   * requests with the same context tokens form a group (a multiple-choice question): the context is
-    run once and its KV cache is reused for every continuation;
+    run once for every continuation;
   * groups whose contexts start with the same long token prefix form a family (MMLU's 5-shot block of
     one subject, TruthfulQA's fixed 6-shot prompt): the shared prefix is run once per batch and its
     cache broadcast to every context row;
   * continuations of a group that differ only in their last token (" A" .. " D") share one row: the
     scored targets are read from the same logits.
-One jitted function per padded shape runs, per batch:
+Groups outside a family are packed several to a row with no padding (`qjax.eval.packed_scoring`)
+whenever that reproduces the plain forward (float KV cache, no short sliding window). Families, and
+every group under a quantized KV cache, take the KV-cache path: one jitted function per padded
+shape runs, per batch:
   0. (families only) the shared prefix, left-padded to S slots, on one row; the cache is broadcast;
   1. every context minus its last token (after the shared prefix), left-padded to P slots;
   2. rows `[last context token] + continuation[:-1]`, right-padded to C, on the cache rows gathered
      for them; logits at step j predict continuation token j.
 Padding slots are hidden by the cache's key_mask and RoPE positions count real tokens only, so the
-result equals one plain forward over context + continuation. The layers run in one `lax.scan` over
-their stacked params (`models.llama.stack_layers`) wherever that reproduces the unrolled forward, so
-each shape compiles one layer body rather than num_layers of them. Logits of passes 0 and 1 are unused and
-dropped by XLA. Shapes (S, P, C and power-of-two row counts) come from fixed buckets: one compilation
-per bucket. Contexts longer than the model's window are cut from the left as lm-eval does (at most
-`max_length` input positions per request). The cache's per-layer leaves must have the batch as their
-leading axis (true of the float cache and of `qjax.quant.kv` specs).
+result equals one plain forward over context + continuation. Both paths run the layers in one
+`lax.scan` over their stacked params (`models.llama.stack_layers`) wherever that reproduces the
+unrolled forward, so each shape compiles one layer body rather than num_layers of them. Logits of
+passes 0 and 1 are unused and dropped by XLA. Shapes (S, P, C and power-of-two row counts) come from
+fixed buckets: one compilation per bucket. Contexts longer than the model's window are cut from the
+left as lm-eval does (at most `max_length` input positions per request). The cache's per-layer
+leaves must have the batch as their leading axis (true of the float cache and of `qjax.quant.kv`
+specs).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from qjax.eval import packed_scoring
 from qjax.models.config import ModelConfig
 from qjax.models.kv_cache import init_cache
 from qjax.models.llama import forward, stack_cache, stack_layers
@@ -193,10 +198,11 @@ def score_requests(params, config: ModelConfig, requests: Sequence[Request], *,
                    max_batch_tokens: int = 1 << 12, progress: bool = False) -> list[tuple[float, bool]]:
     """(log-likelihood, greedy) of each (context ids, continuation ids) request, in request order.
 
-    batch_size: most contexts per batch; max_batch_tokens: cap on context rows x context slots per
-    batch (bounds activations and attention scores); max_cache_tokens: cap on continuation rows x
-    cache slots (bounds the gathered KV cache; a single larger group still runs); max_length: the
-    model's window (default `config.max_position_embeddings`).
+    batch_size: most contexts per batch (cache path); max_batch_tokens: cap on context rows x
+    context slots per batch, and on packed rows x row slots (bounds activations and attention
+    scores); max_cache_tokens: cap on continuation rows x cache slots (bounds the gathered KV cache;
+    a single larger group still runs); max_length: the model's window (default
+    `config.max_position_embeddings`).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -211,15 +217,24 @@ def score_requests(params, config: ModelConfig, requests: Sequence[Request], *,
             raise ValueError(f"request {i} has an empty continuation")
         context = tuple(_truncate(context, continuation, max_length))
         groups.setdefault(context, _Group(context)).add(i, list(continuation))
-    batches = [batch for shared, members in _families(list(groups))
-               for batch in _plan_batches(shared, [groups[ctx] for ctx in members], batch_size,
-                                          max_cache_tokens, max_batch_tokens)]
+    pack = packed_scoring.packable(config, runtime, max_length)
+    batches = []
+    for shared, members in _families(list(groups)):
+        family = [groups[ctx] for ctx in members]
+        if pack and not shared:
+            batches += packed_scoring.plan_packed_batches(family, max_batch_tokens)
+        else:
+            batches += _plan_batches(shared, family, batch_size, max_cache_tokens, max_batch_tokens)
     results: list[Optional[tuple[float, bool]]] = [None] * len(requests)
     scored = stack_layers(params, config, runtime) or params  # one layer body to compile per shape
     for batch in tqdm(batches, desc="loglikelihood", disable=not progress, leave=False):
-        arrays, index = _batch_arrays(batch)
-        ll, greedy = _score_batch(scored, *arrays, config=config, runtime=runtime,
-                                  runtime_state=runtime_state)
+        if isinstance(batch, packed_scoring.PackedBatch):
+            arrays, index = packed_scoring.packed_arrays(batch)
+            score = packed_scoring.score_packed
+        else:
+            arrays, index = _batch_arrays(batch)
+            score = _score_batch
+        ll, greedy = score(scored, *arrays, config=config, runtime=runtime, runtime_state=runtime_state)
         ll, greedy = np.asarray(ll), np.asarray(greedy)
         for r, request_index in enumerate(index):
             results[request_index] = (float(ll[r]), bool(greedy[r]))

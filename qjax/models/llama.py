@@ -208,9 +208,11 @@ class DecoderLayer(nn.Module):
         return x, layer_cache
 
 
-def decoder_inputs(cfg: ModelConfig, shape: tuple[int, int], positions, attention_mask, cache):
+def decoder_inputs(cfg: ModelConfig, shape: tuple[int, int], positions, attention_mask, cache,
+                   pair_mask=None):
     """(cache start, key_mask (B, S), positions (B, T), mask (B, 1, T, S)) of a forward on `shape`
-    = (B, T) tokens: S is T without a cache, else the cache's slots (its key_mask)."""
+    = (B, T) tokens: S is T without a cache, else the cache's slots (its key_mask). pair_mask
+    (B, T, T) bool, only without a cache, further restricts which key each query may attend."""
     b, t = shape
     if cache is None:
         start = jnp.zeros((), jnp.int32)
@@ -224,6 +226,10 @@ def decoder_inputs(cfg: ModelConfig, shape: tuple[int, int], positions, attentio
         positions = jnp.broadcast_to(start + jnp.arange(t, dtype=jnp.int32), (b, t))
     query_slots = start + jnp.arange(t, dtype=jnp.int32)
     mask = causal_mask(query_slots, jnp.arange(num_slots, dtype=jnp.int32), key_mask, cfg.sliding_window)
+    if pair_mask is not None:
+        if cache is not None:
+            raise ValueError("pair_mask applies to a forward without a KV cache")
+        mask = mask & pair_mask[:, None]
     return start, key_mask, positions, mask
 
 
@@ -240,10 +246,12 @@ class Decoder(nn.Module):
     scan_layers: bool = False
 
     @nn.compact
-    def __call__(self, tokens, positions=None, attention_mask=None, cache=None, runtime_state=None):
+    def __call__(self, tokens, positions=None, attention_mask=None, cache=None, runtime_state=None,
+                 pair_mask=None, logits_at=None):
         cfg = self.config
         dtype = _dtype(self.runtime)
-        start, key_mask, positions, mask = decoder_inputs(cfg, tokens.shape, positions, attention_mask, cache)
+        start, key_mask, positions, mask = decoder_inputs(cfg, tokens.shape, positions, attention_mask, cache,
+                                                          pair_mask)
 
         embedding = self.param("embed", nn.initializers.normal(0.02), (cfg.vocab_size, cfg.hidden_size))
         x = jnp.take(embedding, tokens, axis=0).astype(dtype)
@@ -264,9 +272,11 @@ class Decoder(nn.Module):
                 x, layer_cache = DecoderLayer(cfg, self.runtime, name=f"layers_{i}")(
                     x, positions, mask, layer_cache, start, runtime_state)
                 new_layers.append(layer_cache)
+        if logits_at is not None:  # only these flat (batch * T) positions reach the LM head
+            x = jnp.take(x.reshape(-1, x.shape[-1]), logits_at, axis=0)
         x = RMSNorm(cfg.rms_norm_eps, name="final_norm")(x)
         if cfg.tie_word_embeddings:
-            logits = jnp.einsum("btd,vd->btv", x, embedding.astype(dtype),
+            logits = jnp.einsum("...d,vd->...v", x, embedding.astype(dtype),
                                 preferred_element_type=jnp.float32)
         else:
             logits = Linear(cfg.vocab_size, self.runtime, name="lm_head")(x, runtime_state)
@@ -310,17 +320,22 @@ def stack_cache(cache: dict) -> dict:
 @functools.partial(jax.jit, static_argnames=("config", "runtime"))
 def forward(params: dict, tokens: jax.Array, config: ModelConfig, runtime: Runtime = Runtime(),
             positions: Optional[jax.Array] = None, attention_mask: Optional[jax.Array] = None,
-            cache: Optional[dict] = None, runtime_state: Any = None):
+            cache: Optional[dict] = None, runtime_state: Any = None, pair_mask: Optional[jax.Array] = None,
+            logits_at: Optional[jax.Array] = None):
     """Logits (batch, T, vocab) float32 and the updated cache (None without a cache).
 
     tokens: (batch, T) int32. positions: (batch, T) RoPE positions (default: cache length + arange).
     attention_mask: (batch, T) with 0 for padding keys, used when there is no cache (with a cache the
-    mask lives in `cache["key_mask"]`). params in the stacked layout of `stack_layers` (a "layers"
-    entry) run the layers in one `lax.scan`, with a `stack_cache` cache. One compilation per
-    (shapes, config, runtime).
+    mask lives in `cache["key_mask"]`). pair_mask: (batch, T, T) bool, without a cache: query t may
+    attend key s only where it is True (and s <= t), e.g. several sequences packed in one row.
+    logits_at: int32 indices of any shape into the flattened (batch * T) positions; the logits are
+    then `logits_at.shape + (vocab,)`, computed for those positions only. params in the stacked
+    layout of `stack_layers` (a "layers" entry) run the layers in one `lax.scan`, with a
+    `stack_cache` cache. One compilation per (shapes, config, runtime).
     """
     decoder = Decoder(config, runtime, scan_layers="layers" in params)
-    return decoder.apply(_to_linen(params), tokens, positions, attention_mask, cache, runtime_state)
+    return decoder.apply(_to_linen(params), tokens, positions, attention_mask, cache, runtime_state, pair_mask,
+                         logits_at)
 
 
 def init_params(config: ModelConfig, key: jax.Array) -> dict:

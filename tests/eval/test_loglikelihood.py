@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
 
 from qjax.eval import loglikelihood as ll_lib
+from qjax.eval import packed_scoring
 from qjax.eval.loglikelihood import encode_pair, rolling_windows, score_requests
 from qjax.models import ModelConfig, forward, init_params
+from qjax.ops.runtime import Runtime
 
 CONFIG = ModelConfig("llama", vocab_size=61, hidden_size=32, intermediate_size=48, num_layers=2,
                      num_heads=4, num_kv_heads=2, head_dim=8, max_position_embeddings=256)
+# A Mistral-style window wider than every test request (so it never cuts one) but shorter than the
+# model's context: packed rows cannot honour it, so scoring takes the KV-cache path.
+SLIDING = dataclasses.replace(CONFIG, sliding_window=64)
 
 
 @pytest.fixture(scope="module")
@@ -21,12 +28,12 @@ def params():
     return jax.tree_util.tree_map(lambda x: x * 4.0, init_params(CONFIG, jax.random.key(0)))
 
 
-def reference(params, context, continuation):
+def reference(params, context, continuation, config=CONFIG):
     """Plain forward on the concatenated sequence, log-softmax and sum in float64 numpy."""
     tokens = np.asarray(list(context) + list(continuation), np.int32)
     padded = np.zeros(192, np.int32)  # right padding (one compilation; causal, so no effect on logits)
     padded[:len(tokens)] = tokens
-    logits = np.asarray(forward(params, padded[None], CONFIG)[0][0, :len(tokens)], np.float64)
+    logits = np.asarray(forward(params, padded[None], config)[0][0, :len(tokens)], np.float64)
     shifted = logits - logits.max(-1, keepdims=True)
     logp = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
     steps = np.arange(len(context) - 1, len(tokens) - 1)
@@ -100,10 +107,40 @@ def test_long_context_is_cut_from_the_left_like_lm_eval(params):
 
 def test_compiles_once_per_bucket(params):
     ll_lib._score_batch.clear_cache()
+    packed_scoring.score_packed.clear_cache()
     rng = np.random.default_rng(4)
-    requests = [(rng.integers(0, 61, n).tolist(), rng.integers(0, 61, 3).tolist()) for n in (20, 21, 25, 30)]
-    score_requests(params, CONFIG, requests, batch_size=2)  # two batches, identical padded shapes
+    short = [(rng.integers(0, 61, n).tolist(), rng.integers(0, 61, 3).tolist()) for n in (20, 21, 25, 30)]
+    score_requests(params, SLIDING, short, batch_size=2)  # cache path: two batches, same padded shapes
     assert ll_lib._score_batch._cache_size() == 1
+    long = [(rng.integers(0, 61, n).tolist(), rng.integers(0, 61, 3).tolist()) for n in (150, 160, 170)]
+    score_requests(params, CONFIG, long, max_batch_tokens=512)  # packed: three one-row batches
+    assert packed_scoring.score_packed._cache_size() == 1
+
+
+def test_packing_places_every_group_once_within_its_row():
+    requests = random_requests(1, n_contexts=40)
+    groups = {}
+    for i, (context, continuation) in enumerate(requests):
+        groups.setdefault(tuple(context), ll_lib._Group(tuple(context))).add(i, continuation)
+    batches = packed_scoring.plan_packed_batches(list(groups.values()), max_batch_tokens=1024)
+    placed = [id(g) for b in batches for row in b.rows for g in row]
+    assert sorted(placed) == sorted(id(g) for g in groups.values())
+    for b in batches:
+        assert b.num_rows == 1024 // b.slots and len(b.rows) <= b.num_rows
+        assert all(sum(packed_scoring.segment_size(g) for g in row) <= b.slots for row in b.rows)
+    real = sum(packed_scoring.segment_size(g) for g in groups.values())
+    computed = sum(b.num_rows * b.slots for b in batches)
+    assert computed < 1.5 * real  # first-fit-decreasing leaves little padding
+
+
+def test_sliding_window_model_takes_the_cache_path_and_matches_the_plain_forward(params):
+    assert not packed_scoring.packable(SLIDING, Runtime(), SLIDING.max_position_embeddings)
+    requests = [(c[-20:], x) for c, x in random_requests(2) if len(c) <= 40]
+    got = score_requests(params, SLIDING, requests)
+    for (context, continuation), (ll, greedy) in zip(requests, got):
+        want_ll, want_greedy = reference(params, context, continuation, SLIDING)
+        np.testing.assert_allclose(ll, want_ll, atol=1e-4, rtol=0)
+        assert greedy == want_greedy
 
 
 def test_bad_requests_raise_one_clear_error(params):
