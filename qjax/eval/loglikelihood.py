@@ -217,14 +217,12 @@ def score_requests(params, config: ModelConfig, requests: Sequence[Request], *,
             raise ValueError(f"request {i} has an empty continuation")
         context = tuple(_truncate(context, continuation, max_length))
         groups.setdefault(context, _Group(context)).add(i, list(continuation))
-    pack = packed_scoring.packable(config, runtime, max_length)
-    batches = []
-    for shared, members in _families(list(groups)):
-        family = [groups[ctx] for ctx in members]
-        if pack and not shared:
-            batches += packed_scoring.plan_packed_batches(family, max_batch_tokens)
-        else:
-            batches += _plan_batches(shared, family, batch_size, max_cache_tokens, max_batch_tokens)
+    families = [(shared, [groups[ctx] for ctx in members]) for shared, members in _families(list(groups))]
+    if packed_scoring.packable(config, runtime, max_length):
+        batches = packed_scoring.plan_packed_batches(families, max_batch_tokens)
+    else:
+        batches = [batch for shared, family in families
+                   for batch in _plan_batches(shared, family, batch_size, max_cache_tokens, max_batch_tokens)]
     results: list[Optional[tuple[float, bool]]] = [None] * len(requests)
     scored = stack_layers(params, config, runtime) or params  # one layer body to compile per shape
     for batch in tqdm(batches, desc="loglikelihood", disable=not progress, leave=False):

@@ -18,7 +18,7 @@ CONFIG = ModelConfig("llama", vocab_size=61, hidden_size=32, intermediate_size=4
                      num_heads=4, num_kv_heads=2, head_dim=8, max_position_embeddings=256)
 # A Mistral-style window wider than every test request (so it never cuts one) but shorter than the
 # model's context: packed rows cannot honour it, so scoring takes the KV-cache path.
-SLIDING = dataclasses.replace(CONFIG, sliding_window=64)
+SLIDING = dataclasses.replace(CONFIG, sliding_window=200)
 
 
 @pytest.fixture(scope="module")
@@ -74,14 +74,30 @@ def test_shared_prefix_families_and_row_sharing_are_used():
     assert any(len(g.rows) < len(g.requests) for g in groups.values())  # some rows serve several targets
 
 
-@pytest.mark.parametrize("batch_size,max_cache_tokens", [(16, 1 << 15), (3, 400)])
-def test_batched_prefix_reuse_matches_unbatched_reference(params, batch_size, max_cache_tokens):
-    requests = random_requests(0)
-    got = score_requests(params, CONFIG, requests, batch_size=batch_size, max_cache_tokens=max_cache_tokens)
+def assert_matches_reference(params, config, requests, got):
     for (context, continuation), (ll, greedy) in zip(requests, got):
-        want_ll, want_greedy = reference(params, context, continuation)
+        want_ll, want_greedy = reference(params, context, continuation, config)
         np.testing.assert_allclose(ll, want_ll, atol=1e-4, rtol=0)
         assert greedy == want_greedy
+
+
+@pytest.mark.parametrize("max_batch_tokens,min_row,family_row", [(1 << 12, 512, 2048), (512, 512, 2048),
+                                                                 (256, 64, 128)])
+def test_packed_scoring_matches_unbatched_reference(params, monkeypatch, max_batch_tokens, min_row, family_row):
+    # The last case makes rows short enough that families repeat their shared prefix in several rows.
+    monkeypatch.setattr(packed_scoring, "MIN_ROW_SLOTS", min_row)
+    monkeypatch.setattr(packed_scoring, "FAMILY_ROW_SLOTS", family_row)
+    requests = random_requests(0)
+    got = score_requests(params, CONFIG, requests, max_batch_tokens=max_batch_tokens)
+    assert_matches_reference(params, CONFIG, requests, got)
+
+
+@pytest.mark.parametrize("batch_size,max_cache_tokens", [(16, 1 << 15), (3, 400)])
+def test_cache_path_prefix_reuse_matches_unbatched_reference(params, batch_size, max_cache_tokens):
+    assert not packed_scoring.packable(SLIDING, Runtime(), SLIDING.max_position_embeddings)
+    requests = random_requests(0)
+    got = score_requests(params, SLIDING, requests, batch_size=batch_size, max_cache_tokens=max_cache_tokens)
+    assert_matches_reference(params, SLIDING, requests, got)
 
 
 def test_greedy_flag_is_true_for_the_models_own_argmax_continuation(params):
@@ -122,25 +138,19 @@ def test_packing_places_every_group_once_within_its_row():
     groups = {}
     for i, (context, continuation) in enumerate(requests):
         groups.setdefault(tuple(context), ll_lib._Group(tuple(context))).add(i, continuation)
-    batches = packed_scoring.plan_packed_batches(list(groups.values()), max_batch_tokens=1024)
-    placed = [id(g) for b in batches for row in b.rows for g in row]
+    families = [(n, [groups[c] for c in members]) for n, members in ll_lib._families(list(groups))]
+    batches = packed_scoring.plan_packed_batches(families, max_batch_tokens=1024)
+    placed = [id(g) for b in batches for row in b.rows for g in row.groups]
     assert sorted(placed) == sorted(id(g) for g in groups.values())
     for b in batches:
-        assert b.num_rows == 1024 // b.slots and len(b.rows) <= b.num_rows
-        assert all(sum(packed_scoring.segment_size(g) for g in row) <= b.slots for row in b.rows)
-    real = sum(packed_scoring.segment_size(g) for g in groups.values())
+        assert b.num_rows == max(1, 1024 // b.slots) and len(b.rows) <= b.num_rows
+        for row in b.rows:
+            used = row.shared + sum(packed_scoring.segment_size(g, row.shared) for g in row.groups)
+            assert used <= b.slots
+            assert all(g.context[:row.shared] == row.groups[0].context[:row.shared] for g in row.groups)
+    real = sum(n + sum(packed_scoring.segment_size(g, n) for g in family) for n, family in families)
     computed = sum(b.num_rows * b.slots for b in batches)
-    assert computed < 1.5 * real  # first-fit-decreasing leaves little padding
-
-
-def test_sliding_window_model_takes_the_cache_path_and_matches_the_plain_forward(params):
-    assert not packed_scoring.packable(SLIDING, Runtime(), SLIDING.max_position_embeddings)
-    requests = [(c[-20:], x) for c, x in random_requests(2) if len(c) <= 40]
-    got = score_requests(params, SLIDING, requests)
-    for (context, continuation), (ll, greedy) in zip(requests, got):
-        want_ll, want_greedy = reference(params, context, continuation, SLIDING)
-        np.testing.assert_allclose(ll, want_ll, atol=1e-4, rtol=0)
-        assert greedy == want_greedy
+    assert computed < 1.5 * real  # each prefix once; first-fit-decreasing leaves little padding
 
 
 def test_bad_requests_raise_one_clear_error(params):
