@@ -19,7 +19,8 @@ at token j-1 of its row; only those distinct positions reach the LM head (`forwa
 Rows have L slots from fixed buckets, at least MIN_ROW_SLOTS. Groups without a family are packed
 first-fit by decreasing size, each into rows of the bucket its own size needs; a family's rows are
 made long enough to hold the whole family once (at most FAMILY_ROW_SLOTS, beyond which the prefix
-repeats in several rows). Rows of equal L form batches of max(1, max_batch_tokens // L) rows. A
+repeats in several rows). Rows of equal L form batches of max(1, max_batch_tokens // L) rows (the
+last batch of each L: the power of two of the rows it has left, if fewer). A
 batch's shape is (rows, L, K distinct predicting positions, M (request, token) pairs), each from
 fixed buckets: one compilation per bucket. The attention work per row is dense in L, so rows stay
 short when segments are short.
@@ -73,6 +74,11 @@ def _bucket(n: int, buckets: Sequence[int]) -> int:
         if n <= b:
             return b
     return int(math.ceil(n / buckets[-1]) * buckets[-1])
+
+
+def _pow2(n: int) -> int:
+    """The smallest power of two >= n (n >= 1)."""
+    return 1 << (n - 1).bit_length()
 
 
 def segment_size(group: Group, shared: int = 0) -> int:
@@ -136,16 +142,17 @@ def _rows_of_family(shared: int, groups: Sequence[Group]) -> dict[int, list[Pack
 def plan_packed_batches(families: Sequence[tuple[int, Sequence[Group]]],
                         max_batch_tokens: int) -> list[PackedBatch]:
     """(shared prefix length, groups) families packed into rows, rows of equal L into batches of
-    max(1, max_batch_tokens // L) rows."""
+    max(1, max_batch_tokens // L) rows (fewer, a power of two, for the last batch of each L)."""
     rows_by_slots: dict[int, list[PackedRow]] = {}
     for shared, groups in families:
         for slots, rows in _rows_of_family(shared, groups).items():
             rows_by_slots.setdefault(slots, []).extend(rows)
     batches = []
     for slots, rows in sorted(rows_by_slots.items()):
-        num_rows = max(1, max_batch_tokens // slots)
-        for i in range(0, len(rows), num_rows):
-            chunk = rows[i:i + num_rows]
+        full = max(1, max_batch_tokens // slots)
+        for i in range(0, len(rows), full):
+            chunk = rows[i:i + full]
+            num_rows = min(full, _pow2(len(chunk)))  # a last, partial batch: fewer padding rows
             predict = sum(1 + sum(len(t) for t in g.rows) for row in chunk for g in row.groups)
             pairs = sum(len(c) for row in chunk for g in row.groups for _, c in g.requests)
             batches.append(PackedBatch(chunk, num_rows, slots, _bucket(predict, COUNT_BUCKETS),

@@ -13,6 +13,7 @@ Loop. `quantize_blockwise(params, config, tokens, block_fn)`:
       capture = BlockCapture(i, float params of block i, x)
       new_block_params, info = block_fn(capture)         the method quantizes the block's linears
       x = block_i(new_block_params)(x)                   the QUANTIZED block makes the next inputs
+                                                         (skipped after the last block)
 So each block is calibrated on the outputs of the already-quantized blocks before it, and all linears
 of a block are calibrated on inputs captured with the float block ("sequential" per block, as
 IST-DASLab's GPTQ without --true-sequential). `BlockCapture` computes, lazily and in batches of
@@ -228,9 +229,25 @@ def _hessian_batch(layer_params, x, config: ModelConfig, runtime: Runtime, name:
     out = {}
     for group in _input_groups(tuple(inputs), runtime):
         a = inputs[group[0]].astype(jnp.float32)
-        a = a.reshape(-1, a.shape[-1])
-        out[group[0]] = jnp.matmul(a.T, a, precision=jax.lax.Precision.HIGHEST)
+        out[group[0]] = gram(a.reshape(-1, a.shape[-1]))
     return out
+
+
+GRAM_SPLIT = 1024  # inputs at least this wide get their Gram matrix from the upper block triangle
+
+
+def gram(a: jax.Array) -> jax.Array:
+    """a^T a, (in, in) float32, for a (n, in) float32. Symmetric, so from in >= GRAM_SPLIT on only
+    the upper 2 x 2 block triangle is multiplied (3 of the 4 block products) and mirrored."""
+    hi = jax.lax.Precision.HIGHEST
+    if a.shape[1] < GRAM_SPLIT:
+        return jnp.matmul(a.T, a, precision=hi)
+    h = a.shape[1] // 2
+    left, right = a[:, :h], a[:, h:]
+    g11 = jnp.matmul(left.T, left, precision=hi)
+    g12 = jnp.matmul(left.T, right, precision=hi)
+    g22 = jnp.matmul(right.T, right, precision=hi)
+    return jnp.block([[g11, g12], [g12.T, g22]])
 
 
 @functools.partial(jax.jit, static_argnames=("config", "runtime", "name"))
@@ -431,8 +448,9 @@ def quantize_blockwise(params: Mapping, config: ModelConfig, tokens: np.ndarray,
         capture = BlockCapture(i, dequantized(params[key]), x, config, runtime, batch_size)
         block_params, info = block_fn(capture)
         new_params[key] = block_params
-        x = capture.forward(block_params)
-        jax.block_until_ready(x)
+        if i + 1 < config.num_layers:  # the last block's outputs feed no later block
+            x = capture.forward(block_params)
+            jax.block_until_ready(x)
         info = {"layer": i, **info, "seconds": time.perf_counter() - start}
         infos.append(info)
         if progress:

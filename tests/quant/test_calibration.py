@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from qjax.models.llama import Decoder, _to_linen
+from qjax.quant import calibration
 from qjax.quant.calibration import (CalibrationData, calibration_tokens, copy_tree, load_jsonl_texts,
                                     quantize_blockwise, sample_windows, site_node)
 from qjax.quant.qarray import QArray
@@ -149,3 +150,14 @@ def test_quantize_dispatch_and_errors():
     bad["layers_1"]["mlp"]["up_proj"]["kernel"][2, 3] = np.nan
     with pytest.raises(ValueError, match=r"layers_1/mlp/up_proj/kernel: weight holds 1 NaN"):
         quantize(bad, CONFIG, {"method": "gptq", "bits": 4, "group_size": 16}, tokens)
+
+
+@pytest.mark.parametrize("width", [7, 1024, 1031])
+def test_gram_matches_numpy_below_and_above_the_block_split(width):
+    a = np.random.default_rng(width).normal(size=(300, width)).astype(np.float32)
+    want = a.astype(np.float64).T @ a.astype(np.float64)
+    got = np.asarray(calibration.gram(jnp.asarray(a)))
+    assert got.shape == (width, width)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+    if width >= calibration.GRAM_SPLIT:  # the lower triangle is the mirrored upper one
+        np.testing.assert_array_equal(got, got.T)
