@@ -49,6 +49,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from qjax.eval import packed_scoring
+from qjax.eval.buckets import bucket, pow2, pow2_floor
 from qjax.models.config import ModelConfig
 from qjax.models.kv_cache import init_cache
 from qjax.models.llama import forward, stack_cache, stack_layers
@@ -111,23 +112,6 @@ def rolling_windows(tokens: Sequence[int], prefix_token: int, max_length: int) -
         windows.append((context[: len(context) - (n - 1)], tokens[end - n: end]))
         predicted = end
     return windows
-
-
-def _bucket(n: int, buckets: Sequence[int]) -> int:
-    for b in buckets:
-        if n <= b:
-            return b
-    return int(math.ceil(n / buckets[-1]) * buckets[-1])
-
-
-def _pow2(n: int) -> int:
-    """The smallest power of two >= n (1 for n <= 1)."""
-    return 1 << max(0, (n - 1).bit_length())
-
-
-def _pow2_floor(n: int) -> int:
-    """The largest power of two <= n (1 for n <= 1)."""
-    return 1 << max(0, n.bit_length() - 1)
 
 
 MIN_SHARED_PREFIX = 64  # shorter common prefixes are recomputed per context
@@ -318,8 +302,8 @@ def _plan_batches(shared: int, groups: list[_Group], batch_size: int, max_cache_
     mean rows per group, and N (continuation rows) = pow2(B * mean rows per group), never below the
     largest group; a batch closes when either is full.
     """
-    s = _bucket(shared, PREFIX_BUCKETS) if shared else 0
-    own = {id(g): _bucket(max(len(g.context) - 1 - shared, 1), PREFIX_BUCKETS) for g in groups}
+    s = bucket(shared, PREFIX_BUCKETS) if shared else 0
+    own = {id(g): bucket(max(len(g.context) - 1 - shared, 1), PREFIX_BUCKETS) for g in groups}
     groups = sorted(groups, key=lambda g: (-own[id(g)], -g.longest))
     mean_rows = sum(len(g.rows) for g in groups) / len(groups)
     mean_requests = sum(len(g.requests) for g in groups) / len(groups)
@@ -327,21 +311,21 @@ def _plan_batches(shared: int, groups: list[_Group], batch_size: int, max_cache_
 
     def shapes(p, c):
         rows_cap = max_cache_tokens // (s + p + c)
-        b = min(batch_size, _pow2_floor(max_batch_tokens // p), _pow2_floor(max(1, int(rows_cap / mean_rows))))
-        return b, max(_pow2(math.ceil(b * mean_rows)), _pow2(biggest))
+        b = min(batch_size, pow2_floor(max_batch_tokens // p), pow2_floor(max(1, int(rows_cap / mean_rows))))
+        return b, max(pow2(math.ceil(b * mean_rows)), pow2(biggest))
 
     def finish(members):
         p = own[id(members[0])]
-        c = _bucket(max(g.longest for g in members), CONTINUATION_BUCKETS)
+        c = bucket(max(g.longest for g in members), CONTINUATION_BUCKETS)
         b, n = shapes(p, c)
-        r = _pow2(max(sum(len(g.requests) for g in members), math.ceil(b * mean_requests)))
+        r = pow2(max(sum(len(g.requests) for g in members), math.ceil(b * mean_requests)))
         return _Batch(members, shared, s, b, p, n, c, r)
 
     batches, current, rows = [], [], 0
     for g in groups:
         if current:
             p = own[id(current[0])]
-            b, n = shapes(p, _bucket(max(g.longest, max(x.longest for x in current)), CONTINUATION_BUCKETS))
+            b, n = shapes(p, bucket(max(g.longest, max(x.longest for x in current)), CONTINUATION_BUCKETS))
             if len(current) + 1 > b or rows + len(g.rows) > n:
                 batches.append(finish(current))
                 current, rows = [], 0

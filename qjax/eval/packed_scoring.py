@@ -33,13 +33,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Any, Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from qjax.eval.buckets import bucket, pow2
 from qjax.models.config import ModelConfig
 from qjax.models.llama import forward
 from qjax.ops.runtime import Runtime
@@ -67,18 +67,6 @@ def packable(config: ModelConfig, runtime: Runtime, max_length: int) -> bool:
     slots, which differ from positions inside a packed segment)."""
     window = config.sliding_window
     return runtime.kv_cache is None and (window is None or window > max_length)
-
-
-def _bucket(n: int, buckets: Sequence[int]) -> int:
-    for b in buckets:
-        if n <= b:
-            return b
-    return int(math.ceil(n / buckets[-1]) * buckets[-1])
-
-
-def _pow2(n: int) -> int:
-    """The smallest power of two >= n (n >= 1)."""
-    return 1 << (n - 1).bit_length()
 
 
 def segment_size(group: Group, shared: int = 0) -> int:
@@ -131,11 +119,11 @@ def _rows_of_family(shared: int, groups: Sequence[Group]) -> dict[int, list[Pack
     if shared:
         largest = shared + segment_size(groups[0], shared)
         whole = shared + sum(segment_size(g, shared) for g in groups)
-        slots = _bucket(max(MIN_ROW_SLOTS, largest, min(whole, FAMILY_ROW_SLOTS)), ROW_BUCKETS)
+        slots = bucket(max(MIN_ROW_SLOTS, largest, min(whole, FAMILY_ROW_SLOTS)), ROW_BUCKETS)
         return {slots: _first_fit(shared, groups, slots)}
     by_slots: dict[int, list[Group]] = {}
     for g in groups:
-        by_slots.setdefault(_bucket(max(MIN_ROW_SLOTS, segment_size(g)), ROW_BUCKETS), []).append(g)
+        by_slots.setdefault(bucket(max(MIN_ROW_SLOTS, segment_size(g)), ROW_BUCKETS), []).append(g)
     return {slots: _first_fit(0, members, slots) for slots, members in by_slots.items()}
 
 
@@ -152,11 +140,11 @@ def plan_packed_batches(families: Sequence[tuple[int, Sequence[Group]]],
         full = max(1, max_batch_tokens // slots)
         for i in range(0, len(rows), full):
             chunk = rows[i:i + full]
-            num_rows = min(full, _pow2(len(chunk)))  # a last, partial batch: fewer padding rows
+            num_rows = min(full, pow2(len(chunk)))  # a last, partial batch: fewer padding rows
             predict = sum(1 + sum(len(t) for t in g.rows) for row in chunk for g in row.groups)
             pairs = sum(len(c) for row in chunk for g in row.groups for _, c in g.requests)
-            batches.append(PackedBatch(chunk, num_rows, slots, _bucket(predict, COUNT_BUCKETS),
-                                       _bucket(pairs, COUNT_BUCKETS)))
+            batches.append(PackedBatch(chunk, num_rows, slots, bucket(predict, COUNT_BUCKETS),
+                                       bucket(pairs, COUNT_BUCKETS)))
     return batches
 
 
