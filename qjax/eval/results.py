@@ -27,13 +27,17 @@ def row_key(row: dict) -> tuple:
 
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
-    """`git describe --always --dirty` of the qjax checkout, or 'unknown' outside git."""
+    """`git describe --always --dirty` of the qjax checkout when this module was imported (cached),
+    or 'unknown' outside git."""
     try:
         out = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
                              cwd=Path(__file__).resolve().parent, timeout=10)
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+code_version()  # read at import: the version of the code this process runs, not of a later checkout
 
 
 def make_row(*, model: str, transform: str, task: str, metric: str, value: float,
