@@ -11,16 +11,16 @@ An empty context becomes the BOS token (lm-eval's prefix token).
 
 Scoring (`score_requests`) shares work at three levels:
   * requests with the same context tokens form a group (a multiple-choice question): the context is
-    run once for every continuation;
+    run once for all its continuations;
   * groups whose contexts start with the same long token prefix form a family (MMLU's 5-shot block of
     one subject, TruthfulQA's fixed 6-shot prompt): the shared prefix is run once per batch and its
     cache broadcast to every context row;
   * continuations of a group that differ only in their last token (" A" .. " D") share one row: the
     scored targets are read from the same logits.
-Groups outside a family are packed several to a row with no padding (`qjax.eval.packed_scoring`)
-whenever that reproduces the plain forward (float KV cache, no short sliding window). Families, and
-every group under a quantized KV cache, take the KV-cache path: one jitted function per padded
-shape runs, per batch:
+Whenever that reproduces the plain forward (float KV cache, no sliding window shorter than a
+request), groups are packed several to a row with no padding, a family's shared prefix once per row
+(`qjax.eval.packed_scoring`). Otherwise (a quantized KV cache, a short sliding window) they take the
+KV-cache path: one jitted function per padded shape runs, per batch:
   0. (families only) the shared prefix, left-padded to S slots, on one row; the cache is broadcast;
   1. every context minus its last token (after the shared prefix), left-padded to P slots;
   2. rows `[last context token] + continuation[:-1]`, right-padded to C, on the cache rows gathered
