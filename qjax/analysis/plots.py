@@ -20,7 +20,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from qjax.analysis.stats import correlation, goodness, pareto_front  # noqa: E402
+from qjax.analysis.stats import correlation, pareto_front  # noqa: E402
 from qjax.analysis.table import Config, Measurement, ResultTable  # noqa: E402
 
 MIB = 2 ** 20
@@ -88,7 +88,7 @@ def plot_score_vs_memory(table: ResultTable, model: str, benchmarks: Sequence[Me
         for c, (x, y) in points.items():
             ax.scatter([x], [y], color="tab:blue")
             ax.annotate(c[1], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        front = pareto_front({c: (x, goodness(bench[1], y)) for c, (x, y) in points.items()})
+        front = pareto_front(points, bench[1])
         if front:
             ax.step([points[c][0] for c in front], [points[c][1] for c in front], where="post",
                     color="tab:red", label="Pareto front")

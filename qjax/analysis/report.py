@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from qjax.analysis import plots
-from qjax.analysis.stats import correlate, goodness, pareto_front
+from qjax.analysis.stats import correlate, pareto_front
 from qjax.analysis.table import (Measurement, ResultTable, format_value, markdown_table,
                                  results_markdown)
 
@@ -62,7 +62,7 @@ def pareto_markdown(table: ResultTable, model: str, memory: Measurement,
     for bench in benchmarks:
         col = table.column(bench)
         points = {c: (mem[c], col[c]) for c in table.configs if c[0] == model and c in mem and c in col}
-        front = pareto_front({c: (m, goodness(bench[1], s)) for c, (m, s) in points.items()})
+        front = pareto_front(points, bench[1])
         body.append([f"{bench[0]} {bench[1]}", ", ".join(
             f"{c[1]} ({points[c][0] / plots.MIB:.1f} MiB, {format_value(points[c][1])})" for c in front)])
     return markdown_table(["benchmark", f"Pareto front over {memory[0]} {memory[1]} (low to high)"], body)

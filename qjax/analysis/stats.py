@@ -7,9 +7,9 @@ Pearson's r and Spearman's rho with their two-sided p-values come from `scipy.st
 whose perplexity is orders of magnitude above the rest). With fewer than 3 pairs, or a constant
 side, the coefficients are NaN (undefined).
 
-`pareto_front(points)`: points (cost, score); a point is on the front when no other point has
+`pareto_front(points, metric)`: points (cost, score); a point is on the front when no other point has
 cost <= and score >= with at least one strict inequality (lower cost and higher score are better).
-`goodness(metric, value)` maps a score so that larger is better before it goes into the front:
+With `metric` given, `goodness(metric, value)` first maps each score so that larger is better:
 perplexities, bits per byte and ECE are negated, bias scores (0 = unbiased) become -|value|.
 """
 
@@ -83,8 +83,15 @@ def goodness(metric: str, value: float) -> float:
     return -value if metric in LOWER_IS_BETTER else value
 
 
-def pareto_front(points: dict[Hashable, tuple[float, float]]) -> list[Hashable]:
-    """Keys of the non-dominated (cost, score) points, sorted by cost (ties: higher score first)."""
+def pareto_front(points: dict[Hashable, tuple[float, float]], metric: Optional[str] = None) -> list[Hashable]:
+    """Keys of the non-dominated (cost, score) points, sorted by cost (ties: better score first).
+
+    metric: the scores' metric name; when given, each score is oriented by `goodness(metric, score)`
+    first (so a perplexity or bias front is the lowest / closest-to-0, not the highest), else larger
+    scores are taken as better.
+    """
+    if metric is not None:
+        points = {k: (cost, goodness(metric, score)) for k, (cost, score) in points.items()}
     front = []
     for key, (cost, score) in points.items():
         dominated = any(c <= cost and s >= score and (c < cost or s > score)

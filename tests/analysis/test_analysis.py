@@ -118,6 +118,16 @@ def test_pareto_front_hand_worked():
     assert pareto_front({}) == []
 
 
+def test_pareto_front_metric_orientation_hand_worked():
+    # Perplexity: lower is better, so b (cheaper than c, and lower) dominates c; a is cheapest.
+    ppl = {"a": (50, 30.0), "b": (80, 20.0), "c": (90, 25.0), "d": (140, 18.0)}
+    assert pareto_front(ppl, "perplexity") == ["a", "b", "d"]
+    assert pareto_front(ppl) == ["a"]  # read as larger-is-better, a (cheapest, 30.0) dominates all
+    # Bias: closer to 0 is better; y (-0.05) beats x (0.3) at equal cost, z (0.01) costs more.
+    bias = {"x": (80, 0.3), "y": (80, -0.05), "z": (200, 0.01)}
+    assert pareto_front(bias, "bias_ambig") == ["y", "z"]
+
+
 def test_report_with_plots(tmp_path):
     table = build_table(_rows())
     report = write_report(table, tmp_path, perplexity=PPL, memory=MEM, sources=["hand"])
