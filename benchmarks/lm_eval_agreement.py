@@ -8,6 +8,10 @@ seeded, stratified `limit` selects (lm-eval through its `samples` argument): ARC
 stderr of each, |difference| / stderr, the share of items where both pick the same choice, the
 largest per-choice log-likelihood difference, both wall times (prompting, tokenization, compilation
 and scoring; model loading excluded) and their ratio. Tasks alternate between the two systems.
+Also printed, as the bound on how much of a speedup can come from computing less: the tokens lm-eval
+runs through the model (context + continuation - 1 per choice) and the tokens when every document's
+context runs once (context + each continuation - 1; prefixes shared across documents, such as MMLU's
+5-shot block, not counted as shared), and their ratio.
 
   QJAX_DATA_DIR=../shared/data nice -n 10 .venv/bin/python benchmarks/lm_eval_agreement.py \
       > results/tasks/lm_eval_agreement.log 2>&1 &
@@ -30,7 +34,8 @@ from qjax.checkpoints import load_model, resolve  # noqa: E402
 from qjax.data.paths import data_dir  # noqa: E402
 from qjax.data.tasks import get_task  # noqa: E402
 from qjax.data.tasks.mmlu import SUBJECTS  # noqa: E402
-from qjax.eval.tasks import TaskOptions, metric_rows, score_multiple_choice  # noqa: E402
+from qjax.eval.loglikelihood import encode_pair  # noqa: E402
+from qjax.eval.tasks import TaskOptions, doc_requests, metric_rows, score_multiple_choice  # noqa: E402
 
 _TASKS = flags.DEFINE_list("tasks", ["arc_easy", "piqa", "mmlu"], "tasks to compare")
 _ITEMS = flags.DEFINE_integer("items", 500, "ARC-Easy and PIQA items")
@@ -78,6 +83,16 @@ def lm_eval_keys(task: str, prepared, docs) -> list[tuple[str, int]]:
     for i, doc in enumerate(docs):
         first.setdefault(doc["subject"], i)
     return [(f"qjax_mmlu_{p.doc['subject']}", p.index - first[p.doc["subject"]]) for p in prepared]
+
+
+def input_tokens(spec, prepared, tokenizer) -> tuple[int, int]:
+    """(tokens lm-eval feeds the model, tokens with each document's context fed once); module docstring."""
+    per_choice = once = 0
+    for doc in prepared:
+        pairs = [encode_pair(tokenizer, c, x) for c, x in doc_requests(spec, doc)]
+        per_choice += sum(len(c) + len(x) - 1 for c, x in pairs)
+        once += sum(len(c) for c in {tuple(c) for c, _ in pairs}) + sum(len(x) - 1 for _, x in pairs)
+    return per_choice, once
 
 
 def run_qjax(task, params, config, tokenizer, root):
@@ -133,8 +148,11 @@ def main(argv):
             lm_se = float(np.sqrt(sum(s ** 2 for s in ses.values())) / len(ses))
         else:
             (lm_acc,), (lm_se,) = accs.values(), ses.values()
-        summary[task] = {"items": len(items), "qjax_acc": row["value"], "qjax_stderr": row["stderr"],
-                         "lm_eval_acc": lm_acc, "lm_eval_stderr": lm_se, "same_prediction": float(np.mean(same)),
+        lm_tokens, once_tokens = input_tokens(get_task(task), prepared, tokenizer)
+        summary[task] = {"items": len(items), "lm_eval_input_tokens": lm_tokens,
+                         "context_once_input_tokens": once_tokens, "qjax_acc": row["value"],
+                         "qjax_stderr": row["stderr"], "lm_eval_acc": lm_acc, "lm_eval_stderr": lm_se,
+                         "same_prediction": float(np.mean(same)),
                          "max_abs_loglikelihood_diff": max_diff, "qjax_seconds": qjax_s,
                          "lm_eval_seconds": lm_s, "speedup": lm_s / qjax_s}
         s = summary[task]
@@ -142,7 +160,9 @@ def main(argv):
               f"lm-eval {s['lm_eval_acc']:.4f}±{s['lm_eval_stderr']:.4f}  "
               f"|diff|/se {abs(s['qjax_acc'] - s['lm_eval_acc']) / s['qjax_stderr']:.2f}  "
               f"same pick {100 * s['same_prediction']:.1f}%  max|dll| {s['max_abs_loglikelihood_diff']:.2e}  "
-              f"time qjax {qjax_s:.0f}s lm-eval {lm_s:.0f}s  speedup {s['speedup']:.2f}x", flush=True)
+              f"time qjax {qjax_s:.0f}s lm-eval {lm_s:.0f}s  speedup {s['speedup']:.2f}x  "
+              f"input tokens lm-eval {lm_tokens} / context once {once_tokens} = {lm_tokens / once_tokens:.2f}",
+              flush=True)
     total_q = sum(s["qjax_seconds"] for s in summary.values())
     total_l = sum(s["lm_eval_seconds"] for s in summary.values())
     print(f"total     time qjax {total_q:.0f}s lm-eval {total_l:.0f}s  speedup {total_l / total_q:.2f}x")
