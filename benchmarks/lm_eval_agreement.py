@@ -135,8 +135,9 @@ def main(argv):
               batch_size=_LM_BATCH.value)
     summary = {}
     for task in _TASKS.value:
+        spec = get_task(task)
         prepared, items, row, qjax_s = run_qjax(task, params, config, tokenizer, root)
-        keys = lm_eval_keys(task, prepared, get_task(task).load(get_task(task).eval_split, str(root)))
+        keys = lm_eval_keys(task, prepared, spec.load(spec.eval_split, str(root)))
         ids: dict[str, list[int]] = {}
         for name, doc_id in keys:
             ids.setdefault(name, []).append(doc_id)
@@ -148,7 +149,7 @@ def main(argv):
             lm_se = float(np.sqrt(sum(s ** 2 for s in ses.values())) / len(ses))
         else:
             (lm_acc,), (lm_se,) = accs.values(), ses.values()
-        lm_tokens, once_tokens = input_tokens(get_task(task), prepared, tokenizer)
+        lm_tokens, once_tokens = input_tokens(spec, prepared, tokenizer)
         summary[task] = {"items": len(items), "lm_eval_input_tokens": lm_tokens,
                          "context_once_input_tokens": once_tokens, "qjax_acc": row["value"],
                          "qjax_stderr": row["stderr"], "lm_eval_acc": lm_acc, "lm_eval_stderr": lm_se,

@@ -85,9 +85,10 @@ def test_static_per_channel_asymmetric(model):
     x = _inputs(config, params, tokens)["layers_1/attn/o_proj"].reshape(-1, config.q_size)
     s = state["act_scales"]["layers_1/attn/o_proj"]
     np.testing.assert_allclose(s["scale"], (x.max(0) - x.min(0)) / 15, rtol=1e-5)
-    # The zero point is in quantization levels (0..15): compare it absolutely, to 1e-4 of a level. A
-    # relative tolerance fails on float32 noise where a channel's zero sits near 0 (x comes from a
-    # separately compiled forward, so its values may differ from the calibration's in the last bits).
+    # The zero point is in quantization levels (unrounded; outside 0..15 where a channel's range
+    # excludes 0): compare it absolutely, to 1e-4 of a level. A relative tolerance fails on float32
+    # noise where a channel's zero sits near 0 (x comes from a separately compiled forward, so its
+    # values may differ from the calibration's in the last bits).
     np.testing.assert_allclose(s["zero"], -x.min(0) / s["scale"], rtol=0, atol=1e-4)
 
 
