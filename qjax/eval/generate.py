@@ -110,6 +110,9 @@ def prefill(params, tokens, valid, positions, row_keys, runtime_state, *, config
             runtime: Runtime, sampling: Sampling, max_new_tokens: int, prefill_chunk: int):
     """Runs the left-padded prompts (B, P) into a fresh cache of P + max_new_tokens slots.
 
+    The prompt runs in chunks of C = min(prefill_chunk, P) tokens (P must be a multiple of C, as
+    `bucket_length` makes it) in one `lax.scan`: one compiled chunk forward whatever P. Only each
+    chunk's last position reaches the LM head (`logits_at`).
     Returns (cache, first_token (B,) int32, last_logits (B, V) float32).
     """
     b, p = tokens.shape
@@ -117,13 +120,20 @@ def prefill(params, tokens, valid, positions, row_keys, runtime_state, *, config
     key_mask = jnp.concatenate([valid, jnp.ones((b, max_new_tokens), bool)], axis=1)
     cache = init_cache(config, b, p + max_new_tokens, spec=runtime.kv_cache, dtype=dtype,
                        key_mask=key_mask)
-    logits = None
-    for start in range(0, p, prefill_chunk):
-        end = min(start + prefill_chunk, p)
-        logits, cache = forward(params, tokens[:, start:end], config, runtime,
-                                positions=positions[:, start:end], cache=cache,
-                                runtime_state=runtime_state)
-    last = logits[:, -1]
+    chunk = min(prefill_chunk, p)
+    last_positions = jnp.arange(b, dtype=jnp.int32) * chunk + (chunk - 1)  # each row's last token
+    if p % chunk:
+        raise ValueError(f"prompt length {p} is not a multiple of the prefill chunk {chunk}")
+
+    def scan_step(cache, index):
+        start = index * chunk
+        logits, cache = forward(params, jax.lax.dynamic_slice_in_dim(tokens, start, chunk, axis=1), config,
+                                runtime, positions=jax.lax.dynamic_slice_in_dim(positions, start, chunk, axis=1),
+                                cache=cache, runtime_state=runtime_state, logits_at=last_positions)
+        return cache, logits
+
+    cache, logits = jax.lax.scan(scan_step, cache, jnp.arange(p // chunk, dtype=jnp.int32))
+    last = logits[-1]
     return cache, sample_token(last, _step_keys(row_keys, jnp.int32(0)), sampling), last
 
 

@@ -29,12 +29,12 @@ import jax
 import jax.numpy as jnp
 
 from qjax.models import kv_cache as kv_cache_lib
+from qjax.models.attention import blocked_attention, causal_chunked_attention, grouped_attention
 from qjax.models.config import ModelConfig
 from qjax.models.rope import apply_rope, inverse_frequencies
 from qjax.ops import Runtime, linear
 
-_MASK_VALUE = -1e30
-CAUSAL_CHUNK = 256  # query block of the cache-free causal prefill (see causal_chunked_attention)
+BLOCKED_MIN_QUERIES = 64  # cached forwards of at least this many tokens use blocked_attention
 FUSE_MIN_ROWS = 64  # sibling projections are fused for inputs of at least this many tokens (sibling_linears)
 
 
@@ -114,43 +114,6 @@ def causal_mask(query_slots, key_slots, key_mask, sliding_window: Optional[int])
     return allowed[None, None, :, :] & key_mask[:, None, None, :]
 
 
-def grouped_attention(q, k, v, mask):
-    """Softmax attention with grouped KV heads.
-
-    q: (B, T, H, D); k, v: (B, S, KVH, D) with H a multiple of KVH; mask: (B, 1, T, S) bool.
-    Returns (B, T, H, D). Scores and softmax in float32. The G = H / KVH query heads that share a
-    KV head are folded into the query rows, so each product is one batched matmul per KV head; the
-    softmax normalisation is applied to the (T, D) output rather than the (T, S) probabilities.
-    """
-    b, t, h, d = q.shape
-    kvh = k.shape[2]
-    g = h // kvh
-    q = q.reshape(b, t, kvh, g, d).transpose(0, 2, 3, 1, 4).reshape(b, kvh, g * t, d)
-    k = k.transpose(0, 2, 1, 3)
-    v = v.transpose(0, 2, 1, 3)
-    scores = jnp.einsum("bkqd,bksd->bkqs", q * (d ** -0.5), k, preferred_element_type=jnp.float32)
-    scores = jnp.where(mask[:, :, None], scores.reshape(b, kvh, g, t, -1), _MASK_VALUE)
-    weights = jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True))
-    out = jnp.einsum("bkgts,bksd->bkgtd", weights.astype(v.dtype), v, preferred_element_type=jnp.float32)
-    out = out / jnp.sum(weights, axis=-1)[..., None]
-    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, d).astype(q.dtype)
-
-
-def causal_chunked_attention(q, k, v, mask, chunk: int = CAUSAL_CHUNK):
-    """`grouped_attention` for a causal prefill without cache (query i sits at key slot i).
-
-    Query block j (rows [j*chunk, (j+1)*chunk)) attends only keys [0, (j+1)*chunk): the keys after
-    it are masked anyway, so skipping them halves the work and keeps each softmax cache-sized.
-    Same shapes and result as `grouped_attention`.
-    """
-    t = q.shape[1]
-    outs = []
-    for start in range(0, t, chunk):
-        end = min(start + chunk, t)
-        outs.append(grouped_attention(q[:, start:end], k[:, :end], v[:, :end], mask[:, :, start:end, :end]))
-    return jnp.concatenate(outs, axis=1)
-
-
 class Attention(nn.Module):
     config: ModelConfig
     runtime: Runtime
@@ -173,7 +136,10 @@ class Attention(nn.Module):
             spec = kv_cache_lib.resolve_spec(rt.kv_cache)
             layer_cache = spec.write_layer(layer_cache, k, v, cache_start)
             k, v = spec.read_layer(layer_cache, x.dtype)
-            out = grouped_attention(q, k, v, mask)
+            if t >= BLOCKED_MIN_QUERIES:  # a prefill chunk: only the slots written so far
+                out = blocked_attention(q, k, v, mask, num_keys=cache_start + t)
+            else:
+                out = grouped_attention(q, k, v, mask)
         else:
             out = causal_chunked_attention(q, k, v, mask)
         out = Linear(cfg.hidden_size, rt, name="o_proj")(out.reshape(b, t, cfg.q_size), runtime_state)
