@@ -42,7 +42,7 @@ def grouped_attention(q, k, v, mask):
     scores = jnp.einsum("bkqd,bksd->bkqs", qf, k, preferred_element_type=jnp.float32)
     scores = jnp.where(mask[:, :, None], scores.reshape(b, kvh, -1, t, k.shape[2]), MASK_VALUE)
     weights = jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True)).reshape(b, kvh, qf.shape[2], -1)
-    # (G * T) rows as one matmul dimension: a 5-D (b, k, g, t, s) product runs several times slower
+    # (G * T) rows as one matmul dimension, as in the score product
     out = jnp.einsum("bkqs,bksd->bkqd", weights.astype(v.dtype), v, preferred_element_type=jnp.float32)
     return _unfold_query_groups(out / jnp.sum(weights, axis=-1)[..., None], t, q.dtype)
 
