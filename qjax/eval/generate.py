@@ -121,9 +121,9 @@ def prefill(params, tokens, valid, positions, row_keys, runtime_state, *, config
     cache = init_cache(config, b, p + max_new_tokens, spec=runtime.kv_cache, dtype=dtype,
                        key_mask=key_mask)
     chunk = min(prefill_chunk, p)
-    last_positions = jnp.arange(b, dtype=jnp.int32) * chunk + (chunk - 1)  # each row's last token
     if p % chunk:
         raise ValueError(f"prompt length {p} is not a multiple of the prefill chunk {chunk}")
+    last_positions = jnp.arange(b, dtype=jnp.int32) * chunk + (chunk - 1)  # each row's last token
 
     def scan_step(cache, index):
         start = index * chunk
