@@ -65,6 +65,8 @@ def test_causal_chunked_matches_reference(t, chunk):
     mask = cache_mask(t, t, start=0, pad=[0, 0])
     out = causal_chunked_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), jnp.asarray(mask), chunk)
     assert_matches(out, q, k, v, mask)
+    one_row = [a[:1] for a in (q, k, v, mask)]  # a single row skips the per-row lax.map
+    assert_matches(causal_chunked_attention(*(jnp.asarray(a) for a in one_row), chunk), *one_row)
 
 
 @pytest.mark.parametrize("t,s,start,block", [(8, 30, 0, 4), (8, 30, 12, 8), (6, 19, 13, 5), (10, 10, 0, 16)])
