@@ -7,12 +7,8 @@ import os
 import shutil
 from pathlib import Path
 
+from qjax.cache import cache_root
 from qjax.checkpoints.errors import CheckpointError
-
-
-def cache_root() -> Path:
-    """Where derived artifacts (GGUF-built tokenizers) are cached: $QJAX_CACHE_DIR or ~/.cache/qjax."""
-    return Path(os.environ.get("QJAX_CACHE_DIR", Path.home() / ".cache" / "qjax"))
 
 
 def _gguf_fingerprint(path: Path) -> str:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from qjax.native import attention as native_attention
+
 MASK_VALUE = -1e30
 CAUSAL_CHUNK = 256  # query block of the cache-free causal prefill (causal_chunked_attention)
 KEY_BLOCK = 256  # key slots per step of blocked_attention
@@ -45,6 +47,17 @@ def grouped_attention(q, k, v, mask):
     # (G * T) rows as one matmul dimension, as in the score product
     out = jnp.einsum("bkqs,bksd->bkqd", weights.astype(v.dtype), v, preferred_element_type=jnp.float32)
     return _unfold_query_groups(out / jnp.sum(weights, axis=-1)[..., None], t, q.dtype)
+
+
+def causal_attention(q, k, v, mask):
+    """Attention of a causal forward without cache (query i sits at key slot i, S = T; the mask is
+    False for every key after its query). On CPU, with the C++ kernels built, the fused kernel of
+    `qjax.native.attention`; elsewhere, or for a head size the kernel lacks, `causal_chunked_attention`.
+    """
+    if not native_attention.supports(q.shape[-1]):
+        return causal_chunked_attention(q, k, v, mask)
+    return jax.lax.platform_dependent(q, k, v, mask, cpu=native_attention.causal_attention,
+                                      default=causal_chunked_attention)
 
 
 def causal_chunked_attention(q, k, v, mask, chunk: int = CAUSAL_CHUNK):

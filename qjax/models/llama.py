@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from qjax.models import kv_cache as kv_cache_lib
-from qjax.models.attention import blocked_attention, causal_chunked_attention, grouped_attention
+from qjax.models.attention import blocked_attention, causal_attention, grouped_attention
 from qjax.models.config import ModelConfig
 from qjax.models.rope import apply_rope, inverse_frequencies
 from qjax.ops import Runtime, linear
@@ -141,7 +141,7 @@ class Attention(nn.Module):
             else:
                 out = grouped_attention(q, k, v, mask)
         else:
-            out = causal_chunked_attention(q, k, v, mask)
+            out = causal_attention(q, k, v, mask)
         out = Linear(cfg.hidden_size, rt, name="o_proj")(out.reshape(b, t, cfg.q_size), runtime_state)
         return out, layer_cache
 

@@ -1,0 +1,48 @@
+"""qjax's C++ CPU kernels, called from jit-compiled code through XLA's FFI.
+
+XLA:CPU emits no fused attention, so the cache-free causal attention of prefill and scoring passes
+has a hand-written kernel here (`attention_cpu.cc`). The library is compiled on first use (see
+`build`); when that is impossible (no compiler) or disabled with QJAX_NATIVE=0, `available()` is
+False and callers use their pure-XLA path, which computes the same function.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+import os
+
+import jax.ffi
+
+from qjax.native.build import NativeBuildError, build_library
+
+CAUSAL_ATTENTION = "qjax_causal_attention"
+
+
+@functools.lru_cache(maxsize=None)
+def _library() -> ctypes.CDLL | None:
+    if os.environ.get("QJAX_NATIVE", "1") == "0":
+        return None
+    try:
+        library = ctypes.CDLL(str(build_library()))
+    except (NativeBuildError, OSError) as error:
+        logging.warning("qjax CPU kernels unavailable, using the XLA paths: %s", error)
+        return None
+    jax.ffi.register_ffi_target(CAUSAL_ATTENTION, jax.ffi.pycapsule(library.QjaxCausalAttention), platform="cpu")
+    return library
+
+
+def available() -> bool:
+    """Whether the CPU kernels are built, loaded and registered with XLA (builds them on first call)."""
+    return _library() is not None
+
+
+def strip_width() -> int:
+    """Keys per packed K strip of the attention kernel (its SIMD tile width: 64 with AVX-512)."""
+    return _library().qjax_native_strip_width()
+
+
+def lanes() -> int:
+    """float32 lanes of the kernels' SIMD vectors (16 with AVX-512, else 8); head_dim must be a multiple."""
+    return _library().qjax_native_lanes()

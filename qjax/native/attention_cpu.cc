@@ -1,0 +1,274 @@
+// Fused causal softmax attention for a forward without KV cache (a prefill or a scoring pass), as an
+// XLA FFI handler for the CPU backend. One task is (batch row b, query head h, block of kQueryBlock
+// query positions); tasks run on XLA's intra-op thread pool. Each task walks the key blocks up to
+// its last query with an online softmax (running max m, normaliser l, unnormalised output O), so
+// the (T, T) score matrix is never formed and key blocks after the diagonal are never touched.
+//
+// Operands (all row-major, float32 unless stated):
+//   q     (B, T, H, D)                 queries (RoPE applied, not yet scaled by D^-1/2)
+//   kp    (B, KVH, T / W, D, W)        keys, packed: strip s holds K[s*W:(s+1)*W]^T, W = kStrip
+//   vt    (B, KVH, T, D)               values, KV-head major
+//   mask  (B, T, T) bool               True where query t may attend key s; must be False for
+//                                      every s > t (causal), which is what lets blocks be skipped
+//   out   (B, T, H, D)                 softmax(q k^T / sqrt(D), masked) v, query head h reading KV
+//                                      head h / (H / KVH)
+// Requires T % kQueryBlock == 0 and D % kLanes == 0 (the Python wrapper pads T). Masked scores are
+// set to kMaskValue (finite), so a query with no allowed key gets a finite (uniform) average.
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "simd.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace qjax {
+namespace {
+
+namespace ffi = xla::ffi;
+
+constexpr int kStrip = kLanes * kTileVecs;  // keys per score tile (64 with AVX-512)
+constexpr int kQueryBlock = 64;             // query rows per task
+constexpr int kKeyBlock = 256;              // keys per online-softmax step
+constexpr int kRowTile = 6;                 // query rows per register tile (64 = 10 x 6 + 4)
+constexpr float kMaskValue = -1e30f;
+static_assert(kQueryBlock % kStrip == 0 && kKeyBlock % kQueryBlock == 0, "block sizes must nest");
+
+struct Problem {
+  const float* q;
+  const float* kp;
+  const float* vt;
+  const uint8_t* mask;
+  float* out;
+  int64_t batch, seq, heads, kv_heads, head_dim;
+  float scale;
+};
+
+// scores[r][0:kStrip] = q_row(r) . K[strip]^T for R query rows; q rows `q_stride` floats apart,
+// `k_strip` is the packed (D, kStrip) strip, `scores` rows `s_stride` floats apart.
+template <int R>
+inline void ScoreTile(const float* q, int64_t q_stride, const float* k_strip, int64_t head_dim,
+                      float* scores, int64_t s_stride) {
+  VecF acc[R][kTileVecs] = {};
+  for (int64_t d = 0; d < head_dim; ++d) {
+    const float* k_row = k_strip + d * kStrip;
+    VecF k[kTileVecs];
+#pragma GCC unroll 4
+    for (int c = 0; c < kTileVecs; ++c) k[c] = Load(k_row + c * kLanes);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const VecF qb = Splat(q[r * q_stride + d]);
+#pragma GCC unroll 4
+      for (int c = 0; c < kTileVecs; ++c) acc[r][c] += qb * k[c];
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int c = 0; c < kTileVecs; ++c) Store(scores + r * s_stride + c * kLanes, acc[r][c]);
+  }
+}
+
+// o[r][0:NV*kLanes] = o[r] * correction[r] + sum_j p[r][j] v[j] over `num_keys` keys, R rows.
+template <int R, int NV>
+inline void ValueTile(const float* p, int64_t p_stride, const float* v, int64_t v_stride, int64_t num_keys,
+                      const float* correction, float* o, int64_t o_stride) {
+  VecF acc[R][NV];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    const VecF c = Splat(correction[r]);
+#pragma GCC unroll 4
+    for (int n = 0; n < NV; ++n) acc[r][n] = Load(o + r * o_stride + n * kLanes) * c;
+  }
+  for (int64_t j = 0; j < num_keys; ++j) {
+    VecF vv[NV];
+#pragma GCC unroll 4
+    for (int n = 0; n < NV; ++n) vv[n] = Load(v + j * v_stride + n * kLanes);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const VecF pb = Splat(p[r * p_stride + j]);
+#pragma GCC unroll 4
+      for (int n = 0; n < NV; ++n) acc[r][n] += pb * vv[n];
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int n = 0; n < NV; ++n) Store(o + r * o_stride + n * kLanes, acc[r][n]);
+  }
+}
+
+template <int R>
+inline void ValueRows(const float* p, const float* v, int64_t num_keys, int64_t head_dim,
+                      const float* correction, float* o) {
+  for (int64_t d0 = 0; d0 < head_dim; d0 += kStrip) {
+    const int64_t vecs = std::min<int64_t>(kTileVecs, (head_dim - d0) / kLanes);
+    const float* vd = v + d0;
+    float* od = o + d0;
+    if (vecs == kTileVecs) {
+      ValueTile<R, kTileVecs>(p, kKeyBlock, vd, head_dim, num_keys, correction, od, head_dim);
+    } else if (vecs == 1) {
+      ValueTile<R, 1>(p, kKeyBlock, vd, head_dim, num_keys, correction, od, head_dim);
+    } else if constexpr (kTileVecs > 2) {
+      if (vecs == 2) {
+        ValueTile<R, 2>(p, kKeyBlock, vd, head_dim, num_keys, correction, od, head_dim);
+      } else {
+        ValueTile<R, 3>(p, kKeyBlock, vd, head_dim, num_keys, correction, od, head_dim);
+      }
+    }
+  }
+}
+
+// Per-worker scratch: one (kQueryBlock, kKeyBlock) score tile and the running softmax state.
+struct Scratch {
+  explicit Scratch(int64_t head_dim)
+      : scores(kQueryBlock * kKeyBlock), out(kQueryBlock * head_dim), row_max(kQueryBlock),
+        row_sum(kQueryBlock), correction(kQueryBlock) {}
+  std::vector<float> scores, out, row_max, row_sum, correction;
+};
+
+// Masks and scales one score row of `num_keys`, turns it into exp(score - new max) in place and
+// updates the row's running max and sum; returns the factor exp(old max - new max).
+inline float SoftmaxRow(float* s, const uint8_t* allowed, int64_t num_keys, float scale, float& row_max,
+                        float& row_sum) {
+  VecF vmax = Splat(kMaskValue);
+  for (int64_t j = 0; j < num_keys; j += kLanes) {
+    VecF x = Load(s + j) * scale;
+    x = LoadFlags(allowed + j) ? x : Splat(kMaskValue);
+    Store(s + j, x);
+    vmax = x > vmax ? x : vmax;
+  }
+  const float new_max = std::max(row_max, ReduceMax(vmax));
+  const float correction = std::exp(row_max - new_max);
+  const VecF shift = Splat(new_max);
+  VecF vsum = {};
+  for (int64_t j = 0; j < num_keys; j += kLanes) {
+    const VecF p = ExpNonPositive(Load(s + j) - shift);
+    Store(s + j, p);
+    vsum += p;
+  }
+  row_max = new_max;
+  row_sum = row_sum * correction + ReduceSum(vsum);
+  return correction;
+}
+
+void RunTask(const Problem& pb, int64_t task, Scratch& scratch) {
+  const int64_t num_blocks = pb.seq / kQueryBlock;
+  const int64_t rows_per_block = pb.batch * pb.heads;
+  // Largest blocks (most keys) first, so the last tasks to be claimed are the short ones.
+  const int64_t block = num_blocks - 1 - task / rows_per_block;
+  const int64_t b = (task % rows_per_block) / pb.heads;
+  const int64_t h = task % pb.heads;
+  const int64_t kvh = h / (pb.heads / pb.kv_heads);
+  const int64_t d = pb.head_dim;
+  const int64_t first = block * kQueryBlock;
+  const int64_t key_end = first + kQueryBlock;
+  const int64_t q_stride = pb.heads * d;
+  const float* q = pb.q + ((b * pb.seq + first) * pb.heads + h) * d;
+  const float* kp = pb.kp + (b * pb.kv_heads + kvh) * pb.seq * d;
+  const float* vt = pb.vt + (b * pb.kv_heads + kvh) * pb.seq * d;
+
+  float* scores = scratch.scores.data();
+  float* o = scratch.out.data();
+  std::fill(scratch.out.begin(), scratch.out.end(), 0.0f);
+  std::fill(scratch.row_max.begin(), scratch.row_max.end(), -std::numeric_limits<float>::infinity());
+  std::fill(scratch.row_sum.begin(), scratch.row_sum.end(), 0.0f);
+
+  for (int64_t k0 = 0; k0 < key_end; k0 += kKeyBlock) {
+    const int64_t num_keys = std::min<int64_t>(kKeyBlock, key_end - k0);
+    for (int64_t r0 = 0; r0 < kQueryBlock; r0 += kRowTile) {
+      const bool full = r0 + kRowTile <= kQueryBlock;
+      for (int64_t s = 0; s < num_keys; s += kStrip) {
+        const float* strip = kp + (k0 + s) * d;
+        float* dst = scores + r0 * kKeyBlock + s;
+        if (full) {
+          ScoreTile<kRowTile>(q + r0 * q_stride, q_stride, strip, d, dst, kKeyBlock);
+        } else {
+          ScoreTile<kQueryBlock % kRowTile>(q + r0 * q_stride, q_stride, strip, d, dst, kKeyBlock);
+        }
+      }
+    }
+    for (int64_t r = 0; r < kQueryBlock; ++r) {
+      const uint8_t* allowed = pb.mask + (b * pb.seq + first + r) * pb.seq + k0;
+      scratch.correction[r] = SoftmaxRow(scores + r * kKeyBlock, allowed, num_keys, pb.scale,
+                                         scratch.row_max[r], scratch.row_sum[r]);
+    }
+    for (int64_t r0 = 0; r0 < kQueryBlock; r0 += kRowTile) {
+      const float* p = scores + r0 * kKeyBlock;
+      const float* v = vt + k0 * d;
+      if (r0 + kRowTile <= kQueryBlock) {
+        ValueRows<kRowTile>(p, v, num_keys, d, scratch.correction.data() + r0, o + r0 * d);
+      } else {
+        ValueRows<kQueryBlock % kRowTile>(p, v, num_keys, d, scratch.correction.data() + r0, o + r0 * d);
+      }
+    }
+  }
+  for (int64_t r = 0; r < kQueryBlock; ++r) {
+    const float inv = 1.0f / scratch.row_sum[r];
+    float* dst = pb.out + ((b * pb.seq + first + r) * pb.heads + h) * d;
+    for (int64_t j = 0; j < d; ++j) dst[j] = o[r * d + j] * inv;
+  }
+}
+
+// Tasks are claimed from a shared counter by the calling thread and by up to num_threads - 1 pool
+// workers; the caller returns once every task is done. The state lives in a shared_ptr because a
+// pool worker may start only after the caller has finished all the tasks and returned.
+struct TaskQueue {
+  Problem problem;
+  int64_t total;
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> done{0};
+};
+
+void Drain(TaskQueue& queue) {
+  Scratch scratch(queue.problem.head_dim);
+  for (int64_t t = queue.next.fetch_add(1); t < queue.total; t = queue.next.fetch_add(1)) {
+    RunTask(queue.problem, t, scratch);
+    queue.done.fetch_add(1, std::memory_order_release);
+  }
+}
+
+ffi::Error CausalAttentionImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> kp,
+                               ffi::Buffer<ffi::F32> vt, ffi::Buffer<ffi::PRED> mask,
+                               ffi::ResultBuffer<ffi::F32> out) {
+  const auto qd = q.dimensions();
+  const auto kd = kp.dimensions();
+  if (qd.size() != 4 || kd.size() != 5 || vt.dimensions().size() != 4 || mask.dimensions().size() != 3) {
+    return ffi::Error::InvalidArgument("qjax_causal_attention: operand ranks must be 4, 5, 4, 3");
+  }
+  const int64_t batch = qd[0], seq = qd[1], heads = qd[2], head_dim = qd[3], kv_heads = kd[1];
+  if (seq % kQueryBlock != 0 || head_dim % kLanes != 0 || kv_heads <= 0 || heads % kv_heads != 0 ||
+      kd[0] != batch || kd[2] * kd[4] != seq || kd[3] != head_dim || kd[4] != kStrip) {
+    return ffi::Error::InvalidArgument("qjax_causal_attention: operand shapes do not match the layout");
+  }
+  auto queue = std::make_shared<TaskQueue>();
+  queue->problem = Problem{q.typed_data(), kp.typed_data(), vt.typed_data(),
+                           reinterpret_cast<const uint8_t*>(mask.typed_data()), out->typed_data(),
+                           batch, seq, heads, kv_heads, head_dim,
+                           1.0f / std::sqrt(static_cast<float>(head_dim))};
+  queue->total = batch * heads * (seq / kQueryBlock);
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), queue->total) - 1;
+  for (int64_t i = 0; i < helpers; ++i) pool.Schedule([queue] { Drain(*queue); });
+  Drain(*queue);
+  while (queue->done.load(std::memory_order_acquire) < queue->total) std::this_thread::yield();
+  return ffi::Error::Success();
+}
+
+}  // namespace
+}  // namespace qjax
+
+extern "C" int qjax_native_strip_width() { return qjax::kStrip; }
+extern "C" int qjax_native_lanes() { return qjax::kLanes; }
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(QjaxCausalAttention, qjax::CausalAttentionImpl,
+                              xla::ffi::Ffi::Bind()
+                                  .Ctx<xla::ffi::ThreadPool>()
+                                  .Arg<xla::ffi::Buffer<xla::ffi::F32>>()
+                                  .Arg<xla::ffi::Buffer<xla::ffi::F32>>()
+                                  .Arg<xla::ffi::Buffer<xla::ffi::F32>>()
+                                  .Arg<xla::ffi::Buffer<xla::ffi::PRED>>()
+                                  .Ret<xla::ffi::Buffer<xla::ffi::F32>>());
