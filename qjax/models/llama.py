@@ -32,7 +32,7 @@ from qjax.models import kv_cache as kv_cache_lib
 from qjax.models.attention import blocked_attention, causal_attention, grouped_attention
 from qjax.models.config import ModelConfig
 from qjax.models.rope import apply_rope, inverse_frequencies
-from qjax.ops import Runtime, linear
+from qjax.ops import Runtime, linear, tied_logits
 
 BLOCKED_MIN_QUERIES = 64  # cached forwards of at least this many tokens use blocked_attention
 FUSE_MIN_ROWS = 64  # sibling projections are fused for inputs of at least this many tokens (sibling_linears)
@@ -242,8 +242,7 @@ class Decoder(nn.Module):
             x = jnp.take(x.reshape(-1, x.shape[-1]), logits_at, axis=0)
         x = RMSNorm(cfg.rms_norm_eps, name="final_norm")(x)
         if cfg.tie_word_embeddings:
-            logits = jnp.einsum("...d,vd->...v", x, embedding.astype(dtype),
-                                preferred_element_type=jnp.float32)
+            logits = tied_logits(x, embedding.astype(dtype))
         else:
             logits = Linear(cfg.vocab_size, self.runtime, name="lm_head")(x, runtime_state)
         new_cache = None

@@ -1,7 +1,8 @@
 """qjax's C++ CPU kernels, called from jit-compiled code through XLA's FFI.
 
 XLA:CPU emits no fused attention, so the cache-free causal attention of prefill and scoring passes
-has a hand-written kernel here (`attention_cpu.cc`). The library is compiled on first use (see
+has a hand-written kernel here (`attention_cpu.cc`); and its batch-1 matrix-vector products reach
+about half of the memory bandwidth, so decoding's weight reads have one too (`matvec_cpu.cc`). The library is compiled on first use (see
 `build`); when that is impossible (no compiler) or disabled with QJAX_NATIVE=0, `available()` is
 False and callers use their pure-XLA path, which computes the same function.
 """
@@ -18,6 +19,8 @@ import jax.ffi
 from qjax.native.build import NativeBuildError, build_library
 
 CAUSAL_ATTENTION = "qjax_causal_attention"
+MATVEC = "qjax_matvec"
+MATVEC_NT = "qjax_matvec_nt"
 
 
 @functools.lru_cache(maxsize=None)
@@ -29,7 +32,9 @@ def _library() -> ctypes.CDLL | None:
     except (NativeBuildError, OSError) as error:
         logging.warning("qjax CPU kernels unavailable, using the XLA paths: %s", error)
         return None
-    jax.ffi.register_ffi_target(CAUSAL_ATTENTION, jax.ffi.pycapsule(library.QjaxCausalAttention), platform="cpu")
+    for name, symbol in ((CAUSAL_ATTENTION, library.QjaxCausalAttention), (MATVEC, library.QjaxMatvec),
+                         (MATVEC_NT, library.QjaxMatvecNt)):
+        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(symbol), platform="cpu")
     return library
 
 
@@ -38,11 +43,19 @@ def available() -> bool:
     return _library() is not None
 
 
+def require() -> ctypes.CDLL:
+    """The loaded library (its FFI targets registered); RuntimeError when it is unavailable."""
+    library = _library()
+    if library is None:
+        raise RuntimeError("qjax's CPU kernels are unavailable (QJAX_NATIVE=0, or the build failed: see the log)")
+    return library
+
+
 def strip_width() -> int:
     """Keys per packed K strip of the attention kernel (its SIMD tile width: 64 with AVX-512)."""
-    return _library().qjax_native_strip_width()
+    return require().qjax_native_strip_width()
 
 
 def lanes() -> int:
     """float32 lanes of the kernels' SIMD vectors (16 with AVX-512, else 8); head_dim must be a multiple."""
-    return _library().qjax_native_lanes()
+    return require().qjax_native_lanes()

@@ -23,6 +23,7 @@ def causal_attention(q, k, v, mask):
     (B, T, H, D) in q's dtype, computed in float32. T need not be a multiple of the kernel's block:
     the padding queries and keys are masked and cut off again.
     """
+    native.require()
     b, t, h, d = q.shape
     kvh = k.shape[2]
     pad = -t % QUERY_BLOCK

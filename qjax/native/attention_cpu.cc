@@ -15,14 +15,13 @@
 // Requires T % kQueryBlock == 0 and D % kLanes == 0 (the Python wrapper pads T). Masked scores are
 // set to kMaskValue (finite), so a query with no allowed key gets a finite (uniform) average.
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <limits>
 #include <memory>
-#include <thread>
 #include <vector>
 
+#include "parallel.h"
 #include "simd.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -214,24 +213,6 @@ void RunTask(const Problem& pb, int64_t task, Scratch& scratch) {
   }
 }
 
-// Tasks are claimed from a shared counter by the calling thread and by up to num_threads - 1 pool
-// workers; the caller returns once every task is done. The state lives in a shared_ptr because a
-// pool worker may start only after the caller has finished all the tasks and returned.
-struct TaskQueue {
-  Problem problem;
-  int64_t total;
-  std::atomic<int64_t> next{0};
-  std::atomic<int64_t> done{0};
-};
-
-void Drain(TaskQueue& queue) {
-  Scratch scratch(queue.problem.head_dim);
-  for (int64_t t = queue.next.fetch_add(1); t < queue.total; t = queue.next.fetch_add(1)) {
-    RunTask(queue.problem, t, scratch);
-    queue.done.fetch_add(1, std::memory_order_release);
-  }
-}
-
 ffi::Error CausalAttentionImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> kp,
                                ffi::Buffer<ffi::F32> vt, ffi::Buffer<ffi::PRED> mask,
                                ffi::ResultBuffer<ffi::F32> out) {
@@ -245,16 +226,14 @@ ffi::Error CausalAttentionImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ff
       kd[0] != batch || kd[2] * kd[4] != seq || kd[3] != head_dim || kd[4] != kStrip) {
     return ffi::Error::InvalidArgument("qjax_causal_attention: operand shapes do not match the layout");
   }
-  auto queue = std::make_shared<TaskQueue>();
-  queue->problem = Problem{q.typed_data(), kp.typed_data(), vt.typed_data(),
-                           reinterpret_cast<const uint8_t*>(mask.typed_data()), out->typed_data(),
-                           batch, seq, heads, kv_heads, head_dim,
-                           1.0f / std::sqrt(static_cast<float>(head_dim))};
-  queue->total = batch * heads * (seq / kQueryBlock);
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), queue->total) - 1;
-  for (int64_t i = 0; i < helpers; ++i) pool.Schedule([queue] { Drain(*queue); });
-  Drain(*queue);
-  while (queue->done.load(std::memory_order_acquire) < queue->total) std::this_thread::yield();
+  const Problem problem{q.typed_data(), kp.typed_data(), vt.typed_data(),
+                        reinterpret_cast<const uint8_t*>(mask.typed_data()), out->typed_data(),
+                        batch, seq, heads, kv_heads, head_dim, 1.0f / std::sqrt(static_cast<float>(head_dim))};
+  ParallelFor(pool, batch * heads * (seq / kQueryBlock), [&problem] {
+    return [&problem, scratch = std::make_shared<Scratch>(problem.head_dim)](int64_t task) {
+      RunTask(problem, task, *scratch);
+    };
+  });
   return ffi::Error::Success();
 }
 
