@@ -7,12 +7,22 @@ import jax.numpy as jnp
 
 from qjax import native
 
-QUERY_BLOCK = 64  # the kernel's query rows per task; T is padded to a multiple
+QUERY_BLOCK = 64  # the kernel's query rows per task and the side of its mask tiles; T is padded to a multiple
 
 
 def supports(head_dim: int) -> bool:
     """Whether the kernel is available and handles this head size (a multiple of its SIMD width)."""
     return native.available() and head_dim % native.lanes() == 0
+
+
+def mask_tile_states(mask):
+    """(B, T, T) bool -> (B, T / QUERY_BLOCK, T / QUERY_BLOCK) uint8 per square tile: 0 when no pair
+    is allowed, 1 when every pair is, 2 when mixed. The kernel reads mask bytes on mixed tiles only
+    (on a causal mask, the diagonal), and skips the scores of empty ones."""
+    b, t, _ = mask.shape
+    n = t // QUERY_BLOCK
+    tiles = mask.reshape(b, n, QUERY_BLOCK, n, QUERY_BLOCK)
+    return jnp.where(jnp.all(tiles, axis=(2, 4)), 1, jnp.where(jnp.any(tiles, axis=(2, 4)), 2, 0)).astype(jnp.uint8)
 
 
 def causal_attention(q, k, v, mask):
@@ -36,5 +46,5 @@ def causal_attention(q, k, v, mask):
     v_heads = v.astype(jnp.float32).transpose(0, 2, 1, 3)
     call = jax.ffi.ffi_call(native.CAUSAL_ATTENTION, jax.ShapeDtypeStruct((b, tp, h, d), jnp.float32),
                             vmap_method="sequential")
-    out = call(q.astype(jnp.float32), k_packed, v_heads, mask[:, 0])
+    out = call(q.astype(jnp.float32), k_packed, v_heads, mask[:, 0], mask_tile_states(mask[:, 0]))
     return out[:, :t].astype(q.dtype)

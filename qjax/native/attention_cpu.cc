@@ -10,6 +10,9 @@
 //   vt    (B, KVH, T, D)               values, KV-head major
 //   mask  (B, T, T) bool               True where query t may attend key s; must be False for
 //                                      every s > t (causal), which is what lets blocks be skipped
+//   tiles (B, T / 64, T / 64) uint8    the mask per 64 x 64 tile: 0 no pair allowed (its scores are
+//                                      not computed), 1 every pair allowed (the mask is not read),
+//                                      2 mixed (the mask is read)
 //   out   (B, T, H, D)                 softmax(q k^T / sqrt(D), masked) v, query head h reading KV
 //                                      head h / (H / KVH)
 // Requires T % kQueryBlock == 0 and D % kLanes == 0 (the Python wrapper pads T). Masked scores are
@@ -35,23 +38,31 @@ constexpr int kQueryBlock = 64;             // query rows per task
 constexpr int kKeyBlock = 256;              // keys per online-softmax step
 constexpr int kRowTile = 6;                 // query rows per register tile (64 = 10 x 6 + 4)
 constexpr float kMaskValue = -1e30f;
-static_assert(kQueryBlock % kStrip == 0 && kKeyBlock % kQueryBlock == 0, "block sizes must nest");
+constexpr int64_t kMaskTile = 64;  // side of the (query, key) tiles that `tiles` classifies
+constexpr uint8_t kNoneAllowed = 0, kAllAllowed = 1, kMixedAllowed = 2;  // tile states
+static_assert(kQueryBlock == kMaskTile && kMaskTile % kStrip == 0 && kKeyBlock % kQueryBlock == 0,
+              "block sizes must nest");
 
 struct Problem {
   const float* q;
   const float* kp;
   const float* vt;
   const uint8_t* mask;
+  const uint8_t* tiles;
   float* out;
   int64_t batch, seq, heads, kv_heads, head_dim;
   float scale;
 };
 
-// scores[r][0:kStrip] = q_row(r) . K[strip]^T for R query rows; q rows `q_stride` floats apart,
-// `k_strip` is the packed (D, kStrip) strip, `scores` rows `s_stride` floats apart.
-template <int R>
-inline void ScoreTile(const float* q, int64_t q_stride, const float* k_strip, int64_t head_dim,
-                      float* scores, int64_t s_stride) {
+// scores[r][0:kStrip] = q_row(r) . K[strip]^T * scale for R query rows, and with kMixed
+// kMaskValue where allowed[r][j] is 0 (without, every pair is allowed); block_max[r] (one vector
+// per row) takes the lane-wise max. q rows `q_stride`
+// floats apart, `k_strip` the packed (D, kStrip) strip, allowed rows `mask_stride` bytes apart,
+// scores rows `s_stride` floats apart.
+template <int R, bool kMixed>
+inline void ScoreTile(const float* q, int64_t q_stride, const float* k_strip, int64_t head_dim, float scale,
+                      const uint8_t* allowed, int64_t mask_stride, float* scores, int64_t s_stride,
+                      VecF* block_max) {
   VecF acc[R][kTileVecs] = {};
   for (int64_t d = 0; d < head_dim; ++d) {
     const float* k_row = k_strip + d * kStrip;
@@ -65,11 +76,34 @@ inline void ScoreTile(const float* q, int64_t q_stride, const float* k_strip, in
       for (int c = 0; c < kTileVecs; ++c) acc[r][c] += qb * k[c];
     }
   }
+  const VecF masked = Splat(kMaskValue);
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
+    VecF m = block_max[r];
 #pragma GCC unroll 4
-    for (int c = 0; c < kTileVecs; ++c) Store(scores + r * s_stride + c * kLanes, acc[r][c]);
+    for (int c = 0; c < kTileVecs; ++c) {
+      VecF x = acc[r][c] * scale;
+      if constexpr (kMixed) x = LoadFlags(allowed + r * mask_stride + c * kLanes) ? x : masked;
+      Store(scores + r * s_stride + c * kLanes, x);
+      m = x > m ? x : m;
+    }
+    block_max[r] = m;
   }
+}
+
+inline void ScoreRows(int64_t rows, bool mixed, const float* q, int64_t q_stride, const float* k_strip,
+                      int64_t head_dim, float scale, const uint8_t* allowed, int64_t mask_stride, float* scores,
+                      VecF* block_max) {
+  constexpr int kLast = kQueryBlock % kRowTile;
+  if (rows == kRowTile) {
+    if (mixed) return ScoreTile<kRowTile, true>(q, q_stride, k_strip, head_dim, scale, allowed, mask_stride, scores,
+                                                kKeyBlock, block_max);
+    return ScoreTile<kRowTile, false>(q, q_stride, k_strip, head_dim, scale, allowed, mask_stride, scores, kKeyBlock,
+                                      block_max);
+  }
+  if (mixed) return ScoreTile<kLast, true>(q, q_stride, k_strip, head_dim, scale, allowed, mask_stride, scores,
+                                           kKeyBlock, block_max);
+  ScoreTile<kLast, false>(q, q_stride, k_strip, head_dim, scale, allowed, mask_stride, scores, kKeyBlock, block_max);
 }
 
 // o[r][0:NV*kLanes] = o[r] * correction[r] + sum_j p[r][j] v[j] over `num_keys` keys, R rows.
@@ -126,22 +160,16 @@ inline void ValueRows(const float* p, const float* v, int64_t num_keys, int64_t 
 struct Scratch {
   explicit Scratch(int64_t head_dim)
       : scores(kQueryBlock * kKeyBlock), out(kQueryBlock * head_dim), row_max(kQueryBlock),
-        row_sum(kQueryBlock), correction(kQueryBlock) {}
-  std::vector<float> scores, out, row_max, row_sum, correction;
+        row_sum(kQueryBlock), correction(kQueryBlock), ones(kQueryBlock, 1.0f), block_max(kQueryBlock) {}
+  std::vector<float> scores, out, row_max, row_sum, correction, ones;
+  std::vector<VecF> block_max;  // per row: lane-wise max of the current key block's scores
 };
 
-// Masks and scales one score row of `num_keys`, turns it into exp(score - new max) in place and
-// updates the row's running max and sum; returns the factor exp(old max - new max).
-inline float SoftmaxRow(float* s, const uint8_t* allowed, int64_t num_keys, float scale, float& row_max,
-                        float& row_sum) {
-  VecF vmax = Splat(kMaskValue);
-  for (int64_t j = 0; j < num_keys; j += kLanes) {
-    VecF x = Load(s + j) * scale;
-    x = LoadFlags(allowed + j) ? x : Splat(kMaskValue);
-    Store(s + j, x);
-    vmax = x > vmax ? x : vmax;
-  }
-  const float new_max = std::max(row_max, ReduceMax(vmax));
+// Turns one row of `num_keys` masked, scaled scores into exp(score - new max) in place, where the
+// new max takes in `block_max` (the row's lane-wise max over these scores), and updates the row's
+// running max and sum; returns the factor exp(old max - new max) for its accumulated output.
+inline float SoftmaxRow(float* s, int64_t num_keys, VecF block_max, float& row_max, float& row_sum) {
+  const float new_max = std::max(row_max, ReduceMax(block_max));
   const float correction = std::exp(row_max - new_max);
   const VecF shift = Splat(new_max);
   VecF vsum = {};
@@ -170,6 +198,8 @@ void RunTask(const Problem& pb, int64_t task, Scratch& scratch) {
   const float* q = pb.q + ((b * pb.seq + first) * pb.heads + h) * d;
   const float* kp = pb.kp + (b * pb.kv_heads + kvh) * pb.seq * d;
   const float* vt = pb.vt + (b * pb.kv_heads + kvh) * pb.seq * d;
+  const int64_t num_tiles = pb.seq / kMaskTile;
+  const uint8_t* tile_states = pb.tiles + (b * num_tiles + block) * num_tiles;
 
   float* scores = scratch.scores.data();
   float* o = scratch.out.data();
@@ -179,30 +209,36 @@ void RunTask(const Problem& pb, int64_t task, Scratch& scratch) {
 
   for (int64_t k0 = 0; k0 < key_end; k0 += kKeyBlock) {
     const int64_t num_keys = std::min<int64_t>(kKeyBlock, key_end - k0);
-    for (int64_t r0 = 0; r0 < kQueryBlock; r0 += kRowTile) {
-      const bool full = r0 + kRowTile <= kQueryBlock;
-      for (int64_t s = 0; s < num_keys; s += kStrip) {
-        const float* strip = kp + (k0 + s) * d;
-        float* dst = scores + r0 * kKeyBlock + s;
-        if (full) {
-          ScoreTile<kRowTile>(q + r0 * q_stride, q_stride, strip, d, dst, kKeyBlock);
-        } else {
-          ScoreTile<kQueryBlock % kRowTile>(q + r0 * q_stride, q_stride, strip, d, dst, kKeyBlock);
-        }
+    std::fill(scratch.block_max.begin(), scratch.block_max.end(), Splat(kMaskValue));
+    // Strip-major: each packed K strip stays in L1 while every row tile of the block reads it.
+    for (int64_t s = 0; s < num_keys; s += kStrip) {
+      const uint8_t state = tile_states[(k0 + s) / kMaskTile];
+      if (state == kNoneAllowed) {
+        for (int64_t r = 0; r < kQueryBlock; ++r) std::fill_n(scores + r * kKeyBlock + s, kStrip, kMaskValue);
+        continue;
+      }
+      const float* strip = kp + (k0 + s) * d;
+      for (int64_t r0 = 0; r0 < kQueryBlock; r0 += kRowTile) {
+        ScoreRows(std::min<int64_t>(kRowTile, kQueryBlock - r0), state == kMixedAllowed, q + r0 * q_stride,
+                  q_stride, strip, d, pb.scale, pb.mask + (b * pb.seq + first + r0) * pb.seq + k0 + s, pb.seq,
+                  scores + r0 * kKeyBlock + s, scratch.block_max.data() + r0);
       }
     }
     for (int64_t r = 0; r < kQueryBlock; ++r) {
-      const uint8_t* allowed = pb.mask + (b * pb.seq + first + r) * pb.seq + k0;
-      scratch.correction[r] = SoftmaxRow(scores + r * kKeyBlock, allowed, num_keys, pb.scale,
+      scratch.correction[r] = SoftmaxRow(scores + r * kKeyBlock, num_keys, scratch.block_max[r],
                                          scratch.row_max[r], scratch.row_sum[r]);
     }
-    for (int64_t r0 = 0; r0 < kQueryBlock; r0 += kRowTile) {
-      const float* p = scores + r0 * kKeyBlock;
-      const float* v = vt + k0 * d;
-      if (r0 + kRowTile <= kQueryBlock) {
-        ValueRows<kRowTile>(p, v, num_keys, d, scratch.correction.data() + r0, o + r0 * d);
-      } else {
-        ValueRows<kQueryBlock % kRowTile>(p, v, num_keys, d, scratch.correction.data() + r0, o + r0 * d);
+    // Likewise kStrip keys of V at a time; the softmax correction rescales O on the first only.
+    for (int64_t j = 0; j < num_keys; j += kStrip) {
+      const float* correction = j == 0 ? scratch.correction.data() : scratch.ones.data();
+      const float* v = vt + (k0 + j) * d;
+      for (int64_t r0 = 0; r0 < kQueryBlock; r0 += kRowTile) {
+        const float* p = scores + r0 * kKeyBlock + j;
+        if (r0 + kRowTile <= kQueryBlock) {
+          ValueRows<kRowTile>(p, v, kStrip, d, correction + r0, o + r0 * d);
+        } else {
+          ValueRows<kQueryBlock % kRowTile>(p, v, kStrip, d, correction + r0, o + r0 * d);
+        }
       }
     }
   }
@@ -215,19 +251,22 @@ void RunTask(const Problem& pb, int64_t task, Scratch& scratch) {
 
 ffi::Error CausalAttentionImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> kp,
                                ffi::Buffer<ffi::F32> vt, ffi::Buffer<ffi::PRED> mask,
-                               ffi::ResultBuffer<ffi::F32> out) {
+                               ffi::Buffer<ffi::U8> tiles, ffi::ResultBuffer<ffi::F32> out) {
   const auto qd = q.dimensions();
   const auto kd = kp.dimensions();
-  if (qd.size() != 4 || kd.size() != 5 || vt.dimensions().size() != 4 || mask.dimensions().size() != 3) {
-    return ffi::Error::InvalidArgument("qjax_causal_attention: operand ranks must be 4, 5, 4, 3");
+  const auto td = tiles.dimensions();
+  if (qd.size() != 4 || kd.size() != 5 || vt.dimensions().size() != 4 || mask.dimensions().size() != 3 ||
+      td.size() != 3) {
+    return ffi::Error::InvalidArgument("qjax_causal_attention: operand ranks must be 4, 5, 4, 3, 3");
   }
   const int64_t batch = qd[0], seq = qd[1], heads = qd[2], head_dim = qd[3], kv_heads = kd[1];
   if (seq % kQueryBlock != 0 || head_dim % kLanes != 0 || kv_heads <= 0 || heads % kv_heads != 0 ||
-      kd[0] != batch || kd[2] * kd[4] != seq || kd[3] != head_dim || kd[4] != kStrip) {
+      kd[0] != batch || kd[2] * kd[4] != seq || kd[3] != head_dim || kd[4] != kStrip || td[0] != batch ||
+      td[1] != seq / kMaskTile || td[2] != seq / kMaskTile) {
     return ffi::Error::InvalidArgument("qjax_causal_attention: operand shapes do not match the layout");
   }
   const Problem problem{q.typed_data(), kp.typed_data(), vt.typed_data(),
-                        reinterpret_cast<const uint8_t*>(mask.typed_data()), out->typed_data(),
+                        reinterpret_cast<const uint8_t*>(mask.typed_data()), tiles.typed_data(), out->typed_data(),
                         batch, seq, heads, kv_heads, head_dim, 1.0f / std::sqrt(static_cast<float>(head_dim))};
   ParallelFor(pool, batch * heads * (seq / kQueryBlock), [&problem] {
     return [&problem, scratch = std::make_shared<Scratch>(problem.head_dim)](int64_t task) {
@@ -250,4 +289,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(QjaxCausalAttention, qjax::CausalAttentionImpl,
                                   .Arg<xla::ffi::Buffer<xla::ffi::F32>>()
                                   .Arg<xla::ffi::Buffer<xla::ffi::F32>>()
                                   .Arg<xla::ffi::Buffer<xla::ffi::PRED>>()
+                                  .Arg<xla::ffi::Buffer<xla::ffi::U8>>()
                                   .Ret<xla::ffi::Buffer<xla::ffi::F32>>());

@@ -4,6 +4,8 @@
 #ifndef QJAX_NATIVE_SIMD_H_
 #define QJAX_NATIVE_SIMD_H_
 
+#include <immintrin.h>
+
 #include <cstdint>
 #include <cstring>
 
@@ -29,7 +31,18 @@ inline VecF Load(const float* p) {
 
 inline void Store(float* p, VecF v) { std::memcpy(p, &v, sizeof(v)); }
 
-inline VecF Splat(float x) { return VecF{} + x; }
+// Every lane x: one broadcast instruction (VecF{} + x would cost an add, as 0 + x is not x for -0).
+inline VecF Splat(float x) {
+#if defined(__AVX512F__)
+  return reinterpret_cast<VecF>(_mm512_set1_ps(x));
+#elif defined(__AVX__)
+  return reinterpret_cast<VecF>(_mm256_set1_ps(x));
+#else
+  VecF v;
+  for (int i = 0; i < kLanes; ++i) v[i] = x;
+  return v;
+#endif
+}
 
 // Lanes of `p` (kLanes bytes, 0 or 1) as an all-ones / all-zeros int mask.
 inline VecI LoadFlags(const uint8_t* p) {
@@ -51,12 +64,17 @@ inline float ReduceSum(VecF v) {
 }
 
 // exp(x) for x <= 0 to float32 rounding: x = n ln2 + r with |r| <= ln2/2, exp(r) by its degree-7
-// Taylor polynomial (truncation error < 1e-8 relative), 2^n through the exponent bits. Inputs below -87 give
+// Taylor polynomial (truncation error < 1e-8 relative), times 2^n. Inputs below -87 give
 // exp(-87) ~ 1.6e-38 (a normal float), so masked scores contribute nothing measurable.
 inline VecF ExpNonPositive(VecF x) {
   x = x < -87.0f ? Splat(-87.0f) : x;
+#if defined(__AVX512F__)
+  const VecF n = reinterpret_cast<VecF>(_mm512_roundscale_ps(reinterpret_cast<__m512>(x * 1.44269504088896341f),
+                                                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#else
   const VecF round_magic = Splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
-  VecF n = (x * 1.44269504088896341f + round_magic) - round_magic;
+  const VecF n = (x * 1.44269504088896341f + round_magic) - round_magic;
+#endif
   VecF r = x - n * 0.693145751953125f;
   r = r - n * 1.428606765330187e-06f;
   VecF p = Splat(1.0f / 5040.0f);
@@ -67,10 +85,14 @@ inline VecF ExpNonPositive(VecF x) {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
+#if defined(__AVX512F__)
+  return reinterpret_cast<VecF>(_mm512_scalef_ps(reinterpret_cast<__m512>(p), reinterpret_cast<__m512>(n)));
+#else
   VecI bits = (__builtin_convertvector(n, VecI) + 127) << 23;
   VecF scale;
   std::memcpy(&scale, &bits, sizeof(scale));
   return p * scale;
+#endif
 }
 
 }  // namespace qjax
