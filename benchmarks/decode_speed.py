@@ -4,14 +4,16 @@ against this machine's memory bandwidth and against transformers' `generate`, al
   nice -n 10 .venv/bin/python benchmarks/decode_speed.py --prompt_tokens=128 --new_tokens=64
 
 1. Memory bandwidth: the best of several in-place copies (x + 1, x donated) of a large float32 array
-   (bytes read + written / s), and XLA's matvec ceiling: every float weight of the model streamed
-   through one batch-1 matvec (kernels x (1, in) @ W, the tied embedding W @ h as the LM head does),
-   all in one compiled call, with nothing else of a decode step (the bytes/s a decode step's weight
-   reads could reach on this backend).
+   (bytes read + written / s); the read bandwidth: the best of several sums of the same array (bytes
+   read / s, what streaming weights can reach: on a 2-core VM it can be far below the copy figure);
+   and XLA's matvec ceiling: every float weight of the model streamed through one batch-1 matvec
+   (kernels x (1, in) @ W, the tied embedding W @ h as the LM head does), all in one compiled call,
+   with nothing else of a decode step, in XLA's own dot (not the native kernel that decoding uses).
 2. Per setting (`qjax.eval.efficiency.measure_efficiency`, batch 1, random prompt of prompt_tokens):
    weight bytes, KV bytes, prefill tokens/s, decode tokens/s. The batch-1 decode limit is
    bandwidth / bytes read per step, where a step reads every weight (the tied embedding too: it is
-   the LM head) and the whole preallocated KV cache (attention covers every slot).
+   the LM head) and the whole preallocated KV cache (attention covers every slot); it is reported
+   for the copy bandwidth and for the read bandwidth.
 3. End to end on one WikiText-2 prompt: `qjax.eval.generate.generate_ids` under every setting (tokens/s
    and how many greedy tokens agree with the first setting's, e.g. KV4 against float), and
    transformers' `generate` (torch float32, greedy, exactly new_tokens tokens), each timed after a
@@ -61,6 +63,15 @@ def memory_bandwidth(megabytes: int, repeats: int = 5) -> float:
     return 2 * nbytes / best
 
 
+def read_bandwidth(megabytes: int, repeats: int = 5) -> float:
+    """Bytes/s of summing a large float32 array: every byte read once, nothing written."""
+    total = jax.jit(jnp.sum)
+    x = jnp.ones((megabytes * 2 ** 20 // 4,), jnp.float32)
+    total(x).block_until_ready()
+    best = min(_timed(lambda: total(x).block_until_ready()) for _ in range(repeats))
+    return x.nbytes / best
+
+
 def matvec_bandwidth(params, repeats: int = 5) -> float:
     """Bytes/s of streaming every 2-D float weight of `params` through one batch-1 matvec (module
     docstring, step 1)."""
@@ -86,26 +97,32 @@ def main(argv):
     del argv
     config, params, tokenizer = load_model("smollm2-135m")
     bandwidth = memory_bandwidth(_COPY_MB.value)
-    print(f"device {jax.devices()[0].device_kind}; memory bandwidth (copy): {bandwidth / 1e9:.2f} GB/s")
+    reading = read_bandwidth(_COPY_MB.value)
+    print(f"device {jax.devices()[0].device_kind}; memory bandwidth: copy {bandwidth / 1e9:.2f} GB/s, "
+          f"read {reading / 1e9:.2f} GB/s ({100 * reading / bandwidth:.1f}% of copy)")
     matvec = matvec_bandwidth(params)
-    print(f"XLA matvec ceiling (every weight through one batch-1 matvec): {matvec / 1e9:.2f} GB/s = "
+    print(f"XLA matvec ceiling (every weight through one batch-1 XLA matvec): {matvec / 1e9:.2f} GB/s = "
           f"{100 * matvec / bandwidth:.1f}% of the copy bandwidth")
-    results = {"bandwidth_bytes_per_s": bandwidth, "matvec_bytes_per_s": matvec, "settings": {}}
+    results = {"bandwidth_bytes_per_s": bandwidth, "read_bandwidth_bytes_per_s": reading,
+               "matvec_bytes_per_s": matvec, "settings": {}}
     head = (f"{'setting':<8} {'weights MB':>10} {'KV MB':>7} {'prefill tok/s':>13} {'decode tok/s':>12} "
-            f"{'limit tok/s':>11} {'of limit':>8}")
+            f"{'limit tok/s':>11} {'of limit':>8} {'read limit':>10} {'of read':>7}")
     print(head)
     for name in _SETTINGS.value:
         qparams, runtime, state = apply_setting(params, config, parse_setting(name), compute_dtype=_DTYPE.value)
         e = measure_efficiency(qparams, config, prompt_tokens=_PROMPT.value, new_tokens=_NEW.value,
                                batch_size=1, runtime=runtime, runtime_state=state, repeats=_REPEATS.value)
         step_bytes = e["weight_bytes"] + e["kv_bytes"]
-        limit = bandwidth / step_bytes
+        limit, read_limit = bandwidth / step_bytes, reading / step_bytes
         e["decode_limit_tokens_per_s"] = limit
         e["decode_share_of_limit"] = e["decode_tokens_per_s"] / limit
+        e["decode_read_limit_tokens_per_s"] = read_limit
+        e["decode_share_of_read_limit"] = e["decode_tokens_per_s"] / read_limit
         results["settings"][name] = e
         print(f"{name:<8} {e['weight_bytes'] / 2**20:>10.1f} {e['kv_bytes'] / 2**20:>7.2f} "
               f"{e['prefill_tokens_per_s']:>13.1f} {e['decode_tokens_per_s']:>12.1f} {limit:>11.1f} "
-              f"{100 * e['decode_share_of_limit']:>7.1f}%", flush=True)
+              f"{100 * e['decode_share_of_limit']:>7.1f}% {read_limit:>10.1f} "
+              f"{100 * e['decode_share_of_read_limit']:>6.1f}%", flush=True)
 
     prompt = [int(t) for t in load_windows(tokenizer, "wikitext2", "test", _PROMPT.value, 1)[0]]
     n = _NEW.value

@@ -1,4 +1,5 @@
-"""Softmax attention with grouped KV heads: the plain form and two that skip masked work.
+"""Softmax attention with grouped KV heads: the plain form, two that skip masked work, and the
+dispatch of cache-free causal forwards to the fused CPU kernel (`qjax.native.attention`).
 
 Shapes everywhere: q (B, T, H, D); k, v (B, S, KVH, D) with H a multiple of KVH; mask (B, 1, T, S)
 bool, True where query t may attend key slot s. Outputs (B, T, H, D) in q's dtype; scores and

@@ -2,7 +2,8 @@
 
 XLA:CPU emits no fused attention, so the cache-free causal attention of prefill and scoring passes
 has a hand-written kernel here (`attention_cpu.cc`); and its batch-1 matrix-vector products reach
-about half of the memory bandwidth, so decoding's weight reads have one too (`matvec_cpu.cc`). The library is compiled on first use (see
+about half of the memory bandwidth, so decoding's weight reads have one too (`matvec_cpu.cc`), also
+for 8- and 4-bit uniformly quantized kernels, read as packed codes (`qmatvec_cpu.cc`). The library is compiled on first use (see
 `build`); when that is impossible (no compiler) or disabled with QJAX_NATIVE=0, `available()` is
 False and callers use their pure-XLA path, which computes the same function.
 """
@@ -21,6 +22,7 @@ from qjax.native.build import NativeBuildError, build_library
 CAUSAL_ATTENTION = "qjax_causal_attention"
 MATVEC = "qjax_matvec"
 MATVEC_NT = "qjax_matvec_nt"
+QUANTIZED_MATVEC = "qjax_qmatvec"
 
 
 @functools.lru_cache(maxsize=None)
@@ -33,7 +35,7 @@ def _library() -> ctypes.CDLL | None:
         logging.warning("qjax CPU kernels unavailable, using the XLA paths: %s", error)
         return None
     for name, symbol in ((CAUSAL_ATTENTION, library.QjaxCausalAttention), (MATVEC, library.QjaxMatvec),
-                         (MATVEC_NT, library.QjaxMatvecNt)):
+                         (MATVEC_NT, library.QjaxMatvecNt), (QUANTIZED_MATVEC, library.QjaxQuantizedMatvec)):
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(symbol), platform="cpu")
     return library
 

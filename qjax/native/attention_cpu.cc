@@ -54,11 +54,10 @@ struct Problem {
   float scale;
 };
 
-// scores[r][0:kStrip] = q_row(r) . K[strip]^T * scale for R query rows, and with kMixed
-// kMaskValue where allowed[r][j] is 0 (without, every pair is allowed); block_max[r] (one vector
-// per row) takes the lane-wise max. q rows `q_stride`
-// floats apart, `k_strip` the packed (D, kStrip) strip, allowed rows `mask_stride` bytes apart,
-// scores rows `s_stride` floats apart.
+// scores[r][0:kStrip] = q_row(r) . K[strip]^T * scale for R query rows; with kMixed, kMaskValue
+// where allowed[r][j] is 0 (without, every pair is allowed). block_max[r] (one vector per row)
+// takes the lane-wise max. q rows are `q_stride` floats apart, `k_strip` is the packed
+// (D, kStrip) strip, allowed rows are `mask_stride` bytes apart, scores rows `s_stride` floats.
 template <int R, bool kMixed>
 inline void ScoreTile(const float* q, int64_t q_stride, const float* k_strip, int64_t head_dim, float scale,
                       const uint8_t* allowed, int64_t mask_stride, float* scores, int64_t s_stride,

@@ -1,4 +1,5 @@
-"""jax wrappers of the few-row float32 products of `matvec_cpu.cc` (CPU only), for decoding."""
+"""jax wrappers of the few-row float32 products of `matvec_cpu.cc` and `qmatvec_cpu.cc` (CPU only),
+for decoding."""
 
 from __future__ import annotations
 
@@ -10,13 +11,17 @@ from qjax import native
 MAX_ROWS = 8  # the kernels' limit on rows of x
 
 
-def supports(x, w) -> bool:
-    """Whether x (..., K) @ w runs on the kernel: built, float32 operands, at most MAX_ROWS rows."""
+def supports_rows(x) -> bool:
+    """Whether x (..., K) suits the kernels: built, float32, at most MAX_ROWS rows."""
     rows = 1
     for n in x.shape[:-1]:
         rows *= n
-    return (native.available() and x.dtype == jnp.float32 and w.dtype == jnp.float32 and w.ndim == 2
-            and 1 <= rows <= MAX_ROWS)
+    return native.available() and x.dtype == jnp.float32 and 1 <= rows <= MAX_ROWS
+
+
+def supports(x, w) -> bool:
+    """Whether x (..., K) @ w runs on the float kernels: `supports_rows(x)` and w a float32 matrix."""
+    return supports_rows(x) and w.dtype == jnp.float32 and w.ndim == 2
 
 
 def matvec(x, w):
@@ -27,6 +32,20 @@ def matvec(x, w):
 def matvec_nt(x, w):
     """x (..., K) @ w (N, K)^T -> (..., N), w row-major (N, K), e.g. a tied embedding as LM head."""
     return _call(native.MATVEC_NT, x, w, w.shape[0])
+
+
+def quantized_matvec(x, codes, scale, zero, *, bits: int, group_rows: int):
+    """x (..., K) @ w -> (..., N) for a uniformly quantized w (K, N), read as its packed codes.
+
+    codes: uint8 (K * bits / 8, N) packed along K (`qjax.quant.packing`); scale, zero: float32
+    (K / group_rows, N); w[i, j] = scale[i // group_rows, j] * (code[i, j] - zero[i // group_rows, j]).
+    bits 8 or 4; group_rows divides K (even for 4 bits).
+    """
+    native.require()
+    rows = x.reshape(-1, x.shape[-1])
+    out = jax.ffi.ffi_call(native.QUANTIZED_MATVEC, jax.ShapeDtypeStruct((rows.shape[0], codes.shape[1]), jnp.float32),
+                           vmap_method="sequential")(rows, codes, scale, zero, bits=bits, group_rows=group_rows)
+    return out.reshape(*x.shape[:-1], codes.shape[1])
 
 
 def _call(target: str, x, w, n: int):

@@ -18,8 +18,6 @@
 namespace qjax {
 
 namespace ffi = xla::ffi;
-using Matrix = ffi::Buffer<ffi::F32, 2>;
-using MatrixResult = ffi::ResultBuffer<ffi::F32, 2>;
 
 namespace {
 
@@ -136,7 +134,7 @@ ffi::Error CheckRows(int64_t m, const char* name) {
   return ffi::Error::Success();
 }
 
-ffi::Error MatvecImpl(ffi::ThreadPool pool, Matrix x, Matrix w, MatrixResult y) {
+ffi::Error MatvecImpl(ffi::ThreadPool pool, F32Matrix x, F32Matrix w, ffi::ResultBuffer<ffi::F32, 2> y) {
   const int64_t m = x.dimensions()[0], k = x.dimensions()[1], n = w.dimensions()[1];
   if (w.dimensions()[0] != k) return ffi::Error::InvalidArgument("qjax_matvec: x and w disagree on K");
   if (auto error = CheckRows(m, "qjax_matvec"); error.failure()) return error;
@@ -144,7 +142,7 @@ ffi::Error MatvecImpl(ffi::ThreadPool pool, Matrix x, Matrix w, MatrixResult y) 
   return ffi::Error::Success();
 }
 
-ffi::Error MatvecNtImpl(ffi::ThreadPool pool, Matrix x, Matrix w, MatrixResult y) {
+ffi::Error MatvecNtImpl(ffi::ThreadPool pool, F32Matrix x, F32Matrix w, ffi::ResultBuffer<ffi::F32, 2> y) {
   const int64_t m = x.dimensions()[0], k = x.dimensions()[1], n = w.dimensions()[0];
   if (w.dimensions()[1] != k) return ffi::Error::InvalidArgument("qjax_matvec_nt: x and w disagree on K");
   if (auto error = CheckRows(m, "qjax_matvec_nt"); error.failure()) return error;
@@ -158,13 +156,13 @@ ffi::Error MatvecNtImpl(ffi::ThreadPool pool, Matrix x, Matrix w, MatrixResult y
 XLA_FFI_DEFINE_HANDLER_SYMBOL(QjaxMatvec, qjax::MatvecImpl,
                               xla::ffi::Ffi::Bind()
                                   .Ctx<xla::ffi::ThreadPool>()
-                                  .Arg<qjax::Matrix>()
-                                  .Arg<qjax::Matrix>()
-                                  .Ret<qjax::Matrix>());
+                                  .Arg<qjax::F32Matrix>()
+                                  .Arg<qjax::F32Matrix>()
+                                  .Ret<qjax::F32Matrix>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(QjaxMatvecNt, qjax::MatvecNtImpl,
                               xla::ffi::Ffi::Bind()
                                   .Ctx<xla::ffi::ThreadPool>()
-                                  .Arg<qjax::Matrix>()
-                                  .Arg<qjax::Matrix>()
-                                  .Ret<qjax::Matrix>());
+                                  .Arg<qjax::F32Matrix>()
+                                  .Arg<qjax::F32Matrix>()
+                                  .Ret<qjax::F32Matrix>());

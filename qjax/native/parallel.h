@@ -1,4 +1,4 @@
-// Work sharing over XLA's intra-op thread pool for qjax's FFI handlers.
+// Work sharing over XLA's intra-op thread pool for qjax's FFI handlers, and their buffer types.
 #ifndef QJAX_NATIVE_PARALLEL_H_
 #define QJAX_NATIVE_PARALLEL_H_
 
@@ -12,6 +12,9 @@
 #include "xla/ffi/api/ffi.h"
 
 namespace qjax {
+
+using F32Matrix = xla::ffi::Buffer<xla::ffi::F32, 2>;
+using U8Matrix = xla::ffi::Buffer<xla::ffi::U8, 2>;
 
 // Runs make_worker()(task) for every task in [0, total), claimed from a shared counter by the
 // calling thread and by up to num_threads - 1 pool workers, and returns once all are done. Each

@@ -51,6 +51,41 @@ inline VecI LoadFlags(const uint8_t* p) {
   return __builtin_convertvector(b, VecI) != 0;
 }
 
+// kLanes 8-bit codes at p as floats.
+inline VecF LoadCodes8(const uint8_t* p) {
+#if defined(__AVX512F__)
+  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return reinterpret_cast<VecF>(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(b)));
+#elif defined(__AVX2__)
+  const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+  return reinterpret_cast<VecF>(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b)));
+#else
+  VecF v;
+  for (int i = 0; i < kLanes; ++i) v[i] = p[i];
+  return v;
+#endif
+}
+
+// kLanes bytes at p, each holding two 4-bit codes: low nibbles into lo, high nibbles into hi.
+inline void LoadCodes4(const uint8_t* p, VecF& lo, VecF& hi) {
+#if defined(__AVX512F__)
+  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  const __m128i nibble = _mm_set1_epi8(15);
+  lo = reinterpret_cast<VecF>(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(b, nibble))));
+  hi = reinterpret_cast<VecF>(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(b, 4), nibble))));
+#elif defined(__AVX2__)
+  const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+  const __m128i nibble = _mm_set1_epi8(15);
+  lo = reinterpret_cast<VecF>(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_and_si128(b, nibble))));
+  hi = reinterpret_cast<VecF>(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(b, 4), nibble))));
+#else
+  for (int i = 0; i < kLanes; ++i) {
+    lo[i] = p[i] & 15;
+    hi[i] = p[i] >> 4;
+  }
+#endif
+}
+
 inline float ReduceMax(VecF v) {
   float m = v[0];
   for (int i = 1; i < kLanes; ++i) m = v[i] > m ? v[i] : m;

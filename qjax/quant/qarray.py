@@ -36,6 +36,7 @@ import numpy as np
 from flax import struct
 
 from qjax.quant.grids import expand_stat, make_grid
+from qjax.native import matvec as native_matvec
 from qjax.quant.packing import pack, packed_length, unpack
 from qjax.quant.spec import SCALE_DTYPES, SUPPORTED_BITS, WeightQuantSpec
 
@@ -327,10 +328,32 @@ class QArray:
         return w
 
     def matmul(self, x: jax.Array) -> jax.Array:
-        """x (..., in) -> (..., out) in x's dtype: x @ dequantize() (XLA dequantize-then-matmul)."""
+        """x (..., in) -> (..., out) in x's dtype: x @ dequantize(). XLA dequantizes then multiplies;
+        on CPU, float32 x of at most a few rows (decoding) with an 8- or 4-bit uniform grid and no
+        outliers instead goes through the packed-code matvec kernel, which never forms the float
+        weight."""
         if x.shape[-1] != self.shape[0]:
             raise ValueError(f"QArray.matmul: x has {x.shape[-1]} features, the weight expects {self.shape[0]}")
+        if self._native_matvec_applies(x):
+            return jax.lax.platform_dependent(x, self, cpu=lambda x, qa: qa._native_matmul(x),
+                                              default=lambda x, qa: qa._xla_matmul(x))
+        return self._xla_matmul(x)
+
+    def _xla_matmul(self, x: jax.Array) -> jax.Array:
         return jnp.matmul(x, self.dequantize().astype(x.dtype), preferred_element_type=x.dtype)
+
+    def _native_matvec_applies(self, x: jax.Array) -> bool:
+        n_in, g = self.shape[0], self.rows_per_group
+        even = self.bits == 8 or (n_in % 2 == 0 and g % 2 == 0)
+        return (self.codebook is None and self.outliers is None and self.bits in (4, 8) and n_in % g == 0
+                and even and native_matvec.supports_rows(x))
+
+    def _native_matmul(self, x: jax.Array) -> jax.Array:
+        scale, zero = self.stats()
+        stats_shape = (self.shape[0] // self.rows_per_group, self.shape[1])
+        return native_matvec.quantized_matvec(x, self.codes, jnp.broadcast_to(scale, stats_shape),
+                                              jnp.broadcast_to(zero, stats_shape), bits=self.bits,
+                                              group_rows=self.rows_per_group)
 
     @property
     def nbytes(self) -> int:

@@ -178,3 +178,19 @@ def test_native_under_vmap_and_bf16():
     expected = reference(*(np.asarray(jnp.asarray(a, jnp.bfloat16), np.float32) for a in (q, k, v)), mask)
     seen = mask[:, 0].any(-1)
     np.testing.assert_allclose(np.asarray(bf16, np.float32)[seen], expected[seen], atol=2e-2)
+
+
+def test_mask_tile_states_match_numpy():
+    """Per 64 x 64 tile: 0 when no pair is allowed, 1 when all are, 2 when mixed (hand-built mask:
+    causal, row 1 left-padded by 70 keys)."""
+    t = 192
+    mask = cache_mask(t, t, start=0, pad=[0, 70])[:, 0]
+    states = np.asarray(native_attention.mask_tile_states(jnp.asarray(mask)))
+    tiles = mask.reshape(B, 3, 64, 3, 64)
+    expected = np.where(tiles.all((2, 4)), 1, np.where(tiles.any((2, 4)), 2, 0))
+    np.testing.assert_array_equal(states, expected)
+    # row 0 causal: diagonal tiles mixed, below all allowed, above none
+    np.testing.assert_array_equal(states[0], [[2, 0, 0], [1, 2, 0], [1, 1, 2]])
+    # row 1: key tile 0 is all padding (keys < 70): empty; key tile 1 (keys 64..127) holds padding
+    # keys 64..69, so it is mixed wherever causality allows any of it
+    np.testing.assert_array_equal(states[1], [[0, 0, 0], [0, 2, 0], [0, 2, 2]])
