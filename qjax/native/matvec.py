@@ -26,12 +26,26 @@ def supports(x, w) -> bool:
 
 def matvec(x, w):
     """x (..., K) @ w (K, N) -> (..., N), w a linear kernel (in, out) streamed once."""
-    return _call(native.MATVEC, x, w, w.shape[1])
+    return matvec_many(x, [w])[0]
+
+
+def matvec_many(x, ws):
+    """[x @ w for w in ws] in one kernel call: x (..., K), each w (K, N_i) -> (..., N_i). Sibling
+    linears (q/k/v, gate/up) share one wake-up of the thread pool instead of one each."""
+    native.require()
+    rows = x.reshape(-1, x.shape[-1])
+    shapes = [jax.ShapeDtypeStruct((rows.shape[0], w.shape[1]), jnp.float32) for w in ws]
+    outs = jax.ffi.ffi_call(native.MATVEC, shapes, vmap_method="sequential")(rows, *ws)
+    return [out.reshape(*x.shape[:-1], w.shape[1]) for out, w in zip(outs, ws)]
 
 
 def matvec_nt(x, w):
     """x (..., K) @ w (N, K)^T -> (..., N), w row-major (N, K), e.g. a tied embedding as LM head."""
-    return _call(native.MATVEC_NT, x, w, w.shape[0])
+    native.require()
+    rows = x.reshape(-1, x.shape[-1])
+    out = jax.ffi.ffi_call(native.MATVEC_NT, jax.ShapeDtypeStruct((rows.shape[0], w.shape[0]), jnp.float32),
+                           vmap_method="sequential")(rows, w)
+    return out.reshape(*x.shape[:-1], w.shape[0])
 
 
 def quantized_matvec(x, codes, scale, zero, *, bits: int, group_rows: int):
@@ -46,11 +60,3 @@ def quantized_matvec(x, codes, scale, zero, *, bits: int, group_rows: int):
     out = jax.ffi.ffi_call(native.QUANTIZED_MATVEC, jax.ShapeDtypeStruct((rows.shape[0], codes.shape[1]), jnp.float32),
                            vmap_method="sequential")(rows, codes, scale, zero, bits=bits, group_rows=group_rows)
     return out.reshape(*x.shape[:-1], codes.shape[1])
-
-
-def _call(target: str, x, w, n: int):
-    native.require()
-    rows = x.reshape(-1, x.shape[-1])
-    out = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct((rows.shape[0], n), jnp.float32),
-                           vmap_method="sequential")(rows, w)
-    return out.reshape(*x.shape[:-1], n)

@@ -3,7 +3,8 @@
 // matrix front to back, split into contiguous slabs across XLA's intra-op thread pool, so the
 // hardware prefetchers see one forward stream per thread.
 //
-//   qjax_matvec     x (M, K) @ w (K, N) -> (M, N)       w: a linear kernel (in, out)
+//   qjax_matvec     x (M, K), w_1 (K, N_1), ..., w_n (K, N_n) -> y_i = x @ w_i (M, N_i)
+//                   w_i: linear kernels (in, out) reading the same input (q/k/v, gate/up)
 //   qjax_matvec_nt  x (M, K) @ w (N, K)^T -> (M, N)     w: a tied embedding (vocab, hidden)
 // M is small (at most kMaxRows); K and N are arbitrary (scalar tails handle the remainders).
 #include <algorithm>
@@ -56,19 +57,42 @@ void AccumulateRows(const float* x, int64_t k_total, const float* w, int64_t n, 
   }
 }
 
+// One product of a multi-weight call: y (M, n) = x @ w (K, n), split into slabs of kSlabRows rows.
+struct Product {
+  const float* w;
+  int64_t n;
+  float* y;
+  int64_t first_task;  // index of its first slab among all the call's tasks
+};
+
+// y_i = x @ w_i for every product, all slabs of all weights as one pool of tasks (one wake-up of
+// the helpers per call, however many weights share x).
 template <int M>
-void MatvecRows(ffi::ThreadPool& pool, const float* x, int64_t k, const float* w, int64_t n, float* y) {
+void MatvecRows(ffi::ThreadPool& pool, const float* x, int64_t k, std::vector<Product>& products) {
   const int64_t slabs = (k + kSlabRows - 1) / kSlabRows;
-  std::vector<float> partials(slabs * M * n);
-  ParallelFor(pool, slabs, [&] {
-    return [&](int64_t s) {
-      AccumulateRows<M>(x, k, w, n, s * kSlabRows, std::min(k, (s + 1) * kSlabRows), partials.data() + s * M * n);
+  std::vector<int64_t> offsets;  // partials of product i start at offsets[i]
+  int64_t total = 0;
+  for (size_t i = 0; i < products.size(); ++i) {
+    products[i].first_task = static_cast<int64_t>(i) * slabs;
+    offsets.push_back(total);
+    total += slabs * M * products[i].n;
+  }
+  std::vector<float> partials(total);
+  ParallelFor(pool, slabs * static_cast<int64_t>(products.size()), [&] {
+    return [&](int64_t t) {
+      const Product& p = products[t / slabs];
+      const int64_t s = t % slabs;
+      AccumulateRows<M>(x, k, p.w, p.n, s * kSlabRows, std::min(k, (s + 1) * kSlabRows),
+                        partials.data() + offsets[t / slabs] + s * M * p.n);
     };
   });
-  std::copy(partials.begin(), partials.begin() + M * n, y);
-  for (int64_t s = 1; s < slabs; ++s) {
-    const float* p = partials.data() + s * M * n;
-    for (int64_t i = 0; i < M * n; ++i) y[i] += p[i];
+  for (size_t i = 0; i < products.size(); ++i) {
+    const int64_t size = M * products[i].n;
+    const float* part = partials.data() + offsets[i];
+    std::copy(part, part + size, products[i].y);
+    for (int64_t s = 1; s < slabs; ++s) {
+      for (int64_t j = 0; j < size; ++j) products[i].y[j] += part[s * size + j];
+    }
   }
 }
 
@@ -115,8 +139,8 @@ void DispatchRows(int64_t m, Args&&... args) {
 
 template <int M>
 struct MatvecKernel {
-  static void Run(ffi::ThreadPool& pool, const float* x, int64_t k, const float* w, int64_t n, float* y) {
-    MatvecRows<M>(pool, x, k, w, n, y);
+  static void Run(ffi::ThreadPool& pool, const float* x, int64_t k, std::vector<Product>& products) {
+    MatvecRows<M>(pool, x, k, products);
   }
 };
 
@@ -134,11 +158,24 @@ ffi::Error CheckRows(int64_t m, const char* name) {
   return ffi::Error::Success();
 }
 
-ffi::Error MatvecImpl(ffi::ThreadPool pool, F32Matrix x, F32Matrix w, ffi::ResultBuffer<ffi::F32, 2> y) {
-  const int64_t m = x.dimensions()[0], k = x.dimensions()[1], n = w.dimensions()[1];
-  if (w.dimensions()[0] != k) return ffi::Error::InvalidArgument("qjax_matvec: x and w disagree on K");
+ffi::Error MatvecImpl(ffi::ThreadPool pool, F32Matrix x, ffi::RemainingArgs weights, ffi::RemainingRets outputs) {
+  const int64_t m = x.dimensions()[0], k = x.dimensions()[1];
   if (auto error = CheckRows(m, "qjax_matvec"); error.failure()) return error;
-  DispatchRows<MatvecKernel>(m, pool, x.typed_data(), k, w.typed_data(), n, y->typed_data());
+  if (weights.size() != outputs.size() || weights.size() == 0) {
+    return ffi::Error::InvalidArgument("qjax_matvec: needs one output per weight, and at least one weight");
+  }
+  std::vector<Product> products;
+  for (size_t i = 0; i < weights.size(); ++i) {
+    auto w = weights.get<F32Matrix>(i);
+    auto y = outputs.get<F32Matrix>(i);
+    if (w.has_error() || y.has_error()) return ffi::Error::InvalidArgument("qjax_matvec: operands must be f32 matrices");
+    const int64_t n = w->dimensions()[1];
+    if (w->dimensions()[0] != k || (*y)->dimensions()[0] != m || (*y)->dimensions()[1] != n) {
+      return ffi::Error::InvalidArgument("qjax_matvec: x and w disagree on K");
+    }
+    products.push_back(Product{w->typed_data(), n, (*y)->typed_data(), 0});
+  }
+  DispatchRows<MatvecKernel>(m, pool, x.typed_data(), k, products);
   return ffi::Error::Success();
 }
 
@@ -157,8 +194,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(QjaxMatvec, qjax::MatvecImpl,
                               xla::ffi::Ffi::Bind()
                                   .Ctx<xla::ffi::ThreadPool>()
                                   .Arg<qjax::F32Matrix>()
-                                  .Arg<qjax::F32Matrix>()
-                                  .Ret<qjax::F32Matrix>());
+                                  .RemainingArgs()
+                                  .RemainingRets());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(QjaxMatvecNt, qjax::MatvecNtImpl,
                               xla::ffi::Ffi::Bind()

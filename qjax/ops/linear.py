@@ -10,7 +10,7 @@ about half of this machine's read bandwidth on them.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +38,17 @@ def linear(x: jax.Array, w: Any, bias: Optional[jax.Array] = None) -> jax.Array:
     if bias is not None:
         y = y + bias.astype(y.dtype)
     return y
+
+
+def linear_many(x: jax.Array, ws: Sequence[jax.Array], biases: Optional[Sequence[jax.Array]] = None) -> list:
+    """[x @ w_i (+ b_i)] for plain (in, out_i) kernels that read the same x: on CPU, float32 x of a
+    few rows (decoding) makes one native call for all of them; otherwise one `linear` each."""
+    biases = [None] * len(ws) if biases is None else list(biases)
+    if all(native_matvec.supports(x, w) for w in ws):
+        ys = jax.lax.platform_dependent(x, list(ws), cpu=native_matvec.matvec_many,
+                                        default=lambda x, ws: [jnp.matmul(x, w) for w in ws])
+        return [y if b is None else y + b.astype(y.dtype) for y, b in zip(ys, biases)]
+    return [linear(x, w, b) for w, b in zip(ws, biases)]
 
 
 def tied_logits(x: jax.Array, embedding: jax.Array) -> jax.Array:

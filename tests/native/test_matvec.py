@@ -10,7 +10,7 @@ import pytest
 
 from qjax import native
 from qjax.native import matvec
-from qjax.ops import linear, tied_logits
+from qjax.ops import linear, linear_many, tied_logits
 from qjax.quant.rtn import quantize_rtn
 from qjax.quant.spec import WeightQuantSpec
 
@@ -126,3 +126,19 @@ def test_quantized_matvec_bad_group_is_named():
     stats = jnp.ones((3, 8), jnp.float32)
     with pytest.raises(Exception, match="group_rows must divide K"):
         jax.block_until_ready(matvec.quantized_matvec(jnp.ones((1, 64)), codes, stats, stats, bits=8, group_rows=3))
+
+
+def test_matvec_many_and_linear_many():
+    """Three sibling kernels of widths 96, 32, 32 (q/k/v-like) in one call; linear_many adds the
+    biases, and with 9 rows (no kernel) gives the same products."""
+    rng = np.random.default_rng(12)
+    x = rng.normal(size=(9, 80)).astype(np.float32)
+    ws = [rng.normal(size=(80, n)).astype(np.float32) for n in (96, 32, 32)]
+    bs = [rng.normal(size=(w.shape[1],)).astype(np.float32) for w in ws]
+    outs = jax.jit(matvec.matvec_many)(jnp.asarray(x[:2]), [jnp.asarray(w) for w in ws])
+    for out, w in zip(outs, ws):
+        assert_close(out, x[:2].astype(np.float64) @ w)
+    for rows in (1, 9):
+        ys = jax.jit(linear_many)(jnp.asarray(x[:rows]), [jnp.asarray(w) for w in ws], [jnp.asarray(b) for b in bs])
+        for y, w, b in zip(ys, ws, bs):
+            assert_close(y, x[:rows].astype(np.float64) @ w + b)
