@@ -52,8 +52,8 @@ def quantized_matvec(x, codes, scale, zero, *, bits: int, group_rows: int):
     """x (..., K) @ w -> (..., N) for a uniformly quantized w (K, N), read as its packed codes.
 
     codes: uint8 (K * bits / 8, N) packed along K (`qjax.quant.packing`); scale, zero: float32
-    (K / group_rows, N); w[i, j] = scale[i // group_rows, j] * (code[i, j] - zero[i // group_rows, j]).
-    bits 8 or 4; group_rows divides K (even for 4 bits).
+    (ceil(K / group_rows), N), the last group possibly partial; w[i, j] = scale[i // group_rows, j] *
+    (code[i, j] - zero[i // group_rows, j]). bits 8 or 4; K and group_rows even for 4 bits.
     """
     native.require()
     rows = x.reshape(-1, x.shape[-1])

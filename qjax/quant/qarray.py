@@ -345,12 +345,12 @@ class QArray:
     def _native_matvec_applies(self, x: jax.Array) -> bool:
         n_in, g = self.shape[0], self.rows_per_group
         even = self.bits == 8 or (n_in % 2 == 0 and g % 2 == 0)
-        return (self.codebook is None and self.outliers is None and self.bits in (4, 8) and n_in % g == 0
-                and even and native_matvec.supports_rows(x))
+        return (self.codebook is None and self.outliers is None and self.bits in (4, 8) and even
+                and native_matvec.supports_rows(x))
 
     def _native_matmul(self, x: jax.Array) -> jax.Array:
         scale, zero = self.stats()
-        stats_shape = (self.shape[0] // self.rows_per_group, self.shape[1])
+        stats_shape = (-(-self.shape[0] // self.rows_per_group), self.shape[1])
         return native_matvec.quantized_matvec(x, self.codes, jnp.broadcast_to(scale, stats_shape),
                                               jnp.broadcast_to(zero, stats_shape), bits=self.bits,
                                               group_rows=self.rows_per_group)

@@ -89,19 +89,22 @@ def numpy_unpack(codes: np.ndarray, bits: int, rows: int) -> np.ndarray:
     return out[:rows]
 
 
-@pytest.mark.parametrize("bits,group,rows,k,n", [(8, 96, 1, 192, 70), (8, 192, 3, 192, 64),
-                                                 (4, 32, 1, 128, 40), (4, 128, 8, 128, 300), (4, 2, 2, 6, 5)])
+@pytest.mark.parametrize("bits,group,rows,k,n", [(8, 96, 1, 192, 70), (8, 192, 3, 192, 64), (8, 50, 2, 120, 17),
+                                                 (4, 32, 1, 128, 40), (4, 128, 8, 128, 300), (4, 2, 2, 6, 5),
+                                                 (4, 128, 1, 576, 48), (8, 256, 1, 256, 8)])
 def test_quantized_matvec_matches_numpy(bits, group, rows, k, n):
     """Random codes, scales and zero points: the product equals x @ (scale * (q - zero)) in float64,
-    with q unpacked by hand; columns across the kernel's 128-column tasks with ragged tails."""
+    with q unpacked by hand. Groups smaller than, equal to and (256 rows) split across the kernel's
+    64-row slabs; a partial last group (576 = 4.5 x 128, 120 = 2.4 x 50); ragged column counts."""
     rng = np.random.default_rng(bits * 1000 + k)
     q = rng.integers(0, 2 ** bits, size=(k, n))
     codes = q.astype(np.uint8) if bits == 8 else (q[0::2] | (q[1::2] << 4)).astype(np.uint8)
     assert np.array_equal(numpy_unpack(codes, bits, k), q)
-    scale = rng.uniform(0.01, 0.1, size=(k // group, n)).astype(np.float32)
-    zero = rng.integers(0, 2 ** bits, size=(k // group, n)).astype(np.float32)
+    groups = -(-k // group)
+    scale = rng.uniform(0.01, 0.1, size=(groups, n)).astype(np.float32)
+    zero = rng.integers(0, 2 ** bits, size=(groups, n)).astype(np.float32)
     x = rng.normal(size=(rows, k)).astype(np.float32)
-    w = np.repeat(scale, group, axis=0).astype(np.float64) * (q - np.repeat(zero, group, axis=0))
+    w = np.repeat(scale, group, axis=0)[:k].astype(np.float64) * (q - np.repeat(zero, group, axis=0)[:k])
     out = jax.jit(functools.partial(matvec.quantized_matvec, bits=bits, group_rows=group))(
         *(jnp.asarray(a) for a in (x, codes, scale, zero)))
     chex.assert_shape(out, (rows, n))
@@ -109,23 +112,27 @@ def test_quantized_matvec_matches_numpy(bits, group, rows, k, n):
 
 
 def test_qarray_matmul_uses_the_kernel_and_agrees():
-    """RTN W4 g32 and W8 per channel QArrays: decode-sized matmul (native) equals the XLA
-    dequantize-then-matmul path; the jaxpr of the former holds the FFI call."""
+    """RTN W4 g32, W4 g128 on 192 rows (a partial last group) and W8 per channel QArrays:
+    decode-sized matmul (native) equals the XLA dequantize-then-matmul path; its jaxpr holds the
+    FFI call."""
     rng = np.random.default_rng(11)
-    w = jnp.asarray(rng.normal(size=(128, 96)).astype(np.float32))
-    x = jnp.asarray(rng.normal(size=(1, 128)).astype(np.float32))
-    for spec in (WeightQuantSpec(bits=4, group_size=32, symmetric=False), WeightQuantSpec(bits=8)):
+    w = jnp.asarray(rng.normal(size=(192, 96)).astype(np.float32))
+    x = jnp.asarray(rng.normal(size=(1, 192)).astype(np.float32))
+    for spec in (WeightQuantSpec(bits=4, group_size=32, symmetric=False), WeightQuantSpec(bits=8),
+                 WeightQuantSpec(bits=4, group_size=128, symmetric=False)):
         qa = quantize_rtn(w, spec)
         expected = np.asarray(x, np.float64) @ np.asarray(qa.dequantize(), np.float64)
         assert_close(jax.jit(lambda x, qa: qa.matmul(x))(x, qa), expected)
         assert native.QUANTIZED_MATVEC in str(jax.make_jaxpr(lambda x, qa: qa.matmul(x))(x, qa))
 
 
-def test_quantized_matvec_bad_group_is_named():
-    codes = jnp.zeros((64, 8), jnp.uint8)
-    stats = jnp.ones((3, 8), jnp.float32)
-    with pytest.raises(Exception, match="group_rows must divide K"):
-        jax.block_until_ready(matvec.quantized_matvec(jnp.ones((1, 64)), codes, stats, stats, bits=8, group_rows=3))
+def test_quantized_matvec_bad_shapes_are_named():
+    codes = jnp.zeros((32, 8), jnp.uint8)  # 64 rows of 4-bit codes
+    stats = jnp.ones((22, 8), jnp.float32)
+    with pytest.raises(Exception, match="K and group_rows even for 4 bits"):
+        jax.block_until_ready(matvec.quantized_matvec(jnp.ones((1, 64)), codes, stats, stats, bits=4, group_rows=3))
+    with pytest.raises(Exception, match="codes, scale or zero shape disagrees"):
+        jax.block_until_ready(matvec.quantized_matvec(jnp.ones((1, 64)), codes, stats, stats, bits=4, group_rows=4))
 
 
 def test_matvec_many_and_linear_many():
