@@ -1,11 +1,12 @@
 """qjax's C++ CPU kernels, called from jit-compiled code through XLA's FFI.
 
 XLA:CPU emits no fused attention, so the cache-free causal attention of prefill and scoring passes
-has a hand-written kernel here (`attention_cpu.cc`); and its batch-1 matrix-vector products reach
-about half of the memory bandwidth, so decoding's weight reads have one too (`matvec_cpu.cc`), also
-for 8- and 4-bit uniformly quantized kernels, read as packed codes (`qmatvec_cpu.cc`). The library is compiled on first use (see
-`build`); when that is impossible (no compiler) or disabled with QJAX_NATIVE=0, `available()` is
-False and callers use their pure-XLA path, which computes the same function.
+has a hand-written kernel here (`attention_cpu.cc`). Decoding's few-row products stream each weight
+once at about the read bandwidth (`matvec_cpu.cc`), and 8- and 4-bit uniformly quantized kernels
+are read as packed codes (`qmatvec_cpu.cc`) where XLA would first form the float weight. The library
+is compiled on first use (see `build`); when that is impossible (no compiler) or disabled with
+QJAX_NATIVE=0, `available()` is False and callers use their pure-XLA path, which computes the same
+function.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ constexpr int kKeyBlock = 256;              // keys per online-softmax step
 constexpr int kRowTile = 6;                 // query rows per register tile (64 = 10 x 6 + 4)
 constexpr float kMaskValue = -1e30f;
 constexpr int64_t kMaskTile = 64;  // side of the (query, key) tiles that `tiles` classifies
-constexpr uint8_t kNoneAllowed = 0, kAllAllowed = 1, kMixedAllowed = 2;  // tile states
+constexpr uint8_t kNoneAllowed = 0, kMixedAllowed = 2;  // tile states (1: every pair allowed)
 static_assert(kQueryBlock == kMaskTile && kMaskTile % kStrip == 0 && kKeyBlock % kQueryBlock == 0,
               "block sizes must nest");
 

@@ -2,10 +2,10 @@
 
 Weights are stored as Flax `Dense` kernels, shape (in_features, out_features). A weight leaf is either
 a plain array or a quantized array (`qjax.quant.qarray.QArray`); the latter is multiplied through its
-own `matmul` (an XLA dequantize-then-matmul path, or a Pallas kernel where one applies), so the model
-never needs to know how a weight is stored. Float32 products with at most a few rows (batch-1
-decoding) run on CPU through the streaming matvec kernel of `qjax.native.matvec`: XLA's own reaches
-about half of this machine's read bandwidth on them.
+own `matmul` (an XLA dequantize-then-matmul path, a packed-code kernel on CPU when decoding, or a
+Pallas kernel where one applies), so the model never needs to know how a weight is stored. Float32
+products with at most a few rows (batch-1 decoding) run on CPU through the streaming matvec kernel
+of `qjax.native.matvec`, which reads each weight once at about the machine's read bandwidth.
 """
 
 from __future__ import annotations
