@@ -4,7 +4,9 @@
 #ifndef QJAX_NATIVE_SIMD_H_
 #define QJAX_NATIVE_SIMD_H_
 
+#if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#endif
 
 #include <cstdint>
 #include <cstring>

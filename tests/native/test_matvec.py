@@ -149,3 +149,24 @@ def test_matvec_many_and_linear_many():
         ys = jax.jit(linear_many)(jnp.asarray(x[:rows]), [jnp.asarray(w) for w in ws], [jnp.asarray(b) for b in bs])
         for y, w, b in zip(ys, ws, bs):
             assert_close(y, x[:rows].astype(np.float64) @ w + b)
+
+
+def test_back_to_back_calls_hand_off_correctly():
+    """40 dependent kernel calls in one program (as in a decode step, where a spinning pool worker
+    takes each next call's tasks): the chain equals float64 numpy's."""
+    rng = np.random.default_rng(13)
+    ws = [rng.normal(size=(256, 256)).astype(np.float32) / 16 for _ in range(40)]
+    x = rng.normal(size=(1, 256)).astype(np.float32)
+
+    def chain(x, ws):
+        for w in ws:
+            x = jnp.tanh(matvec.matvec(x, w))
+        return x
+
+    expected = x.astype(np.float64)
+    for w in ws:
+        expected = np.tanh(expected @ w)
+    out = jax.jit(chain)(jnp.asarray(x), [jnp.asarray(w) for w in ws])
+    for _ in range(3):  # repeated runs reuse the spinning worker across program boundaries
+        out = jax.jit(chain)(jnp.asarray(x), [jnp.asarray(w) for w in ws])
+        assert_close(out, expected)
