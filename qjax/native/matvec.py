@@ -3,6 +3,8 @@ for decoding."""
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -13,10 +15,7 @@ MAX_ROWS = 8  # the kernels' limit on rows of x
 
 def supports_rows(x) -> bool:
     """Whether x (..., K) suits the kernels: built, float32, at most MAX_ROWS rows."""
-    rows = 1
-    for n in x.shape[:-1]:
-        rows *= n
-    return native.available() and x.dtype == jnp.float32 and 1 <= rows <= MAX_ROWS
+    return native.available() and x.dtype == jnp.float32 and 1 <= math.prod(x.shape[:-1]) <= MAX_ROWS
 
 
 def supports(x, w) -> bool:
@@ -41,11 +40,7 @@ def matvec_many(x, ws):
 
 def matvec_nt(x, w):
     """x (..., K) @ w (N, K)^T -> (..., N), w row-major (N, K), e.g. a tied embedding as LM head."""
-    native.require()
-    rows = x.reshape(-1, x.shape[-1])
-    out = jax.ffi.ffi_call(native.MATVEC_NT, jax.ShapeDtypeStruct((rows.shape[0], w.shape[0]), jnp.float32),
-                           vmap_method="sequential")(rows, w)
-    return out.reshape(*x.shape[:-1], w.shape[0])
+    return _rows_call(native.MATVEC_NT, x, w.shape[0], w)
 
 
 def quantized_matvec(x, codes, scale, zero, *, bits: int, group_rows: int):
@@ -55,8 +50,15 @@ def quantized_matvec(x, codes, scale, zero, *, bits: int, group_rows: int):
     (ceil(K / group_rows), N), the last group possibly partial; w[i, j] = scale[i // group_rows, j] *
     (code[i, j] - zero[i // group_rows, j]). bits 8 or 4; K and group_rows even for 4 bits.
     """
+    return _rows_call(native.QUANTIZED_MATVEC, x, codes.shape[1], codes, scale, zero, bits=bits,
+                      group_rows=group_rows)
+
+
+def _rows_call(target: str, x, n: int, *operands, **attributes):
+    """The kernel `target` on x flattened to (rows, K) and `operands`: one float32 (rows, N) output,
+    returned as (..., N)."""
     native.require()
     rows = x.reshape(-1, x.shape[-1])
-    out = jax.ffi.ffi_call(native.QUANTIZED_MATVEC, jax.ShapeDtypeStruct((rows.shape[0], codes.shape[1]), jnp.float32),
-                           vmap_method="sequential")(rows, codes, scale, zero, bits=bits, group_rows=group_rows)
-    return out.reshape(*x.shape[:-1], codes.shape[1])
+    out = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct((rows.shape[0], n), jnp.float32),
+                           vmap_method="sequential")(rows, *operands, **attributes)
+    return out.reshape(*x.shape[:-1], n)

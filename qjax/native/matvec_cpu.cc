@@ -9,9 +9,9 @@
 // M is small (at most kMaxRows); K and N are arbitrary (scalar tails handle the remainders).
 #include <algorithm>
 #include <cstdint>
-#include <string>
 #include <vector>
 
+#include "few_rows.h"
 #include "parallel.h"
 #include "simd.h"
 #include "xla/ffi/api/ffi.h"
@@ -22,7 +22,6 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-constexpr int64_t kMaxRows = 8;
 constexpr int64_t kSlabRows = 64;  // weight rows per task: small enough to balance two threads
 
 // partial[m][0:n] = sum over rows k in [k0, k1) of x[m][k] * w[k][0:n], M rows of x.
@@ -62,18 +61,16 @@ struct Product {
   const float* w;
   int64_t n;
   float* y;
-  int64_t first_task;  // index of its first slab among all the call's tasks
 };
 
 // y_i = x @ w_i for every product, all slabs of all weights as one pool of tasks (one wake-up of
 // the helpers per call, however many weights share x).
 template <int M>
-void MatvecRows(ffi::ThreadPool& pool, const float* x, int64_t k, std::vector<Product>& products) {
+void MatvecRows(ffi::ThreadPool& pool, const float* x, int64_t k, const std::vector<Product>& products) {
   const int64_t slabs = (k + kSlabRows - 1) / kSlabRows;
   std::vector<int64_t> offsets;  // partials of product i start at offsets[i]
   int64_t total = 0;
   for (size_t i = 0; i < products.size(); ++i) {
-    products[i].first_task = static_cast<int64_t>(i) * slabs;
     offsets.push_back(total);
     total += slabs * M * products[i].n;
   }
@@ -123,23 +120,9 @@ void MatvecNtRows(ffi::ThreadPool& pool, const float* x, int64_t k, const float*
   });
 }
 
-template <template <int> class Kernel, typename... Args>
-void DispatchRows(int64_t m, Args&&... args) {
-  switch (m) {
-    case 1: return Kernel<1>::Run(args...);
-    case 2: return Kernel<2>::Run(args...);
-    case 3: return Kernel<3>::Run(args...);
-    case 4: return Kernel<4>::Run(args...);
-    case 5: return Kernel<5>::Run(args...);
-    case 6: return Kernel<6>::Run(args...);
-    case 7: return Kernel<7>::Run(args...);
-    default: return Kernel<8>::Run(args...);
-  }
-}
-
 template <int M>
 struct MatvecKernel {
-  static void Run(ffi::ThreadPool& pool, const float* x, int64_t k, std::vector<Product>& products) {
+  static void Run(ffi::ThreadPool& pool, const float* x, int64_t k, const std::vector<Product>& products) {
     MatvecRows<M>(pool, x, k, products);
   }
 };
@@ -150,13 +133,6 @@ struct MatvecNtKernel {
     MatvecNtRows<M>(pool, x, k, w, n, y);
   }
 };
-
-ffi::Error CheckRows(int64_t m, const char* name) {
-  if (m < 1 || m > kMaxRows) {
-    return ffi::Error::InvalidArgument(std::string(name) + ": x must have 1 to 8 rows");
-  }
-  return ffi::Error::Success();
-}
 
 ffi::Error MatvecImpl(ffi::ThreadPool pool, F32Matrix x, ffi::RemainingArgs weights, ffi::RemainingRets outputs) {
   const int64_t m = x.dimensions()[0], k = x.dimensions()[1];
@@ -173,7 +149,7 @@ ffi::Error MatvecImpl(ffi::ThreadPool pool, F32Matrix x, ffi::RemainingArgs weig
     if (w->dimensions()[0] != k || (*y)->dimensions()[0] != m || (*y)->dimensions()[1] != n) {
       return ffi::Error::InvalidArgument("qjax_matvec: x and w disagree on K");
     }
-    products.push_back(Product{w->typed_data(), n, (*y)->typed_data(), 0});
+    products.push_back(Product{w->typed_data(), n, (*y)->typed_data()});
   }
   DispatchRows<MatvecKernel>(m, pool, x.typed_data(), k, products);
   return ffi::Error::Success();

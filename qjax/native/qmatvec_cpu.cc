@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "few_rows.h"
 #include "parallel.h"
 #include "simd.h"
 #include "xla/ffi/api/ffi.h"
@@ -25,8 +26,6 @@ namespace qjax {
 namespace ffi = xla::ffi;
 
 namespace {
-
-constexpr int64_t kMaxRows = 8;
 
 struct QProblem {
   const float* x;
@@ -117,20 +116,22 @@ void RunQuantized(ffi::ThreadPool& pool, const QProblem& p) {
 }
 
 template <int M>
-void RunQuantizedBits(ffi::ThreadPool& pool, const QProblem& p) {
-  if (p.bits == 8) {
-    RunQuantized<M, 8>(pool, p);
-  } else {
-    RunQuantized<M, 4>(pool, p);
+struct QuantizedKernel {
+  static void Run(ffi::ThreadPool& pool, const QProblem& p) {
+    if (p.bits == 8) {
+      RunQuantized<M, 8>(pool, p);
+    } else {
+      RunQuantized<M, 4>(pool, p);
+    }
   }
-}
+};
 
 ffi::Error QuantizedMatvecImpl(ffi::ThreadPool pool, F32Matrix x, U8Matrix codes, F32Matrix scale, F32Matrix zero,
                                ffi::ResultBuffer<ffi::F32, 2> y, int64_t bits, int64_t group_rows) {
   const int64_t m = x.dimensions()[0], k = x.dimensions()[1], n = codes.dimensions()[1];
   const auto fail = [](const std::string& why) { return ffi::Error::InvalidArgument("qjax_qmatvec: " + why); };
   if (bits != 8 && bits != 4) return fail("bits must be 8 or 4");
-  if (m < 1 || m > kMaxRows) return fail("x must have 1 to 8 rows");
+  if (auto error = CheckRows(m, "qjax_qmatvec"); error.failure()) return error;
   if (group_rows < 1 || (bits == 4 && (group_rows % 2 != 0 || k % 2 != 0))) {
     return fail("group_rows must be positive (and K and group_rows even for 4 bits)");
   }
@@ -141,16 +142,7 @@ ffi::Error QuantizedMatvecImpl(ffi::ThreadPool pool, F32Matrix x, U8Matrix codes
   }
   const QProblem p{x.typed_data(), codes.typed_data(), scale.typed_data(), zero.typed_data(), y->typed_data(),
                    m, k, n, bits, group_rows};
-  switch (m) {
-    case 1: RunQuantizedBits<1>(pool, p); break;
-    case 2: RunQuantizedBits<2>(pool, p); break;
-    case 3: RunQuantizedBits<3>(pool, p); break;
-    case 4: RunQuantizedBits<4>(pool, p); break;
-    case 5: RunQuantizedBits<5>(pool, p); break;
-    case 6: RunQuantizedBits<6>(pool, p); break;
-    case 7: RunQuantizedBits<7>(pool, p); break;
-    default: RunQuantizedBits<8>(pool, p); break;
-  }
+  DispatchRows<QuantizedKernel>(m, pool, p);
   return ffi::Error::Success();
 }
 

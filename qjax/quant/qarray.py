@@ -35,8 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from qjax.quant.grids import expand_stat, make_grid
 from qjax.native import matvec as native_matvec
+from qjax.quant.grids import expand_stat, make_grid
 from qjax.quant.packing import pack, packed_length, unpack
 from qjax.quant.spec import SCALE_DTYPES, SUPPORTED_BITS, WeightQuantSpec
 
@@ -350,7 +350,7 @@ class QArray:
 
     def _native_matmul(self, x: jax.Array) -> jax.Array:
         scale, zero = self.stats()
-        stats_shape = (-(-self.shape[0] // self.rows_per_group), self.shape[1])
+        stats_shape = (self.spec.stats_shape(self.shape)[0], self.shape[1])  # per-tensor (1, 1) broadcast
         return native_matvec.quantized_matvec(x, self.codes, jnp.broadcast_to(scale, stats_shape),
                                               jnp.broadcast_to(zero, stats_shape), bits=self.bits,
                                               group_rows=self.rows_per_group)
