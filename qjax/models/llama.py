@@ -32,7 +32,7 @@ from qjax.models import kv_cache as kv_cache_lib
 from qjax.models.attention import blocked_attention, causal_attention, grouped_attention
 from qjax.models.config import ModelConfig
 from qjax.models.rope import apply_rope, inverse_frequencies
-from qjax.ops import Runtime, linear, linear_many, tied_logits
+from qjax.ops import Runtime, linear, linear_many, runs_natively, tied_logits
 
 BLOCKED_MIN_QUERIES = 64  # cached forwards of at least this many tokens use blocked_attention
 FUSE_MIN_ROWS = 64  # sibling projections are fused for inputs of at least this many tokens (sibling_linears)
@@ -66,13 +66,14 @@ def sibling_linears(parent: nn.Module, x, runtime_state, linears: Sequence[Linea
     """Outputs of `linears` (children of `parent`) that all read the same input x (..., in).
 
     When every kernel is a plain array, no activation transform applies to any of them and the
-    `intermediates` collection is not being collected: with at least FUSE_MIN_ROWS tokens the
-    kernels (and biases) are concatenated along the output dim and multiplied once (one wide matmul
-    runs closer to the machine's peak than several narrow ones: q/k/v of SmolLM2 are 576, 192 and
-    192 wide); with fewer (a decode step, where the concatenation would copy every weight per token)
-    they go to `linear_many` (one native call on CPU). Otherwise (quantized kernels, calibration)
-    each linear runs on its own. Same values either way up to the float summation order; the
-    parameter layout is unchanged.
+    `intermediates` collection is not being collected, the kernels are multiplied together: through
+    `linear_many` (one native CPU call for all of them, each weight read in place) when the native
+    kernels apply or x has fewer than FUSE_MIN_ROWS tokens (a decode step, where a concatenation
+    would copy every weight per token); otherwise concatenated along the output dim and multiplied
+    once (one wide XLA matmul runs closer to the machine's peak than several narrow ones: q/k/v of
+    SmolLM2 are 576, 192 and 192 wide). Otherwise (quantized kernels, calibration) each linear runs
+    on its own. Same values either way up to the float summation order; the parameter layout is
+    unchanged.
     """
     sites = ["/".join(parent.scope.path + (m.name,)) for m in linears]
     shared = (not parent.is_initializing() and not parent.is_mutable_collection("intermediates")
@@ -84,7 +85,7 @@ def sibling_linears(parent: nn.Module, x, runtime_state, linears: Sequence[Linea
     if not shared:
         return [m(x, runtime_state) for m in linears]
     biases = [params[m.name]["bias"] for m in linears] if linears[0].use_bias else None
-    if math.prod(x.shape[:-1]) < FUSE_MIN_ROWS:
+    if math.prod(x.shape[:-1]) < FUSE_MIN_ROWS or runs_natively(x, kernels):
         return linear_many(x, kernels, biases)
     y = linear(x, jnp.concatenate(kernels, axis=1), None if biases is None else jnp.concatenate(biases))
     splits = list(itertools.accumulate(m.features for m in linears))[:-1]

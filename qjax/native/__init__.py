@@ -1,7 +1,8 @@
 """qjax's C++ CPU kernels, called from jit-compiled code through XLA's FFI.
 
 XLA:CPU emits no fused attention, so the cache-free causal attention of prefill and scoring passes
-has a hand-written kernel here (`attention_cpu.cc`). Decoding's few-row products stream each weight
+has a hand-written kernel here (`attention_cpu.cc`). Many-row float32 products (prefill) go to
+OpenBLAS's sgemm (`gemm_cpu.cc`), faster than XLA's dots on the model's shapes. Decoding's few-row products stream each weight
 once at about the read bandwidth (`matvec_cpu.cc`), and 8- and 4-bit uniformly quantized kernels
 are read as packed codes (`qmatvec_cpu.cc`) where XLA would first form the float weight. The library
 is compiled on first use (see `build`); when that is impossible (no compiler) or disabled with
@@ -18,9 +19,12 @@ import os
 
 import jax.ffi
 
+from qjax.native import blas as blas_loader
 from qjax.native.build import NativeBuildError, build_library
 
 CAUSAL_ATTENTION = "qjax_causal_attention"
+GEMM = "qjax_gemm"
+GEMM_NT = "qjax_gemm_nt"
 MATVEC = "qjax_matvec"
 MATVEC_NT = "qjax_matvec_nt"
 QUANTIZED_MATVEC = "qjax_qmatvec"
@@ -35,10 +39,19 @@ def _library() -> ctypes.CDLL | None:
     except (NativeBuildError, OSError) as error:
         logging.warning("qjax CPU kernels unavailable, using the XLA paths: %s", error)
         return None
-    for name, symbol in ((CAUSAL_ATTENTION, library.QjaxCausalAttention), (MATVEC, library.QjaxMatvec),
-                         (MATVEC_NT, library.QjaxMatvecNt), (QUANTIZED_MATVEC, library.QjaxQuantizedMatvec)):
+    targets = [(CAUSAL_ATTENTION, library.QjaxCausalAttention), (MATVEC, library.QjaxMatvec),
+               (MATVEC_NT, library.QjaxMatvecNt), (QUANTIZED_MATVEC, library.QjaxQuantizedMatvec)]
+    if _blas() is not None:
+        library.qjax_native_set_sgemm(ctypes.c_void_p(_blas().sgemm))
+        targets += [(GEMM, library.QjaxGemm), (GEMM_NT, library.QjaxGemmNt)]
+    for name, symbol in targets:
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(symbol), platform="cpu")
     return library
+
+
+@functools.lru_cache(maxsize=None)
+def _blas() -> blas_loader.Blas | None:
+    return blas_loader.load()
 
 
 def available() -> bool:
@@ -52,6 +65,12 @@ def require() -> ctypes.CDLL:
     if library is None:
         raise RuntimeError("qjax's CPU kernels are unavailable (QJAX_NATIVE=0, or the build failed: see the log)")
     return library
+
+
+def blas_name() -> str | None:
+    """Name of the BLAS behind the many-row products ("mkl", "openblas"), None when they use XLA's dots
+    (no BLAS, or the kernels unavailable)."""
+    return _blas().name if available() and _blas() is not None else None
 
 
 def strip_width() -> int:

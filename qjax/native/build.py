@@ -4,7 +4,8 @@ The library is built with the host compiler (`$CXX`, else `c++`) for this machin
 (`-march=native`) against the XLA FFI headers that ship with jaxlib, into
 `cache_root()/native/<fingerprint>/`. The fingerprint covers the sources, the jaxlib version, the
 compiler and the CPU's feature flags, so a changed kernel or a different machine rebuilds, and
-concurrent builds (test workers) each write a private file and rename it into place.
+concurrent builds (test workers) each write a private file and rename it into place. No BLAS is
+linked: `qjax.native.blas` hands the library a cblas_sgemm at load time.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import jaxlib
 from qjax.cache import cache_root
 
 SOURCE_DIR = Path(__file__).resolve().parent
-SOURCES = ("attention_cpu.cc", "matvec_cpu.cc", "qmatvec_cpu.cc")
+SOURCES = ("attention_cpu.cc", "gemm_cpu.cc", "matvec_cpu.cc", "qmatvec_cpu.cc")
 HEADERS = ("few_rows.h", "parallel.h", "simd.h")
 LIBRARY_NAME = "libqjax_native.so"
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-fPIC", "-shared", "-fno-math-errno")

@@ -36,6 +36,7 @@ import numpy as np
 from flax import struct
 
 from qjax.native import matvec as native_matvec
+from qjax.ops.linear import float_matmul
 from qjax.quant.grids import expand_stat, make_grid
 from qjax.quant.packing import pack, packed_length, unpack
 from qjax.quant.spec import SCALE_DTYPES, SUPPORTED_BITS, WeightQuantSpec
@@ -328,8 +329,8 @@ class QArray:
         return w
 
     def matmul(self, x: jax.Array) -> jax.Array:
-        """x (..., in) -> (..., out) in x's dtype: x @ dequantize(). XLA dequantizes then multiplies;
-        on CPU, float32 x of at most a few rows (decoding) with an 8- or 4-bit uniform grid and no
+        """x (..., in) -> (..., out) in x's dtype: x @ dequantize(). XLA dequantizes, then the float
+        weight is multiplied as a plain one (`qjax.ops.float_matmul`); on CPU, float32 x of at most a few rows (decoding) with an 8- or 4-bit uniform grid and no
         outliers instead goes through the packed-code matvec kernel, which never forms the float
         weight."""
         if x.shape[-1] != self.shape[0]:
@@ -340,7 +341,7 @@ class QArray:
         return self._xla_matmul(x)
 
     def _xla_matmul(self, x: jax.Array) -> jax.Array:
-        return jnp.matmul(x, self.dequantize().astype(x.dtype), preferred_element_type=x.dtype)
+        return float_matmul(x, self.dequantize())
 
     def _native_matvec_applies(self, x: jax.Array) -> bool:
         n_in, g = self.shape[0], self.rows_per_group
