@@ -6,6 +6,8 @@ the same run with a large jnp matmul. FLOPs per window: 2 x (decoder linear + LM
 token, plus causal attention 4 x position x hidden per layer (QK^T and PV).
 
   .venv/bin/python benchmarks/prefill_speed.py --windows=4 --repeats=3
+
+QJAX_BLAS=mkl|openblas|none picks the BLAS behind qjax's many-row products (`qjax.native.blas`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from qjax import native
 from qjax.checkpoints import load_model, resolve
 from qjax.eval.perplexity import load_windows
 from qjax.models import forward
@@ -81,7 +84,8 @@ def main(argv):
     qjax_s, torch_s, peak = min(qjax_times), min(torch_times), max(peaks)
     tokens = windows.size
     flops = prefill_flops(config, _SEQLEN.value) * len(windows)
-    print(f"threads: torch {torch.get_num_threads()}, jax devices {jax.devices()}")
+    print(f"threads: torch {torch.get_num_threads()}, jax devices {jax.devices()}; qjax CPU kernels "
+          f"{native.available()}, BLAS for many-row products: {native.blas_name()} (QJAX_BLAS)")
     print(f"{len(windows)} windows x {_SEQLEN.value} tokens, best of {_REPEATS.value} interleaved repeats")
     print(f"qjax          {tokens / qjax_s:9.1f} tokens/s  {flops / qjax_s / 1e9:7.1f} GFLOP/s")
     print(f"transformers  {tokens / torch_s:9.1f} tokens/s  {flops / torch_s / 1e9:7.1f} GFLOP/s")

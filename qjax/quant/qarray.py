@@ -330,17 +330,17 @@ class QArray:
 
     def matmul(self, x: jax.Array) -> jax.Array:
         """x (..., in) -> (..., out) in x's dtype: x @ dequantize(). XLA dequantizes, then the float
-        weight is multiplied as a plain one (`qjax.ops.float_matmul`); on CPU, float32 x of at most a few rows (decoding) with an 8- or 4-bit uniform grid and no
-        outliers instead goes through the packed-code matvec kernel, which never forms the float
-        weight."""
+        weight is multiplied as a plain one (`qjax.ops.float_matmul`); on CPU, float32 x of at most
+        a few rows (decoding) with an 8- or 4-bit uniform grid and no outliers instead goes through
+        the packed-code matvec kernel, which never forms the float weight."""
         if x.shape[-1] != self.shape[0]:
             raise ValueError(f"QArray.matmul: x has {x.shape[-1]} features, the weight expects {self.shape[0]}")
         if self._native_matvec_applies(x):
             return jax.lax.platform_dependent(x, self, cpu=lambda x, qa: qa._native_matmul(x),
-                                              default=lambda x, qa: qa._xla_matmul(x))
-        return self._xla_matmul(x)
+                                              default=lambda x, qa: qa._dequantized_matmul(x))
+        return self._dequantized_matmul(x)
 
-    def _xla_matmul(self, x: jax.Array) -> jax.Array:
+    def _dequantized_matmul(self, x: jax.Array) -> jax.Array:
         return float_matmul(x, self.dequantize())
 
     def _native_matvec_applies(self, x: jax.Array) -> bool:
