@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import math
 
-import jax
 import jax.numpy as jnp
 
 from qjax import native
+from qjax.native.ffi_calls import products_call, rows_call
 
 
 def supports(x, w) -> bool:
@@ -21,17 +21,9 @@ def supports(x, w) -> bool:
 def gemm_many(x, ws):
     """[x @ w for w in ws] in one kernel call: x (..., K), each w (K, N_i) -> (..., N_i); sibling
     linears (q/k/v, gate/up) are multiplied in place, without a concatenated copy of their weights."""
-    native.require()
-    rows = x.reshape(-1, x.shape[-1])
-    shapes = [jax.ShapeDtypeStruct((rows.shape[0], w.shape[1]), jnp.float32) for w in ws]
-    outs = jax.ffi.ffi_call(native.GEMM, shapes, vmap_method="sequential")(rows, *ws)
-    return [out.reshape(*x.shape[:-1], w.shape[1]) for out, w in zip(outs, ws)]
+    return products_call(native.GEMM, x, ws)
 
 
 def gemm_nt(x, w):
     """x (..., K) @ w (N, K)^T -> (..., N), w row-major (N, K), e.g. a tied embedding as LM head."""
-    native.require()
-    rows = x.reshape(-1, x.shape[-1])
-    out = jax.ffi.ffi_call(native.GEMM_NT, jax.ShapeDtypeStruct((rows.shape[0], w.shape[0]), jnp.float32),
-                           vmap_method="sequential")(rows, w)
-    return out.reshape(*x.shape[:-1], w.shape[0])
+    return rows_call(native.GEMM_NT, x, w.shape[0], w)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import math
 
-import jax
 import jax.numpy as jnp
 
 from qjax import native
+from qjax.native.ffi_calls import products_call, rows_call
 
 MAX_ROWS = 8  # the kernels' limit on rows of x
 
@@ -31,16 +31,12 @@ def matvec(x, w):
 def matvec_many(x, ws):
     """[x @ w for w in ws] in one kernel call: x (..., K), each w (K, N_i) -> (..., N_i). Sibling
     linears (q/k/v, gate/up) share one wake-up of the thread pool instead of one each."""
-    native.require()
-    rows = x.reshape(-1, x.shape[-1])
-    shapes = [jax.ShapeDtypeStruct((rows.shape[0], w.shape[1]), jnp.float32) for w in ws]
-    outs = jax.ffi.ffi_call(native.MATVEC, shapes, vmap_method="sequential")(rows, *ws)
-    return [out.reshape(*x.shape[:-1], w.shape[1]) for out, w in zip(outs, ws)]
+    return products_call(native.MATVEC, x, ws)
 
 
 def matvec_nt(x, w):
     """x (..., K) @ w (N, K)^T -> (..., N), w row-major (N, K), e.g. a tied embedding as LM head."""
-    return _rows_call(native.MATVEC_NT, x, w.shape[0], w)
+    return rows_call(native.MATVEC_NT, x, w.shape[0], w)
 
 
 def quantized_matvec(x, codes, scale, zero, *, bits: int, group_rows: int):
@@ -50,15 +46,5 @@ def quantized_matvec(x, codes, scale, zero, *, bits: int, group_rows: int):
     (ceil(K / group_rows), N), the last group possibly partial; w[i, j] = scale[i // group_rows, j] *
     (code[i, j] - zero[i // group_rows, j]). bits 8 or 4; K and group_rows even for 4 bits.
     """
-    return _rows_call(native.QUANTIZED_MATVEC, x, codes.shape[1], codes, scale, zero, bits=bits,
-                      group_rows=group_rows)
-
-
-def _rows_call(target: str, x, n: int, *operands, **attributes):
-    """The kernel `target` on x flattened to (rows, K) and `operands`: one float32 (rows, N) output,
-    returned as (..., N)."""
-    native.require()
-    rows = x.reshape(-1, x.shape[-1])
-    out = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct((rows.shape[0], n), jnp.float32),
-                           vmap_method="sequential")(rows, *operands, **attributes)
-    return out.reshape(*x.shape[:-1], n)
+    return rows_call(native.QUANTIZED_MATVEC, x, codes.shape[1], codes, scale, zero, bits=bits,
+                     group_rows=group_rows)
