@@ -1,8 +1,9 @@
 // Many-row float32 products (prefill, scoring, calibration) as XLA FFI handlers for the CPU
 // backend, computed by a BLAS library's cblas_sgemm, which `qjax.native.blas` loads and hands over
 // (qjax_native_set_sgemm) before the handlers are registered: Intel MKL when installed, else the
-// OpenBLAS of the `scipy-openblas32` wheel. XLA:CPU's own dots reach 60-70% of the FMA peak on a
-// model's shapes, these libraries 65-80%, and on 2048-token windows matmuls are most of a forward.
+// OpenBLAS of the `scipy-openblas32` wheel. On SmolLM2's shapes (2048 rows), on a 2-core AVX-512
+// Xeon with a 473 GFLOP/s FMA peak, XLA:CPU's dots ran at 256-303 GFLOP/s and MKL's sgemm through
+// these handlers at 321-327; matmuls are most of a 2048-token forward.
 //
 //   qjax_gemm     x (M, K), w_1 (K, N_1), ..., w_n (K, N_n) -> y_i = x @ w_i (M, N_i)
 //                 w_i: linear kernels (in, out) reading the same input (q/k/v, gate/up), each
@@ -110,7 +111,8 @@ ffi::Error GemmNtImpl(ffi::ThreadPool pool, F32Matrix x, F32Matrix w, ffi::Resul
 }  // namespace
 }  // namespace qjax
 
-// Hands the kernels a cblas_sgemm (LP64, running single-threaded); called once by qjax.native.blas.
+// Hands the kernels a cblas_sgemm (LP64, running single-threaded); called once, when qjax.native
+// loads the library, with the function `qjax.native.blas` found.
 extern "C" void qjax_native_set_sgemm(void* function) {
   qjax::sgemm.store(reinterpret_cast<qjax::Sgemm>(function));
 }
