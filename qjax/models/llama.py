@@ -35,7 +35,7 @@ from qjax.models.rope import apply_rope, inverse_frequencies
 from qjax.ops import Runtime, linear, linear_many, runs_natively, tied_logits
 
 BLOCKED_MIN_QUERIES = 64  # cached forwards of at least this many tokens use blocked_attention
-FUSE_MIN_ROWS = 64  # sibling projections are fused for inputs of at least this many tokens (sibling_linears)
+FUSE_MIN_ROWS = 64  # on the pure-XLA path, sibling projections are concatenated from this many tokens (sibling_linears)
 
 
 def _dtype(runtime: Runtime):
