@@ -40,7 +40,7 @@ from qjax.perturb.kinds import Clip, Confined, Gaussian, Kind, Proportional, mak
 from qjax.perturb.sweep import ActivationTarget, NLLEvaluator, WeightTarget, evaluate_point, sweep
 from qjax.perturb.weights import GridRoundTrip, quantization_error, quantize_params
 from qjax.quant.rules import DEFAULT_WEIGHT_PATTERN, flatten_params
-from qjax.quant.spec import WeightQuantSpec
+from qjax.formats.spec import WeightQuantSpec
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)

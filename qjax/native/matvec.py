@@ -42,7 +42,7 @@ def matvec_nt(x, w):
 def quantized_matvec(x, codes, scale, zero, *, bits: int, group_rows: int):
     """x (..., K) @ w -> (..., N) for a uniformly quantized w (K, N), read as its packed codes.
 
-    codes: uint8 (K * bits / 8, N) packed along K (`qjax.quant.packing`); scale, zero: float32
+    codes: uint8 (K * bits / 8, N) packed along K (`qjax.formats.packing`); scale, zero: float32
     (ceil(K / group_rows), N), the last group possibly partial; w[i, j] = scale[i // group_rows, j] *
     (code[i, j] - zero[i // group_rows, j]). bits 8 or 4; K and group_rows even for 4 bits.
     """

@@ -1,4 +1,4 @@
-"""Quantize / dequantize primitives for activations and the KV cache (packing: `qjax.quant.packing`).
+"""Quantize / dequantize primitives for activations and the KV cache (packing: `qjax.formats.packing`).
 
 Grid. b-bit codes q are unsigned integers in [0, 2^b - 1] and x ≈ (q - zero) * scale:
   symmetric:  scale = max|x| / (2^(b-1) - 1), zero = 2^(b-1) (so q - zero ∈ [-2^(b-1), 2^(b-1) - 1];

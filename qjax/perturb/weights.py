@@ -26,10 +26,10 @@ import jax.numpy as jnp
 
 from qjax.perturb.activations import site_id
 from qjax.perturb.kinds import Kind, check_amount, relative_l2
-from qjax.quant.grids import expand_stat, make_grid
+from qjax.formats.grids import expand_stat, make_grid
 from qjax.quant.rtn import rtn_codes
 from qjax.quant.rules import map_params_by_rule
-from qjax.quant.spec import WeightQuantSpec
+from qjax.formats.spec import WeightQuantSpec
 
 
 def perturb_params(params: dict, rules: Sequence[tuple[str, Any]], intensity: Any,

@@ -40,7 +40,7 @@ from qjax.quant.kv import KV_BITS, kv_spec
 from qjax.quant.rtn import rtn_quantize_params
 from qjax.quant.smoothquant import DEFAULT_FOLDS as SQ_DEFAULT_FOLDS, FOLDS as SQ_FOLDS
 from qjax.quant.rules import default_rules
-from qjax.quant.spec import WeightQuantSpec
+from qjax.formats.spec import WeightQuantSpec
 
 STATE_KEY = "act_scales"
 FAMILIES = {
@@ -153,7 +153,7 @@ class QuantSetting:
 
     wbits/wgroup/wsymmetric: RTN weight bits, group size along the input dimension (0: per output
       channel; groups that do not divide the input dimension end in a shorter group, see
-      `qjax.quant.spec`), symmetric or asymmetric grid;
+      `qjax.formats.spec`), symmetric or asymmetric grid;
     abits/agranularity/asymmetric/agroup/astatic/afamilies: activation quantization (ActQuant);
     kvbits/kvgroup/kvsymmetric: KV cache (`qjax.quant.kv`); smoothquant/alpha/sq_folds: SmoothQuant
       first (`qjax.quant.smoothquant`).

@@ -39,9 +39,9 @@ from qjax.models.config import ModelConfig
 from qjax.models.llama import MLP, Attention
 from qjax.ops.runtime import Runtime
 from qjax.quant.calibration import positions_and_mask, site_node
-from qjax.quant.grids import expand_stat, make_grid
+from qjax.formats.grids import expand_stat, make_grid
 from qjax.quant.rtn import quantize_rtn
-from qjax.quant.spec import WeightQuantSpec
+from qjax.formats.spec import WeightQuantSpec
 
 
 @dataclasses.dataclass(frozen=True)

@@ -38,10 +38,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from qjax.quant.calibration import copy_tree, site_node
-from qjax.quant.grids import make_grid
-from qjax.quant.qarray import QArray
+from qjax.formats.grids import make_grid
+from qjax.formats.qarray import QArray
 from qjax.quant.rtn import check_weight
-from qjax.quant.spec import WeightQuantSpec
+from qjax.formats.spec import WeightQuantSpec
 
 log = logging.getLogger(__name__)
 

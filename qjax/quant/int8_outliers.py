@@ -25,9 +25,9 @@ import numpy as np
 from flax import struct
 
 from qjax.quant.calibration import copy_tree, site_node
-from qjax.quant.qarray import QArray
+from qjax.formats.qarray import QArray
 from qjax.quant.rtn import check_weight, quantize_rtn
-from qjax.quant.spec import WeightQuantSpec
+from qjax.formats.spec import WeightQuantSpec
 
 INT8_SPEC = WeightQuantSpec(bits=8, group_size=None, symmetric=True)
 

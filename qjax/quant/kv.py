@@ -5,7 +5,7 @@ Each written token's K (after RoPE) and V are quantized once, in groups of `grou
 head_dim entries per (token, KV head), on the grid of `qjax.ops.act_quant` (asymmetric min/max by
 default), and stored as:
   k_codes, v_codes  uint8 (batch, max_len, num_kv_heads, ceil(head_dim * bits / 8)), packed along
-                    head_dim with `qjax.quant.packing` (its little-endian bit stream)
+                    head_dim with `qjax.formats.packing` (its little-endian bit stream)
   k_scale, v_scale  float16 (batch, max_len, num_kv_heads, head_dim / group_size)
   k_min,   v_min    float16, same shape: the group minimum (asymmetric only), x ≈ code * scale + min
                     (symmetric: x ≈ (code - 2^(b-1)) * scale)
@@ -32,7 +32,7 @@ from qjax.models.config import ModelConfig
 from qjax.models.kv_cache import FloatKVSpec, init_cache
 from qjax.models.llama import forward
 from qjax.ops import act_quant
-from qjax.quant import packing
+from qjax.formats import packing
 from qjax.ops.runtime import Runtime
 
 KV_BITS = (2, 3, 4, 8, 16)  # 16: the float cache in the compute dtype
@@ -123,7 +123,7 @@ class QuantKVSpec:
 
 
 def _pack_last(codes: jax.Array, bits: int) -> jax.Array:
-    """`qjax.quant.packing.pack` along the last axis: (..., n) -> (..., ceil(n * bits / 8)) uint8."""
+    """`qjax.formats.packing.pack` along the last axis: (..., n) -> (..., ceil(n * bits / 8)) uint8."""
     return jnp.moveaxis(packing.pack(jnp.moveaxis(codes, -1, 0), bits), 0, -1)
 
 

@@ -38,7 +38,7 @@ from qjax.ops.runtime import Runtime
 from qjax.quant.calibration import quantize_blockwise
 from qjax.quant.gptq import GPTQConfig
 from qjax.quant.rules import DEFAULT_WEIGHT_PATTERN, flatten_params, map_params_by_rule
-from qjax.quant.spec import WeightQuantSpec
+from qjax.formats.spec import WeightQuantSpec
 
 METHODS = ("rtn", "nf4", "companded", "gptq", "spqr", "awq", "int8")
 ROUNDINGS = ("rtn", "gptq")
@@ -160,13 +160,13 @@ def _block_sites(params: Mapping, config: ModelConfig, pattern: str) -> tuple[di
 
 
 def _leaf_bytes(leaf) -> int:
-    if hasattr(leaf, "matmul") and hasattr(leaf, "nbytes"):  # QArray or another weight object
+    if _is_weight_object(leaf):  # QArray or another weight object
         return int(leaf.nbytes)
     return int(np.prod(np.shape(leaf))) * np.dtype(leaf.dtype).itemsize
 
 
 def _is_weight_object(leaf) -> bool:
-    return hasattr(leaf, "matmul") and hasattr(leaf, "dequantize")
+    return hasattr(leaf, "dequantize") and hasattr(leaf, "nbytes")
 
 
 def _summary(params: Mapping, before: Mapping) -> dict:

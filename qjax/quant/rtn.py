@@ -2,7 +2,7 @@
 
 Symmetric / asymmetric, per tensor / per channel / per group (`WeightQuantSpec`), optional clip
 search (the shrink factor in linspace(1, clip_min, clip_steps) minimising ||W - Q(W)||^2 per stat
-group, as llm-compressor's MSE observer), uniform / NF4 / companded grids (`qjax.quant.grids`).
+group, as llm-compressor's MSE observer), uniform / NF4 / companded grids (`qjax.formats.grids`).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from qjax.quant.grids import expand_stat, make_grid
-from qjax.quant.qarray import QArray
+from qjax.formats.grids import expand_stat, make_grid
+from qjax.formats.qarray import QArray
 from qjax.quant.rules import RuleReport, map_params_by_rule
-from qjax.quant.spec import WeightQuantSpec
+from qjax.formats.spec import WeightQuantSpec
 
 
 @functools.partial(jax.jit, static_argnames=("spec",))

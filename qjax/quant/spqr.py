@@ -14,7 +14,7 @@ Procedure on one kernel W (in, out) with input Hessian H (as Vahe1994/SpQR `SPQR
       range [-1, 1]; a zero point more than maxq outside [0, maxq]: the range widened to include 0,
       see `_minmax_fit`), zero = -min / scale (NOT rounded);
     second level: the group's (out,) scales and zeros are each quantized to `qq_bits` bits in groups of
-      `qq_group_size` consecutive output columns (min-max, `qjax.quant.qarray.quantize_stat`), and the
+      `qq_group_size` consecutive output columns (min-max, `qjax.formats.qarray.quantize_stat`), and the
       first-level codes use those dequantized statistics;
   per row: q = Q(w); e = (w - q) / d_r; weights with e^2 > tau become outliers: kept exactly (stored
   fp16, so the fp16 value is what the error feedback sees), the rest quantized; then the GPTQ update.
@@ -43,9 +43,9 @@ import numpy as np
 
 from qjax.quant.calibration import copy_tree, site_node
 from qjax.quant.gptq import GPTQConfig, factor_hessian, gptq_loop
-from qjax.quant.qarray import QArray, SecondLevelSpec, quantize_stat
+from qjax.formats.qarray import QArray, SecondLevelSpec, quantize_stat
 from qjax.quant.rtn import check_weight
-from qjax.quant.spec import SUPPORTED_BITS, WeightQuantSpec
+from qjax.formats.spec import SUPPORTED_BITS, WeightQuantSpec
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,9 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from qjax.quant.qarray import Outliers, QArray, QStat
+from qjax.formats.qarray import Outliers, QArray, QStat
 from qjax.quant.rules import flatten_params
-from qjax.quant.spec import WeightQuantSpec
+from qjax.formats.spec import WeightQuantSpec
 
 FORMAT_VERSION = 1
 META_FILE = "qjax_quant.json"

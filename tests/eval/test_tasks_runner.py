@@ -130,7 +130,7 @@ def test_rolling_wikitext_document_loglikelihood(params, tokenizer, tmp_path):
 def test_quantized_params_score_as_their_dequantized_weights(params, tokenizer, data_dir):
     """The suite scores tasks on dequantized weights: the same numbers as the QArray leaves."""
     from qjax.quant.calibration import dequantized
-    from qjax.quant.qarray import QArray
+    from qjax.formats.qarray import QArray
     from qjax.quant.quantize import QuantizeConfig, quantize
 
     quantized, _ = quantize(params, CONFIG, QuantizeConfig(method="rtn", bits=4, group_size=8))

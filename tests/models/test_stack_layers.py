@@ -11,7 +11,7 @@ from qjax.models import ModelConfig, forward, init_cache, init_params, stack_cac
 from qjax.ops import Runtime
 from qjax.quant.kv import QuantKVSpec
 from qjax.quant.rtn import quantize_rtn
-from qjax.quant.spec import WeightQuantSpec
+from qjax.formats.spec import WeightQuantSpec
 
 CONFIG = ModelConfig("qwen2", vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=3, num_heads=4,
                      num_kv_heads=2, head_dim=8, max_position_embeddings=128, tie_word_embeddings=False,

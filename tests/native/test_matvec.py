@@ -12,7 +12,7 @@ from qjax import native
 from qjax.native import matvec
 from qjax.ops import linear, linear_many, tied_logits
 from qjax.quant.rtn import quantize_rtn
-from qjax.quant.spec import WeightQuantSpec
+from qjax.formats.spec import WeightQuantSpec
 
 
 def operands(rows: int, k: int, n: int, seed: int = 0):
@@ -122,8 +122,8 @@ def test_qarray_matmul_uses_the_kernel_and_agrees():
                  WeightQuantSpec(bits=4, group_size=128, symmetric=False)):
         qa = quantize_rtn(w, spec)
         expected = np.asarray(x, np.float64) @ np.asarray(qa.dequantize(), np.float64)
-        assert_close(jax.jit(lambda x, qa: qa.matmul(x))(x, qa), expected)
-        assert native.QUANTIZED_MATVEC in str(jax.make_jaxpr(lambda x, qa: qa.matmul(x))(x, qa))
+        assert_close(jax.jit(linear)(x, qa), expected)
+        assert native.QUANTIZED_MATVEC in str(jax.make_jaxpr(linear)(x, qa))
 
 
 def test_quantized_matvec_bad_shapes_are_named():

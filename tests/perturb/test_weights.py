@@ -11,7 +11,7 @@ from qjax.perturb.activations import site_id
 from qjax.perturb.kinds import Gaussian, Proportional
 from qjax.perturb.weights import GridRoundTrip, perturb_params, quantization_error, quantize_params
 from qjax.quant.rules import DEFAULT_WEIGHT_PATTERN, flatten_params
-from qjax.quant.spec import WeightQuantSpec
+from qjax.formats.spec import WeightQuantSpec
 
 from perturb_tiny import tiny_params
 

@@ -11,7 +11,7 @@ import pytest
 from qjax.models import forward
 from qjax.quant.awq import AWQConfig, awq_scales, clip_weight, fold_scales
 from qjax.quant.quantize import quantize
-from qjax.quant.spec import WeightQuantSpec
+from qjax.formats.spec import WeightQuantSpec
 
 from calib_tiny import CONFIG, tiny_params, tiny_tokens
 

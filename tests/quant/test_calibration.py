@@ -13,10 +13,10 @@ from qjax.models.llama import Decoder, _to_linen
 from qjax.quant import calibration
 from qjax.quant.calibration import (CalibrationData, calibration_tokens, copy_tree, load_jsonl_texts,
                                     quantize_blockwise, sample_windows, site_node)
-from qjax.quant.qarray import QArray
+from qjax.formats.qarray import QArray
 from qjax.quant.quantize import QuantizeConfig, quantize
 from qjax.quant.rtn import quantize_rtn
-from qjax.quant.spec import WeightQuantSpec
+from qjax.formats.spec import WeightQuantSpec
 
 from calib_tiny import CONFIG, tiny_params, tiny_tokens
 

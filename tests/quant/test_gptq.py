@@ -10,7 +10,7 @@ import pytest
 
 from qjax.quant.gptq import GPTQConfig, gptq_quantize, to_qarray
 from qjax.quant.rtn import quantize_rtn
-from qjax.quant.spec import WeightQuantSpec
+from qjax.formats.spec import WeightQuantSpec
 
 
 # ------------------------------------------------------------------------------------------------

@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from qjax.quant.grids import companded_codebook, make_grid, nf4_codebook
-from qjax.quant.spec import WeightQuantSpec
+from qjax.formats.grids import companded_codebook, make_grid, nf4_codebook
+from qjax.formats.spec import WeightQuantSpec
 
 # bitsandbytes' NF4 table (QLoRA, Dettmers et al. 2023, Appendix E / bitsandbytes functional.py).
 PUBLISHED_NF4 = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,

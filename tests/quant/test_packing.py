@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from qjax.quant.packing import pack, packed_length, unpack
+from qjax.formats.packing import pack, packed_length, unpack
 
 
 def numpy_pack(codes: np.ndarray, bits: int) -> np.ndarray:

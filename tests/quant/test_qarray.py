@@ -5,9 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from qjax.quant.grids import nf4_codebook
-from qjax.quant.qarray import Outliers, QArray, QStat, SecondLevelSpec, quantize_stat
-from qjax.quant.spec import WeightQuantSpec
+from qjax.formats.grids import nf4_codebook
+from qjax.formats.qarray import Outliers, QArray, QStat, SecondLevelSpec, quantize_stat
+from qjax.formats.spec import WeightQuantSpec
+from qjax.ops import linear
 
 
 def f16(x):
@@ -119,14 +120,14 @@ def test_matmul_matches_dequantize_and_numpy():
     x = rng.normal(size=(2, 3, 40)).astype(np.float32)
     ref_w = np.repeat(scale, 16, axis=0)[:40] * (codes - np.repeat(zero, 16, axis=0)[:40])
     ref_w[3, 4] = 2.0
-    y = jax.jit(lambda q, x: q.matmul(x))(qa, x)
+    y = jax.jit(lambda q, x: linear(x, q))(qa, x)
     assert y.shape == (2, 3, 12) and y.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(y), x.astype(np.float64) @ ref_w, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(np.asarray(y), np.asarray(x @ qa.dequantize()), rtol=1e-6, atol=1e-6)
-    yb = qa.matmul(jnp.asarray(x, jnp.bfloat16))
+    yb = linear(jnp.asarray(x, jnp.bfloat16), qa)
     assert yb.dtype == jnp.bfloat16
     with pytest.raises(ValueError, match="expects 40"):
-        qa.matmul(jnp.zeros((2, 39)))
+        linear(jnp.zeros((2, 39)), qa)
 
 
 def test_pytree_roundtrip_through_jit():

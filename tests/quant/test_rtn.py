@@ -7,10 +7,10 @@ import pytest
 
 from qjax.models.config import ModelConfig
 from qjax.models.llama import forward, init_params
-from qjax.quant.qarray import QArray
+from qjax.formats.qarray import QArray
 from qjax.quant.rtn import quantize_rtn, rtn_quantize_params
 from qjax.quant.rules import DEFAULT_WEIGHT_PATTERN
-from qjax.quant.spec import WeightQuantSpec
+from qjax.formats.spec import WeightQuantSpec
 
 
 def numpy_rtn(w: np.ndarray, bits: int, group_size, symmetric: bool):

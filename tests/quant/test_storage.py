@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from qjax.quant.qarray import QArray, SecondLevelSpec
+from qjax.formats.qarray import QArray, SecondLevelSpec
 from qjax.quant.rtn import quantize_rtn
-from qjax.quant.spec import WeightQuantSpec
+from qjax.formats.spec import WeightQuantSpec
 from qjax.quant.storage import (params_bits_per_param, params_nbytes, params_numel, restore_params,
                                 save_params)
 

@@ -35,7 +35,7 @@ def test_bytes_and_speeds():
 def test_weight_bytes_count_packed_codes_and_statistics():
     from qjax.eval.efficiency import tree_nbytes
     from qjax.quant.rtn import quantize_rtn
-    from qjax.quant.spec import WeightQuantSpec
+    from qjax.formats.spec import WeightQuantSpec
 
     w = np.random.default_rng(0).standard_normal((64, 128)).astype(np.float32)
     qa = quantize_rtn(w, WeightQuantSpec(bits=3, group_size=32, symmetric=False))

@@ -11,8 +11,8 @@ from qjax.models import Decoder, forward
 from qjax.ops import Runtime
 from qjax.quant.activations import (ActQuant, QuantSetting, apply_setting, calibrate_static,
                                     load_act_scales, parse_setting, rules, save_act_scales)
-from qjax.quant.qarray import QArray
-from qjax.quant.spec import WeightQuantSpec
+from qjax.formats.qarray import QArray
+from qjax.formats.spec import WeightQuantSpec
 from qjax.quant.kv import QuantKVSpec
 
 from runtime_tiny import tiny_config, tiny_params

@@ -21,7 +21,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from qjax.quant.spec import SUPPORTED_BITS
+from qjax.formats.spec import SUPPORTED_BITS
 
 
 def packed_length(n: int, bits: int) -> int:

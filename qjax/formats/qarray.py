@@ -4,7 +4,7 @@ Invariants of a QArray `qa` with spec `s`, shape (n_in, n_out), G = s.rows_per_g
 (n_groups, n_out) = s.stats_shape(shape) ((1, 1) for per-tensor):
 
   codes     uint8 (packed_length(n_in, s.bits), n_out): the b-bit codes q[i, j] in [0, 2**b - 1],
-            packed along the input axis (layout: `qjax.quant.packing`).
+            packed along the input axis (layout: `qjax.formats.packing`).
   scale     (n_groups, n_out) array of s.scale_dtype, or a `QStat` (second-level quantized).
   zero      uniform asymmetric grid: (n_groups, n_out) array of s.scale_dtype or a `QStat`;
             None for uniform symmetric grids (the zero point is 2**(b-1) everywhere) and for codebook
@@ -35,11 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from qjax.native import matvec as native_matvec
-from qjax.ops.linear import float_matmul
-from qjax.quant.grids import expand_stat, make_grid
-from qjax.quant.packing import pack, packed_length, unpack
-from qjax.quant.spec import SCALE_DTYPES, SUPPORTED_BITS, WeightQuantSpec
+from qjax.formats.grids import expand_stat, make_grid
+from qjax.formats.packing import pack, packed_length, unpack
+from qjax.formats.spec import SCALE_DTYPES, SUPPORTED_BITS, WeightQuantSpec
 
 
 def _is_concrete(x) -> bool:
@@ -196,6 +194,8 @@ class QArray:
 
     Static (pytree_node=False): `spec` (WeightQuantSpec: bits, group size, grid, symmetric, ...),
     `shape` (in, out) and `dtype` (name of the float dtype the kernel had).
+
+    Data and invariants only: how a QArray is multiplied is chosen by `qjax.ops.linear`.
     """
 
     codes: jax.Array
@@ -327,34 +327,6 @@ class QArray:
         if self.outliers is not None:
             w = self.outliers.apply(w)
         return w
-
-    def matmul(self, x: jax.Array) -> jax.Array:
-        """x (..., in) -> (..., out) in x's dtype: x @ dequantize(). XLA dequantizes, then the float
-        weight is multiplied as a plain one (`qjax.ops.float_matmul`); on CPU, float32 x of at most
-        a few rows (decoding) with an 8- or 4-bit uniform grid and no outliers instead goes through
-        the packed-code matvec kernel, which never forms the float weight."""
-        if x.shape[-1] != self.shape[0]:
-            raise ValueError(f"QArray.matmul: x has {x.shape[-1]} features, the weight expects {self.shape[0]}")
-        if self._native_matvec_applies(x):
-            return jax.lax.platform_dependent(x, self, cpu=lambda x, qa: qa._native_matmul(x),
-                                              default=lambda x, qa: qa._dequantized_matmul(x))
-        return self._dequantized_matmul(x)
-
-    def _dequantized_matmul(self, x: jax.Array) -> jax.Array:
-        return float_matmul(x, self.dequantize())
-
-    def _native_matvec_applies(self, x: jax.Array) -> bool:
-        n_in, g = self.shape[0], self.rows_per_group
-        even = self.bits == 8 or (n_in % 2 == 0 and g % 2 == 0)
-        return (self.codebook is None and self.outliers is None and self.bits in (4, 8) and even
-                and native_matvec.supports_rows(x))
-
-    def _native_matmul(self, x: jax.Array) -> jax.Array:
-        scale, zero = self.stats()
-        stats_shape = (self.spec.stats_shape(self.shape)[0], self.shape[1])  # per-tensor (1, 1) broadcast
-        return native_matvec.quantized_matvec(x, self.codes, jnp.broadcast_to(scale, stats_shape),
-                                              jnp.broadcast_to(zero, stats_shape), bits=self.bits,
-                                              group_rows=self.rows_per_group)
 
     @property
     def nbytes(self) -> int:
