@@ -76,8 +76,8 @@ def main(argv):
     from qjax.checkpoints import load_model, resolve
     from qjax.eval.perplexity import load_windows, perplexity_of_windows
     from qjax.quant.calibration import CalibrationData, calibration_tokens
-    from qjax.quant.gptq import GPTQConfig
-    from qjax.quant.quantize import QuantizeConfig, quantize
+    from qjax.quant.quantize import quantize
+    from qjax.quant.recipe import Recipe
 
     if _THREADS.value:
         torch.set_num_threads(_THREADS.value)
@@ -95,8 +95,8 @@ def main(argv):
     rows = {"float (qjax)": (qjax_ppl(params), None)}
 
     # ---------------- qjax
-    qcfg = QuantizeConfig(method="gptq", bits=_BITS.value, group_size=_GROUP.value, symmetric=False,
-                          gptq=GPTQConfig(act_order=_ACTORDER.value, static_groups=_ACTORDER.value))
+    qcfg = Recipe.parse(f"gptq:w{_BITS.value}g{_GROUP.value}"
+                        + ("" if _ACTORDER.value else ",act_order=false,static_groups=false"))
     start = time.perf_counter()
     qparams, report = quantize(params, config, qcfg, calib, progress=False)
     t_qjax = time.perf_counter() - start

@@ -5,12 +5,19 @@ configs/knowledge.py). BBQ rows include accuracy, the ambiguous / disambiguated 
 per-category rows ("bbq/<Category>").
 """
 
+import dataclasses
+
 import ml_collections
+
+from qjax.quant.calibration import CalibrationData
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.model = "smollm2-135m"
+    config.recipe = "float"  # qjax.quant.recipe text, e.g. gptq:w4g128,a8,kv4
+    config.calibration = ml_collections.ConfigDict(  # for recipes that calibrate
+        {**dataclasses.asdict(CalibrationData()), "jsonl": "", "num_windows": 32, "seqlen": 512})
     config.quant_config = ""
     config.transform = ""
     config.tasks = ("truthfulqa_mc1", "truthfulqa_mc2", "bbq")

@@ -6,14 +6,21 @@ default (all documents; lm-eval's few-shot count). Hub-only tasks (hellaswag, ce
 hub or a local mirror (see `qjax.data.tasks.hub`).
 """
 
+import dataclasses
+
 import ml_collections
+
+from qjax.quant.calibration import CalibrationData
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.model = "smollm2-135m"
+    config.recipe = "float"  # qjax.quant.recipe text, e.g. gptq:w4g128,a8,kv4
+    config.calibration = ml_collections.ConfigDict(  # for recipes that calibrate
+        {**dataclasses.asdict(CalibrationData()), "jsonl": "", "num_windows": 32, "seqlen": 512})
     config.quant_config = ""  # path of a saved quantized checkpoint (qjax.quant.storage); "" = float
-    config.transform = ""  # row label; "" = "float", or the quantized checkpoint's directory name
+    config.transform = ""  # row label; "" = the recipe text, or the quantized checkpoint's directory name
     config.tasks = ("mmlu", "arc_easy", "arc_challenge", "piqa", "boolq", "winogrande", "lambada")
     config.limit = 200  # documents per task (per subject for MMLU)
     config.num_fewshot = -1

@@ -1,18 +1,25 @@
 """Long-context retrieval experiment (`experiments/longcontext.py`).
 
-  --config=configs/longcontext.py          passkey, 1k..8k tokens, float / KV8 / KV4 / KV2
+  --config=configs/longcontext.py          passkey, 1k..8k tokens, recipes float / kv8 / kv4 / kv2
   --config=configs/longcontext.py:lines    LongEval line retrieval, 512..2k tokens
   --config=configs/longcontext.py:quick    smoke run
 """
 
+import dataclasses
+
 import ml_collections
+
+from qjax.quant.calibration import CalibrationData
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.model = "smollm2-135m"
     config.tasks = ("passkey",)
-    config.settings = ("float", "KV8", "KV4", "KV2")  # qjax.quant.activations.parse_setting names
+    config.recipes = ("float", "kv8", "kv4", "kv2")  # qjax.quant.recipe text forms
+    config.recipe = ""  # one recipe instead of `recipes`
+    config.calibration = ml_collections.ConfigDict(  # for recipes that calibrate
+        {**dataclasses.asdict(CalibrationData()), "jsonl": "", "num_windows": 32, "seqlen": 512})
     config.lengths = (1024, 2048, 4096, 8192)  # clipped to the context minus max_new_tokens
     config.depths = (0.0, 0.5, 1.0)
     config.samples = 2  # prompts per (length, depth) cell

@@ -1,11 +1,19 @@
-"""Perplexity experiment: `--config=configs/perplexity.py[:quick]`, any field overridable by flag."""
+"""Perplexity experiment: `--config=configs/perplexity.py[:quick]`, any field overridable by flag;
+`--config.recipe=gptq:w4g128,a8,kv4` scores a recipe (`qjax.quant.recipe`) instead of the float model."""
+
+import dataclasses
 
 import ml_collections
+
+from qjax.quant.calibration import CalibrationData
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.model = "smollm2-135m"
+    config.recipe = "float"
+    config.calibration = ml_collections.ConfigDict(
+        {**dataclasses.asdict(CalibrationData()), "jsonl": "", "num_windows": 32})
     config.datasets = ("wikitext2",)
     config.split = "test"
     config.seqlen = 2048

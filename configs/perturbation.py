@@ -5,12 +5,20 @@ the split, GPTQ protocol), so all perplexities of all studies are comparable wit
 with the unperturbed "float" row.
 """
 
+import dataclasses
+
 import ml_collections
+
+from qjax.quant.calibration import CalibrationData
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.model = "smollm2-135m"
+    # the base model the studies perturb: a weight-only recipe (qjax.quant.recipe), "float" = as loaded
+    c.recipe = "float"
+    c.calibration = ml_collections.ConfigDict(
+        {**dataclasses.asdict(CalibrationData()), "jsonl": "", "num_windows": 32, "seqlen": 512})
     c.dataset = "wikitext2"
     c.split = "test"
     c.seqlen = 512

@@ -1,32 +1,36 @@
-"""Activation / weight / KV quantization settings experiment (`experiments/runtime_quant.py`).
+"""Weight / activation / KV-cache recipes scored by perplexity (`experiments/runtime_quant.py`).
 
-  --config=configs/runtime.py[:quick]; fields overridable as --config.field=value.
+  --config=configs/runtime.py[:quick]; fields overridable as --config.field=value;
+  --config.recipe=gptq:w4g128,a8,kv4 runs that one recipe instead of `recipes`.
+Recipes are `qjax.quant.recipe` text forms: W8A8 is `w8sym,a8` (per-channel symmetric int8 weights,
+per-token int8 activations), `sq` adds SmoothQuant, W4 is `w4g128` (asymmetric, groups of 128).
 """
 
+import dataclasses
+
 import ml_collections
+
+from qjax.quant.calibration import CalibrationData
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.model = "smollm2-135m"
-    # named settings (qjax.quant.activations.parse_setting); the absl flags --wbits/--abits/--kvbits
-    # of the experiment replace this list by one composed setting
-    config.settings = ("float", "W8A8", "W8A8-SQ", "W4A8", "W4A4", "W4A16", "W8A16",
-                       "KV8", "KV4", "KV3", "KV2")
+    config.recipes = ("float", "w8sym,a8", "w8sym,a8,sq", "w4g128,a8", "w4g128,a4", "w4g128", "w8sym",
+                      "kv8", "kv4", "kv3", "kv2")
+    config.recipe = ""  # one recipe instead of `recipes`
     config.dataset = "wikitext2"
     config.split = "test"
     config.seqlen = 2048
     config.max_windows = 8  # the first 8 windows of 2048 tokens of the test split
-    config.calib_split = "valid"  # SmoothQuant / static scales: random windows of the valid split
-    config.calib_windows = 32
-    config.calib_seqlen = 512
-    config.calib_seed = 0
-    config.alpha = 0.5
+    # SmoothQuant, calibrated methods, static scales: random windows of the valid split
+    config.calibration = ml_collections.ConfigDict(
+        {**dataclasses.asdict(CalibrationData()), "jsonl": "", "num_windows": 32, "seqlen": 512})
     config.compute_dtype = "float32"
     config.results = "results/runtime_quant.jsonl"
     if variant == "quick":
         config.max_windows = 2
-        config.calib_windows = 8
+        config.calibration.num_windows = 8
     elif variant:
         raise ValueError(f"unknown runtime config variant {variant!r} (known: quick)")
     return config

@@ -1,15 +1,20 @@
-"""Suite grid (models x transforms x tasks) for `experiments/suite.py`.
+"""Suite grid (models x recipes x tasks) for `experiments/suite.py`.
 
   --config=configs/suite.py            the acceptance grid on SmolLM2 (limits sized for < 1 h on 2 CPUs)
   --config=configs/suite.py:quick      the same grid with tiny limits (smoke run)
   --config=configs/suite.py:demo       float / RTN W4 / GPTQ W4, a few tasks, small limits (`make demo`)
+  --config=configs/suite.py:matrix     the qllm-eval matrix: float / W4 / W8A8 / W4A8 / KV4 / W4A8KV4
+                                       x MMLU, ARC, GSM8K, TruthfulQA, passkey (small limits)
   --config=configs/suite.py:tiny       a random tiny model (tests: resume after kill -9)
 
-Transforms are "float" or "<method>_w<bits>" (method: rtn, gptq, spqr, ...), quantized with
-`qjax.quant.quantize.quantize`; `transform_options` (QuantizeConfig fields: group size etc.) apply to
-every method, `method_options.<method>` override them for one method. Tasks are perplexity
-corpora (wikitext2, ptb), "efficiency", log-likelihood tasks of `qjax.eval.tasks` (mmlu, arc_easy,
-truthfulqa_mc1, ...) and generation tasks of `qjax.eval.gen_tasks` (gsm8k, ifeval, ...);
+Recipes are `qjax.quant.recipe` text forms ("float", "rtn:w4g128", "gptq:w4g128,a8,kv4", ...; grammar
+and defaults there): the weights are quantized once per recipe (and cached), the forward of every
+task runs the recipe's activation and KV specs. `weight_method` (e.g. "--config.weight_method=awq")
+puts that method, with its default options, in every recipe that quantizes weights: the matrix's
+calibrated method of choice. Tasks are perplexity corpora (wikitext2, ptb), "efficiency",
+log-likelihood tasks of `qjax.eval.tasks` (mmlu, arc_easy, truthfulqa_mc1, ...), generation tasks
+of `qjax.eval.gen_tasks` (gsm8k, ifeval, ...) and the long-context retrieval tasks of
+`qjax.eval.longcontext` (passkey, lines: `longcontext` lengths x depths, `limit` prompts per cell);
 `task_options.<task>` sets limit / num_fewshot / chat_template / max_new_tokens per task.
 """
 
@@ -25,10 +30,9 @@ def _task(limit=None, num_fewshot=None, chat_template=False, max_new_tokens=None
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.models = ("smollm2-135m",)
-    c.transforms = ("float", "rtn_w4", "gptq_w4", "gptq_w3", "gptq_w2", "spqr_w2")
-    c.transform_options = ml_collections.ConfigDict({"group_size": 128, "symmetric": False})
-    # per-method QuantizeConfig fields over transform_options (SpQR: groups of 16, as in its paper)
-    c.method_options = ml_collections.ConfigDict({"spqr": {"group_size": 16}})
+    c.recipes = ("float", "rtn:w4g128", "gptq:w4g128", "gptq:w3g128", "gptq:w2g128",
+                 "spqr:w2g16")  # SpQR: groups of 16, as in its paper
+    c.weight_method = ""  # "": the recipes' own methods
     c.tasks = ("wikitext2", "efficiency", "mmlu", "arc_easy", "truthfulqa_mc1", "truthfulqa_mc2", "bbq",
                "gsm8k")
     # Limits sized for this shared 2-core CPU (the whole grid in about an hour); raise them where
@@ -47,6 +51,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.calibration = ml_collections.ConfigDict({"dataset": "wikitext2", "split": "valid", "num_windows": 32,
                                                "seqlen": 512, "seed": 0})
     c.efficiency = ml_collections.ConfigDict({"prompt_tokens": 256, "new_tokens": 16, "batch_size": 1})
+    c.longcontext = ml_collections.ConfigDict({"lengths": (1024, 2048), "depths": (0.0, 0.5, 1.0),
+                                               "max_new_tokens": 8})
     c.batch_size = 16          # log-likelihood tasks
     c.gen_batch_size = 8       # generation tasks
     c.compute_dtype = "float32"
@@ -64,7 +70,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         c.results = "results/suite_quick.jsonl"
         c.work_dir = "results/suite_quick_work"
     elif variant == "demo":
-        c.transforms = ("float", "rtn_w4", "gptq_w4")
+        c.recipes = ("float", "rtn:w4g128", "gptq:w4g128")
         c.tasks = ("wikitext2", "efficiency", "arc_easy", "piqa", "truthfulqa_mc1")
         c.task_options = ml_collections.ConfigDict({
             "arc_easy": _task(limit=40), "piqa": _task(limit=40), "truthfulqa_mc1": _task(limit=20)})
@@ -74,8 +80,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         c.work_dir = "results/suite_demo_work"
     elif variant == "tiny":
         c.models = ("random-tiny",)
-        c.transforms = ("float", "rtn_w4")
-        c.transform_options.group_size = 16
+        c.recipes = ("float", "rtn:w4g16")
         c.tasks = ("wikitext2", "efficiency", "arc_easy", "gsm8k", "ifeval")
         c.task_options = ml_collections.ConfigDict({
             "arc_easy": _task(limit=4),
@@ -92,6 +97,21 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         c.gen_batch_size = 2
         c.results = "results/suite_tiny.jsonl"
         c.work_dir = "results/suite_tiny_work"
+    elif variant == "matrix":
+        # qllm-eval's grid: W4 (groups of 128), W8 per output channel, 8-bit per-token activations,
+        # 4-bit KV cache; --config.weight_method=awq (spqr, ...) swaps GPTQ for another method
+        c.recipes = ("float", "gptq:w4g128", "gptq:w8,a8", "gptq:w4g128,a8", "kv4", "gptq:w4g128,a8,kv4")
+        c.tasks = ("mmlu", "arc_easy", "arc_challenge", "gsm8k", "truthfulqa_mc1", "truthfulqa_mc2", "passkey")
+        c.task_options = ml_collections.ConfigDict({
+            "mmlu": _task(limit=1, num_fewshot=5),
+            "arc_easy": _task(limit=40), "arc_challenge": _task(limit=40),
+            "gsm8k": _task(limit=4, num_fewshot=8, max_new_tokens=128),
+            "truthfulqa_mc1": _task(limit=40), "truthfulqa_mc2": _task(limit=40),
+            "passkey": _task(limit=2),
+        })
+        c.calibration.num_windows = 16
+        c.results = "results/suite_matrix.jsonl"
+        c.work_dir = "results/suite_matrix_work"
     elif variant:
-        raise ValueError(f"unknown suite config variant {variant!r} (known: quick, demo, tiny)")
+        raise ValueError(f"unknown suite config variant {variant!r} (known: quick, demo, matrix, tiny)")
     return c

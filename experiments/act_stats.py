@@ -5,7 +5,7 @@
 Inputs are captured on `--windows` random windows of `--seqlen` tokens of WikiText-2 valid (seed
 `--seed`). Writes `<out>/<model>[-sq].md` (a markdown table, one row per site) and `.png` (the three
 statistics against layer, one line per linear family), and prints a per-family summary. With
---smoothquant the statistics are of the SmoothQuant-smoothed model (alpha --alpha), as W8A8-SQ sees
+--smoothquant the statistics are of the SmoothQuant-smoothed model (alpha --alpha), as the recipe w8sym,a8,sq sees
 its activations.
 """
 
@@ -18,7 +18,7 @@ from absl import app, flags
 
 from qjax.checkpoints import load_model
 from qjax.quant import act_stats
-from qjax.quant.smoothquant import absmax_of, smooth
+from qjax.quant.smoothquant import smooth
 
 _MODEL = flags.DEFINE_string("model", "smollm2-135m", "model name or path")
 _OUT = flags.DEFINE_string("out", "results/act_stats", "output directory")
@@ -39,7 +39,7 @@ def main(argv):
     stats = act_stats.collect(params, config, batches)
     name = Path(_MODEL.value).name
     if _SMOOTH.value:
-        params = smooth(params, config, absmax_of(stats), alpha=_ALPHA.value)
+        params = smooth(params, config, {site: s.ch_absmax for site, s in stats.items()}, alpha=_ALPHA.value)
         stats = act_stats.collect(params, config, batches)
         name += f"-sq{_ALPHA.value:g}"
     rows = act_stats.summary(stats)

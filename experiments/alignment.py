@@ -2,7 +2,7 @@
 one result row per (task, metric), per BBQ category too; tasks already in the results file are skipped.
 
   python experiments/alignment.py --config=configs/alignment.py:quick
-  python experiments/alignment.py --tasks=bbq --limit=600 --quant_config=results/ckpt/rtn_w4
+  python experiments/alignment.py --tasks=bbq --limit=600 --recipe=rtn:w4g128
 """
 
 from __future__ import annotations

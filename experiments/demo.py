@@ -12,14 +12,14 @@ from absl import app
 from qjax.checkpoints import load_model
 from qjax.eval.perplexity import load_windows, perplexity_of_windows
 from qjax.quant.calibration import CalibrationData, calibration_tokens
-from qjax.quant.quantize import QuantizeConfig, quantize
+from qjax.quant.quantize import quantize
+from qjax.quant.recipe import Recipe
 
 MODEL = "smollm2-135m"
 SEQLEN = 2048
 WINDOWS = 4
 CALIBRATION = CalibrationData(dataset="wikitext2", split="valid", num_windows=16, seqlen=512, seed=0)
-METHODS = (("RTN W4 g128", QuantizeConfig(method="rtn", bits=4, group_size=128)),
-           ("GPTQ W4 g128", QuantizeConfig(method="gptq", bits=4, group_size=128)))
+RECIPES = (("RTN W4 g128", Recipe.parse("rtn:w4g128")), ("GPTQ W4 g128", Recipe.parse("gptq:w4g128")))
 
 
 def main(argv):
@@ -29,13 +29,14 @@ def main(argv):
     result = perplexity_of_windows(params, config, windows)
     rows = [("float32", None, None, result)]
     tokens = calibration_tokens(tokenizer, CALIBRATION)
-    for name, method in METHODS:
-        qparams, report = quantize(params, config, method, tokens if method.calibrated else None,
+    for name, recipe in RECIPES:
+        qparams, report = quantize(params, config, recipe, tokens if recipe.calibrated else None,
                                    progress=False)
         rows.append((name, report["bits_per_param"], report["quantized_bytes"],
                      perplexity_of_windows(qparams, config, windows)))
     print(f"\n{MODEL}, WikiText-2 test, {WINDOWS} windows x {SEQLEN} tokens "
           f"(GPTQ calibration: {CALIBRATION.num_windows} x {CALIBRATION.seqlen} tokens)")
+    print("recipes: " + ", ".join(f"{name} = {recipe}" for name, recipe in RECIPES))
     print(f"| {'weights':<13} | {'bits/param':>10} | {'linear MiB':>10} | {'perplexity':>10} | {'seconds':>7} |")
     print(f"|{'-' * 15}|{'-' * 12}|{'-' * 12}|{'-' * 12}|{'-' * 9}|")
     for name, bits, nbytes, r in rows:

@@ -2,7 +2,7 @@
 one result row per (task, metric), per MMLU subject too; tasks already in the results file are skipped.
 
   python experiments/knowledge.py --config=configs/knowledge.py:quick
-  python experiments/knowledge.py --tasks=mmlu,arc_easy --limit=50 --quant_config=results/ckpt/rtn_w4
+  python experiments/knowledge.py --tasks=mmlu,arc_easy --limit=50 --recipe=gptq:w4g128,a8,kv4
 """
 
 from __future__ import annotations

@@ -39,6 +39,8 @@ from qjax.perturb.activations import FakeQuantActivation, linear_sites, with_act
 from qjax.perturb.kinds import Clip, Confined, Gaussian, Kind, Proportional, make_kind, relative_l2
 from qjax.perturb.sweep import ActivationTarget, NLLEvaluator, WeightTarget, evaluate_point, sweep
 from qjax.perturb.weights import GridRoundTrip, quantization_error, quantize_params
+from qjax.quant.calibration import dequantized
+from qjax.quant.recipe import Recipe, apply_recipe
 from qjax.quant.rules import DEFAULT_WEIGHT_PATTERN, flatten_params
 from qjax.formats.spec import WeightQuantSpec
 
@@ -77,12 +79,21 @@ class Context:
     @classmethod
     def create(cls, cfg, data_dir: Optional[str]) -> "Context":
         config, params, tokenizer = load_model(cfg.model)
+        recipe = Recipe.parse(cfg.recipe)
+        if recipe.runtime().activations or recipe.kv is not None:
+            raise ValueError(f"perturbation studies perturb the weights and activations themselves: the base "
+                             f"recipe {recipe} may quantize weights only (no a<bits> / kv<bits>)")
+        if str(recipe) != "float":  # the studies perturb the base model's (dequantized) weights
+            params = dequantized(apply_recipe(recipe, params, config, tokenizer, cfg.calibration,
+                                              data_dir=data_dir).params)
         windows = load_windows(tokenizer, cfg.dataset, cfg.split, cfg.seqlen, cfg.windows, data_dir)
         if len(windows) < cfg.windows:
             raise ValueError(f"{cfg.dataset}/{cfg.split} has only {len(windows)} windows of {cfg.seqlen}")
         out_dir = Path(cfg.results_dir)
         store = ResultStore(out_dir / "perturbation.jsonl")
         task = f"{cfg.dataset}/{cfg.split}:{cfg.windows}x{cfg.seqlen}"
+        if str(recipe) != "float":
+            task += f"@{recipe}"  # points on another base model are other rows
         values = {r["transform"]: r for r in store.rows()
                   if r["model"] == cfg.model and r["task"] == task and r["metric"] == "perplexity"}
         return cls(cfg, config, params, jnp.asarray(windows), NLLEvaluator(config, cfg.window_batch),
@@ -95,9 +106,11 @@ class Context:
         return self.store.has(self.key(transform))
 
     def record(self, transform: str, nll: float, seconds: float, **details) -> dict:
+        recipe = Recipe.parse(self.cfg.recipe)
         row = make_row(model=self.cfg.model, transform=transform, task=self.task, metric="perplexity",
                        value=math.exp(nll), items=int(self.windows.size - self.windows.shape[0]),
-                       seconds=seconds, config=self.cfg.to_dict(), nll=nll, **details)
+                       seconds=seconds, config=self.cfg.to_dict(), nll=nll,
+                       recipe=str(recipe), recipe_hash=recipe.hash, **details)
         self.store.append(row)
         self.values[transform] = row
         return row

@@ -1,21 +1,24 @@
-"""Quantize a model's weights with one method, save the Orbax checkpoint, evaluate perplexity and
-write one result row.
+"""Quantize a model as a recipe says, save the Orbax checkpoint, evaluate perplexity and write one
+result row.
 
-  python experiments/quantize.py --config=configs/quantize.py:gptq_w4
-  python experiments/quantize.py --config=configs/quantize.py:spqr_w2 --config.calibration.num_windows=128
+  python experiments/quantize.py --config=configs/quantize.py:gptq:w4g128
+  python experiments/quantize.py --config=configs/quantize.py:spqr:w2g16 --config.calibration.num_windows=128
+  python experiments/quantize.py --config=configs/quantize.py --config.recipe=gptq:w4g128,a8,kv4
   python experiments/quantize.py --config=configs/quantize.py:float        # the unquantized baseline
 
-The row (results file `config.results`, key (model, variant name, dataset/split, "perplexity")) holds
-method, bits, group_size, bits_per_param (exact bytes of the quantized linears), bytes, model_bytes,
-quantize_seconds, eval windows and the perplexity; an existing row is skipped unless
---config.overwrite. The full report (per block / per linear details) goes to
-<results dir>/quantize_reports/<name>.json.
+The row (results file `config.results`, key (model, name, dataset/split, "perplexity"); name = the
+recipe text unless `config.name`) holds the recipe text and hash, method, bits, group_size,
+bits_per_param (exact bytes of the quantized linears), bytes, model_bytes, quantize_seconds, eval
+windows and the perplexity (through the recipe's runtime: activations and KV cache); an existing row
+is skipped unless --config.overwrite. The full report (per block / per linear details) goes to
+<results dir>/quantize_reports/<name slug>.json.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from pathlib import Path
 
@@ -25,9 +28,8 @@ from ml_collections import config_flags
 from qjax.checkpoints import load_model
 from qjax.eval.perplexity import perplexity
 from qjax.eval.results import ResultStore, make_row
-from qjax.quant.calibration import CalibrationData, calibration_tokens
 from qjax.quant.int8_outliers import to_storable
-from qjax.quant.quantize import QuantizeConfig, quantize
+from qjax.quant.recipe import Recipe, apply_recipe
 from qjax.quant.storage import save_params
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/quantize.py", "experiment config")
@@ -38,53 +40,52 @@ def main(argv):
     del argv
     logging.getLogger("qjax").setLevel(logging.INFO)
     cfg = _CONFIG.value
+    recipe = Recipe.parse(cfg.recipe)
+    name = cfg.name or str(recipe)
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
     task = f"{cfg.eval.dataset}/{cfg.eval.split}"
     store = ResultStore(cfg.results)
-    key = (cfg.model, cfg.name, task, "perplexity")
+    key = (cfg.model, name, task, "perplexity")
     if store.has(key) and not cfg.overwrite:
         print(f"{key} already in {cfg.results}; skipping (--config.overwrite=True to recompute)")
         return
     config, params, tokenizer = load_model(cfg.model)
-    report = {"method": "float", "bits": None, "group_size": None, "bits_per_param": None,
-              "quantized_bytes": None, "model_bytes": None, "weight_rel_error": None, "seconds": 0.0}
-    if cfg.method.method != "none":
-        qcfg = QuantizeConfig.from_dict(cfg.method.to_dict())
-        tokens = None
-        if qcfg.calibrated:
-            c = cfg.calibration
-            data = CalibrationData(dataset=c.dataset, split=c.split, jsonl=c.jsonl or None, text_key=c.text_key,
-                                   num_windows=c.num_windows, seqlen=c.seqlen, seed=c.seed)
-            tokens = calibration_tokens(tokenizer, data, _DATA_DIR.value)
-            print(f"calibration: {tokens.shape[0]} x {tokens.shape[1]} tokens from {data.source} (seed {c.seed})")
-        params, report = quantize(params, config, qcfg, tokens)
-        print(f"{cfg.name}: {report['quantized']} linears, {report['bits_per_param']:.3f} bits/param, "
+    applied = apply_recipe(recipe, params, config, tokenizer, cfg.calibration, data_dir=_DATA_DIR.value,
+                           progress=True)
+    params, report = applied.params, applied.report
+    if "calibration" in report:
+        c = report["calibration"]
+        print(f"calibration: {c['windows']} x {c['seqlen']} tokens from {c['source']} (seed {c['seed']})")
+    if report["quantized"]:
+        print(f"{name}: {report['quantized']} linears, {report['bits_per_param']:.3f} bits/param, "
               f"{report['quantized_bytes']} bytes, weight error {report['weight_rel_error']:.4f}, "
               f"quantized in {report['seconds']:.1f}s")
         if cfg.save_dir:
-            saved = save_params(Path(cfg.save_dir) / cfg.name, to_storable(params), overwrite=True)
+            saved = save_params(Path(cfg.save_dir) / f"{slug}-{recipe.hash}", to_storable(params), overwrite=True)
             report["disk_bytes"] = saved["disk_bytes"]
             print(f"saved {saved['path']} ({saved['disk_bytes']} bytes on disk)")
     max_windows = None if cfg.eval.max_windows < 0 else cfg.eval.max_windows
     start = time.perf_counter()
     result = perplexity(params, config, tokenizer, dataset=cfg.eval.dataset, split=cfg.eval.split,
                         seqlen=cfg.eval.seqlen, max_windows=max_windows, batch_size=cfg.eval.batch_size,
-                        data_dir=_DATA_DIR.value)
+                        runtime=applied.runtime, runtime_state=applied.runtime_state, data_dir=_DATA_DIR.value)
     eval_seconds = time.perf_counter() - start
     summary = {k: v for k, v in report.items() if k != "blocks"}
+    bits_per_param = report["bits_per_param"] if report["quantized"] else None
     store.append(make_row(
-        model=cfg.model, transform=cfg.name, task=task, metric="perplexity", value=result["ppl"],
+        model=cfg.model, transform=name, task=task, metric="perplexity", value=result["ppl"],
         items=result["tokens"], seconds=report["seconds"], config=cfg.to_dict(),
-        method=report["method"], bits=report["bits"], group_size=report["group_size"],
-        bits_per_param=report["bits_per_param"], bytes=report["quantized_bytes"],
+        recipe=str(recipe), recipe_hash=recipe.hash, method=recipe.info()["method"], bits=report["bits"],
+        group_size=report["group_size"], bits_per_param=bits_per_param, bytes=report["quantized_bytes"],
         model_bytes=report["model_bytes"], weight_rel_error=report.get("weight_rel_error"),
         quantize_seconds=report["seconds"], eval_seconds=eval_seconds,
         eval_windows=result["windows"], report=summary))
     reports = Path(cfg.results).parent / "quantize_reports"
     reports.mkdir(parents=True, exist_ok=True)
-    (reports / f"{cfg.name}.json").write_text(json.dumps({"report": report, "perplexity": result}, indent=1,
-                                                         default=float))
-    bpp = "-" if report["bits_per_param"] is None else f"{report['bits_per_param']:.3f}"
-    print(f"{cfg.name}: ppl {result['ppl']:.3f} on {result['windows']} windows of {cfg.eval.seqlen} "
+    (reports / f"{slug}.json").write_text(json.dumps({"report": report, "perplexity": result}, indent=1,
+                                                     default=float))
+    bpp = "-" if bits_per_param is None else f"{bits_per_param:.3f}"
+    print(f"{name}: ppl {result['ppl']:.3f} on {result['windows']} windows of {cfg.eval.seqlen} "
           f"({task}), bits/param {bpp}, quantize {report['seconds']:.1f}s, eval {eval_seconds:.1f}s")
 
 

@@ -1,13 +1,13 @@
-"""Perplexity under weight / activation / KV-cache quantization settings (W8A8, W8A8-SQ, W4A4, KV4, ...).
+"""Perplexity under weight / activation / KV-cache recipes (W8A8, W8A8 + SmoothQuant, W4A4, KV4, ...).
 
   python experiments/runtime_quant.py --config=configs/runtime.py[:quick]
-  python experiments/runtime_quant.py --wbits=4 --abits=8 --kvbits=4      # one composed setting
-  python experiments/runtime_quant.py --config.settings='("W8A8","W8A8-SQ")' --config.max_windows=16
+  python experiments/runtime_quant.py --config.recipe=gptq:w4g128,a8,kv4     # one composed recipe
+  python experiments/runtime_quant.py --config.recipes='("w8sym,a8","w8sym,a8,sq")' --config.max_windows=16
 
-One row per setting in `config.results` (task "<dataset>/<split>[:<windows>x<seqlen>]", metric
-perplexity) with the weight bytes and KV bytes per token; settings already in the store are skipped.
-Settings with a quantized KV cache score each window through the cache path (K/V written to and read
-back from the quantized cache, `qjax.quant.kv.perplexity_through_cache`).
+One row per recipe in `config.results` (transform = the recipe text, with `recipe` and `recipe_hash`;
+task "<dataset>/<split>[:<windows>x<seqlen>]", metric perplexity) with the weight bytes and KV bytes
+per token; recipes already in the store are skipped. Recipes with a quantized KV cache score each
+window through the cache (K/V written to and read back from it, `qjax.eval.perplexity.window_nll`).
 """
 
 from __future__ import annotations
@@ -18,62 +18,42 @@ from ml_collections import config_flags
 from qjax.checkpoints import load_model
 from qjax.eval.perplexity import load_windows, perplexity_of_windows
 from qjax.eval.results import ResultStore, make_row
-from qjax.quant.act_stats import calibration_windows
-from qjax.quant.activations import QuantSetting, apply_setting, parse_setting
-from qjax.quant.kv import bytes_per_token, perplexity_through_cache
+from qjax.quant.kv import bytes_per_token
+from qjax.quant.recipe import Recipe, apply_recipe
 from qjax.quant.storage import params_nbytes
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/runtime.py", "experiment config")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "data directory (default: $QJAX_DATA_DIR)")
-_WBITS = flags.DEFINE_integer("wbits", None, "compose one setting: weight bits (16 = float)")
-_ABITS = flags.DEFINE_integer("abits", None, "compose one setting: activation bits (16 = float)")
-_KVBITS = flags.DEFINE_integer("kvbits", None, "compose one setting: KV-cache bits (16 = float)")
-_SMOOTH = flags.DEFINE_bool("smoothquant", False, "compose one setting: SmoothQuant first")
-
-
-def settings(cfg) -> list[QuantSetting]:
-    if any(f.value is not None for f in (_WBITS, _ABITS, _KVBITS)):
-        wbits = _WBITS.value or 16
-        base = parse_setting(f"W{wbits}A{_ABITS.value or 16}") if wbits != 16 or _ABITS.value else QuantSetting()
-        return [QuantSetting(**{**base.__dict__, "kvbits": _KVBITS.value or 16, "smoothquant": _SMOOTH.value,
-                                "alpha": cfg.alpha})]
-    return [parse_setting(name, alpha=cfg.alpha) for name in cfg.settings]
 
 
 def main(argv):
     del argv
     cfg = _CONFIG.value
+    recipes = [Recipe.parse(text) for text in ((cfg.recipe,) if cfg.recipe else cfg.recipes)]
     config, params, tokenizer = load_model(cfg.model)
     windows = load_windows(tokenizer, cfg.dataset, cfg.split, cfg.seqlen, cfg.max_windows, _DATA_DIR.value)
     task = f"{cfg.dataset}/{cfg.split}[:{len(windows)}x{cfg.seqlen}]"
     store = ResultStore(cfg.results)
-    calibration = None
-    print(f"{'setting':<12} {'ppl':>9} {'weight MB':>10} {'KV B/tok':>9} {'seconds':>8}", flush=True)
-    for setting in settings(cfg):
-        key = (cfg.model, setting.name, task, "perplexity")
-        if store.has(key):
-            print(f"{setting.name:<12} (in the store)", flush=True)
+    print(f"{'recipe':<24} {'ppl':>9} {'weight MB':>10} {'KV B/tok':>9} {'seconds':>8}", flush=True)
+    for recipe in recipes:
+        name = str(recipe)
+        if store.has((cfg.model, name, task, "perplexity")):
+            print(f"{name:<24} (in the store)", flush=True)
             continue
-        if (setting.smoothquant or setting.astatic) and calibration is None:
-            calib = calibration_windows(tokenizer, split=cfg.calib_split, num=cfg.calib_windows,
-                                        seqlen=cfg.calib_seqlen, seed=cfg.calib_seed, data_dir=_DATA_DIR.value)
-            calibration = [calib[i:i + 4] for i in range(0, len(calib), 4)]
-        qparams, runtime, state = apply_setting(params, config, setting, calibration=calibration,
-                                                compute_dtype=cfg.compute_dtype)
-        if runtime.kv_cache is None:
-            result = perplexity_of_windows(qparams, config, windows, runtime=runtime, runtime_state=state,
-                                           progress=False)
-        else:
-            result = perplexity_through_cache(qparams, config, windows, runtime=runtime, runtime_state=state)
-        weight_bytes = params_nbytes(qparams)
-        kv_tok = bytes_per_token(runtime.kv_cache, config)
+        applied = apply_recipe(recipe, params, config, tokenizer, cfg.calibration, data_dir=_DATA_DIR.value,
+                               compute_dtype=cfg.compute_dtype)
+        result = perplexity_of_windows(applied.params, config, windows, runtime=applied.runtime,
+                                       runtime_state=applied.runtime_state, progress=False)
+        weight_bytes = params_nbytes(applied.params)
+        kv_tok = bytes_per_token(applied.runtime.kv_cache, config)
         store.append(make_row(
-            model=cfg.model, transform=setting.name, task=task, metric="perplexity", value=result["ppl"],
-            items=result["tokens"], seconds=result["seconds"],
-            config={"experiment": cfg.to_dict(), "setting": setting.__dict__ | {"afamilies": list(setting.afamilies)}},
+            model=cfg.model, transform=name, task=task, metric="perplexity", value=result["ppl"],
+            items=result["tokens"], seconds=result["seconds"], recipe=name, recipe_hash=recipe.hash,
+            config={"experiment": cfg.to_dict(), "recipe": recipe.info()},
             details={"nll": result["nll"], "windows": result["windows"], "weight_bytes": weight_bytes,
-                     "kv_bytes_per_token": kv_tok}))
-        print(f"{setting.name:<12} {result['ppl']:>9.3f} {weight_bytes / 2**20:>10.1f} {kv_tok:>9} "
+                     "kv_bytes_per_token": kv_tok,
+                     "report": {k: v for k, v in applied.report.items() if k != "blocks"}}))
+        print(f"{name:<24} {result['ppl']:>9.3f} {weight_bytes / 2**20:>10.1f} {kv_tok:>9} "
               f"{result['seconds']:>8.1f}", flush=True)
     print(f"rows in {cfg.results}")
 

@@ -1,5 +1,6 @@
-"""Suite runner: models x transforms x tasks from `configs/suite.py`, one result row per
-(model, transform, task, metric) in an append-only `ResultStore`, resumable after any kill.
+"""Suite runner: models x recipes x tasks from `configs/suite.py`, one result row per
+(model, recipe, task, metric) in an append-only `ResultStore` (transform = the recipe text; rows carry
+`recipe` and `recipe_hash`), resumable after any kill.
 
   nice -n 10 .venv/bin/python experiments/suite.py --config=configs/suite.py > results/suite.log 2>&1 &
   .venv/bin/python experiments/analyze.py --results=results/suite.jsonl
@@ -13,7 +14,7 @@ Crash safety (a `kill -9` at any instant loses nothing finished and repeats noth
     the later row of a key), and its old journal file is removed;
   * at start, every journal file is replayed into the store, oldest first (rows a kill cut off get
     appended), and a task whose journal file exists is done: it is never run again;
-  * quantized params are cached per (model, transform) under `<work_dir>/params/` with Orbax
+  * quantized params are cached per (model, recipe) under `<work_dir>/params/` with Orbax
     (`qjax.quant.storage.save_params`) into a temp directory renamed into place when complete, so
     a resumed run restores them instead of quantizing again; leftover temp directories are removed.
 Scores: with `score_dequantized` (the default) every task but "efficiency" runs on the quantized
@@ -35,18 +36,22 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import jax
 from absl import app, flags
 from ml_collections import config_flags
 
+from qjax.data.longcontext import TASKS as LONGCONTEXT_TASKS
 from qjax.data.text import DATASETS as PERPLEXITY_DATASETS
 from qjax.eval.gen_tasks import is_generation_task, run_generation_task
 from qjax.eval.results import ResultStore, make_row, row_key
 from qjax.models.config import ModelConfig
 from qjax.ops.runtime import Runtime
 from qjax.quant.calibration import dequantized
+from qjax.quant.int8_outliers import from_storable, to_storable
+from qjax.quant.recipe import Recipe, apply_recipe
+from qjax.quant.storage import restore_params, save_params
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/suite.py", "suite config")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "data directory (default: $QJAX_DATA_DIR)")
@@ -72,79 +77,54 @@ def load_suite_model(name: str):
     return load_model(name)
 
 
-# --- transforms -----------------------------------------------------------------------------------
+# --- recipes ----------------------------------------------------------------------------------------
 
-@dataclasses.dataclass(frozen=True)
-class Transform:
-    """A weight transform of the grid: "float", or `method` at `bits` with extra options."""
-
-    name: str
-    method: str
-    bits: Optional[int]
-    options: tuple[tuple[str, Any], ...] = ()
-
-    def info(self) -> dict:
-        return {"name": self.name, "method": self.method, "bits": self.bits, **dict(self.options)}
-
-    def fingerprint(self, calibration: dict) -> str:
-        blob = json.dumps({"transform": self.info(), "calibration": calibration}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+def recipe_fingerprint(recipe: Recipe, calibration: dict) -> str:
+    """Digest of what a recipe's params depend on: its text and, when it calibrates, the calibration."""
+    blob = json.dumps({"recipe": str(recipe), "calibration": calibration if recipe.calibrated else None},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-_TRANSFORM = re.compile(r"(?P<method>[a-z][a-z0-9]*)_w(?P<bits>\d+)")
+def recipe_info(recipe: Recipe) -> dict:
+    """The row's config["transform"]: name (the recipe text) and `Recipe.info()` (method, bits, ...)."""
+    return {"name": str(recipe), **recipe.info()}
 
 
-def parse_transform(name: str, options: dict, method_options: dict) -> Transform:
-    """The transform named "float" or "<method>_w<bits>"; its options are `options` updated by
-    `method_options[method]` (fields of `qjax.quant.quantize.QuantizeConfig`)."""
-    if name == "float":
-        return Transform("float", "float", None)
-    match = _TRANSFORM.fullmatch(name)
-    if not match:
-        raise ValueError(f"transform {name!r} is neither 'float' nor '<method>_w<bits>' (e.g. gptq_w4)")
-    merged = {**options, **method_options.get(match["method"], {})}
-    return Transform(name, match["method"], int(match["bits"]), tuple(sorted(merged.items())))
-
-
-def quantize_params(params, config: ModelConfig, tokenizer, transform: Transform, calibration: dict,
-                    data_dir: Optional[str]):
-    """(quantized params, report) of `transform` (see qjax.quant.quantize)."""
-    from qjax.quant.calibration import CalibrationData, calibration_tokens
-    from qjax.quant.quantize import QuantizeConfig, quantize
-
-    method_config = QuantizeConfig.from_dict(
-        {"method": transform.method, "bits": transform.bits, **dict(transform.options)})
-    tokens = (calibration_tokens(tokenizer, CalibrationData(**calibration), data_dir)
-              if method_config.calibrated else None)
-    return quantize(params, config, method_config, tokens, progress=False)
-
-
-def transformed_params(model: str, params, config: ModelConfig, tokenizer, transform: Transform,
-                       calibration: dict, work_dir: Path, data_dir: Optional[str]):
-    """Params of `transform`: the float params, or quantized ones from the on-disk cache (quantized
-    and cached atomically on first use). Returns (params, cache info dict)."""
-    if transform.method == "float":
-        return params, {}
-    from qjax.quant.storage import restore_params, save_params
-
+def transformed_params(model: str, params, config: ModelConfig, tokenizer, recipe: Recipe,
+                       calibration: dict, work_dir: Path, data_dir: Optional[str], compute_dtype: str):
+    """(params, runtime, runtime_state, cache info) of `recipe`: quantized params come from the
+    on-disk cache (quantized and cached atomically on first use); the runtime carries the recipe's
+    activation and KV specs."""
+    runtime = recipe.runtime(compute_dtype)
+    if not any(rule.weight is not None for rule in recipe.rules) and recipe.smoothquant is None:
+        state = None
+        if recipe.static_activations:
+            state = apply_recipe(recipe, params, config, tokenizer, calibration, data_dir=data_dir,
+                                 compute_dtype=compute_dtype).runtime_state
+        return params, runtime, state, {}
+    if recipe.static_activations:
+        raise ValueError(f"recipe {recipe}: static activation scales with quantized weights are not cached "
+                         "by the suite; use dynamic activations (e.g. a8) here")
     folder = work_dir / "params" / _slug(model)
-    final = folder / f"{transform.name}-{transform.fingerprint(calibration)}"
-    for stale in folder.glob(f".{transform.name}-*.tmp*"):
+    final = folder / f"{_slug(str(recipe))}-{recipe_fingerprint(recipe, calibration)}"
+    for stale in folder.glob(f".{_slug(str(recipe))}-*.tmp*"):
         shutil.rmtree(stale, ignore_errors=True)  # a run killed while saving
     if final.is_dir():
         start = time.perf_counter()
-        restored = restore_params(final)
-        return restored, {"cache": str(final), "restored_seconds": time.perf_counter() - start}
+        restored = from_storable(restore_params(final))
+        return restored, runtime, None, {"cache": str(final), "restored_seconds": time.perf_counter() - start}
     start = time.perf_counter()
-    quantized, report = quantize_params(params, config, tokenizer, transform, calibration, data_dir)
+    applied = apply_recipe(recipe, params, config, tokenizer, calibration, data_dir=data_dir,
+                           compute_dtype=compute_dtype)
     seconds = time.perf_counter() - start
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{final.name}.tmp{os.getpid()}"
-    save_params(tmp, quantized)
+    save_params(tmp, to_storable(applied.params))
     (tmp / "quantize_report.json").write_text(json.dumps(
-        {"seconds": seconds, "report": report}, default=str, indent=1))
+        {"seconds": seconds, "report": applied.report}, default=str, indent=1))
     os.replace(tmp, final)
-    return quantized, {"cache": str(final), "quantize_seconds": seconds}
+    return applied.params, runtime, None, {"cache": str(final), "quantize_seconds": seconds}
 
 
 # --- journal --------------------------------------------------------------------------------------
@@ -231,24 +211,26 @@ def _options(cfg, task: str) -> dict:
     return defaults
 
 
-def task_run_id(model: str, transform: Transform, task: str, cfg, calibration: dict) -> str:
-    """Digest of what a task's rows depend on: model, transform settings and calibration, the task's
-    options and the suite settings its runner reads."""
+def task_run_id(model: str, recipe: Recipe, task: str, cfg, calibration: dict) -> str:
+    """Digest of what a task's rows depend on: model, recipe and calibration, the task's options and
+    the suite settings its runner reads."""
     settings = {"options": _options(cfg, task), "seed": cfg.seed, "compute_dtype": cfg.compute_dtype,
                 "score_dequantized": cfg.score_dequantized}
     if task in PERPLEXITY_DATASETS:
         settings["perplexity"] = cfg.perplexity.to_dict()
     if task == "efficiency":
         settings["efficiency"] = cfg.efficiency.to_dict()
+    if task in LONGCONTEXT_TASKS:
+        settings["longcontext"] = cfg.longcontext.to_dict()
     settings["options"].pop("batch_size", None)  # batching does not change results
-    transform_id = transform.fingerprint(calibration) if transform.method != "float" else "float"
-    blob = json.dumps([model, transform.name, transform_id, task, settings], sort_keys=True, default=str)
+    blob = json.dumps([model, str(recipe), recipe_fingerprint(recipe, calibration), task, settings],
+                      sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 def check_task_name(task: str) -> None:
     """Raises ValueError for a task name that no runner knows."""
-    if task in PERPLEXITY_DATASETS or task == "efficiency" or is_generation_task(task):
+    if task in PERPLEXITY_DATASETS or task == "efficiency" or is_generation_task(task) or task in LONGCONTEXT_TASKS:
         return
     from qjax.data.tasks import get_task
 
@@ -256,7 +238,7 @@ def check_task_name(task: str) -> None:
 
 
 def run_task_rows(task: str, params, config: ModelConfig, tokenizer, cfg, runtime: Runtime,
-                  data_dir: Optional[str], samples_dir: Path) -> list[dict]:
+                  data_dir: Optional[str], samples_dir: Path, runtime_state=None) -> list[dict]:
     """Metric rows of one task (without model / transform)."""
     opts = _options(cfg, task)
     if task in PERPLEXITY_DATASETS:
@@ -265,33 +247,61 @@ def run_task_rows(task: str, params, config: ModelConfig, tokenizer, cfg, runtim
         p = cfg.perplexity
         result = perplexity(params, config, tokenizer, dataset=task, split=p.split, seqlen=p.seqlen,
                             max_windows=None if p.max_windows < 0 else p.max_windows,
-                            batch_size=p.batch_size, runtime=runtime, data_dir=data_dir, progress=False)
+                            batch_size=p.batch_size, runtime=runtime, runtime_state=runtime_state,
+                            data_dir=data_dir, progress=False)
         return [{"task": f"{task}/{p.split}", "metric": "perplexity", "value": result["ppl"],
                  "items": result["tokens"], "seconds": result["seconds"], "details": result,
                  "config": p.to_dict()}]
     if task == "efficiency":
-        return efficiency_rows(params, config, cfg, runtime)
+        return efficiency_rows(params, config, cfg, runtime, runtime_state)
+    if task in LONGCONTEXT_TASKS:
+        return longcontext_rows(task, params, config, tokenizer, cfg, runtime, runtime_state)
     if is_generation_task(task):
         return run_generation_task(
             task, params, config, tokenizer, limit=opts["limit"], num_fewshot=opts["num_fewshot"],
-            seed=cfg.seed, runtime=runtime, chat_template=opts["chat_template"], data_dir=data_dir,
-            batch_size=opts["batch_size"] or cfg.gen_batch_size, max_new_tokens=opts["max_new_tokens"],
+            seed=cfg.seed, runtime=runtime, runtime_state=runtime_state, chat_template=opts["chat_template"],
+            data_dir=data_dir, batch_size=opts["batch_size"] or cfg.gen_batch_size, max_new_tokens=opts["max_new_tokens"],
             output_dir=samples_dir)
     from qjax.eval.tasks import run_task
 
     return run_task(task, params, config, tokenizer, limit=opts["limit"], num_fewshot=opts["num_fewshot"],
-                    seed=cfg.seed, runtime=runtime, chat_template=opts["chat_template"], data_dir=data_dir,
-                    batch_size=opts["batch_size"] or cfg.batch_size)
+                    seed=cfg.seed, runtime=runtime, runtime_state=runtime_state, chat_template=opts["chat_template"],
+                    data_dir=data_dir, batch_size=opts["batch_size"] or cfg.batch_size)
 
 
-def efficiency_rows(params, config: ModelConfig, cfg, runtime: Runtime) -> list[dict]:
+def longcontext_rows(task: str, params, config: ModelConfig, tokenizer, cfg, runtime: Runtime,
+                     runtime_state=None) -> list[dict]:
+    """Exact match of a retrieval task (passkey, lines) per prompt length (mean over depths), then the
+    task-level row over every cell; `limit` prompts per (length, depth) cell (default 2)."""
+    from qjax.eval.longcontext import evaluate_cell
+
+    lc, opts = cfg.longcontext, _options(cfg, task)
+    max_new = opts["max_new_tokens"] or lc.max_new_tokens
+    cells = [evaluate_cell(params, config, tokenizer, task, length, depth, samples=opts["limit"] or 2,
+                           seed=cfg.seed, max_new_tokens=max_new, runtime=runtime, runtime_state=runtime_state,
+                           batch_size=opts["batch_size"] or cfg.gen_batch_size)
+             for length in lc.lengths for depth in lc.depths]
+    settings = {**lc.to_dict(), "max_new_tokens": max_new, "samples_per_cell": opts["limit"] or 2}
+
+    def row(name, group):
+        n = sum(c["samples"] for c in group)
+        return {"task": name, "metric": "exact_match", "value": sum(c["correct"] for c in group) / n,
+                "items": n, "seconds": sum(c["seconds"] for c in group), "config": settings,
+                "details": {"cells": [{k: v for k, v in c.items() if k != "completions"} for c in group]}}
+
+    rows = [row(f"{task}/len{length}", [c for c in cells if c["length"] == length]) for length in lc.lengths]
+    return rows + [row(task, cells)]
+
+
+def efficiency_rows(params, config: ModelConfig, cfg, runtime: Runtime, runtime_state=None) -> list[dict]:
     """Weight bytes, peak memory, prefill and decode tokens/s of the configuration under test."""
     from qjax.eval.efficiency import measure_efficiency
 
     e = cfg.efficiency
     start = time.perf_counter()
     result = measure_efficiency(params, config, prompt_tokens=e.prompt_tokens, new_tokens=e.new_tokens,
-                                batch_size=e.batch_size, runtime=runtime, seed=cfg.seed)
+                                batch_size=e.batch_size, runtime=runtime, runtime_state=runtime_state,
+                                seed=cfg.seed)
     seconds = time.perf_counter() - start
     inputs = set(e.to_dict())  # echoed settings, not measurements
     return [{"task": "efficiency", "metric": name, "value": float(value), "seconds": seconds,
@@ -299,24 +309,36 @@ def efficiency_rows(params, config: ModelConfig, cfg, runtime: Runtime) -> list[
             if name not in inputs and isinstance(value, (int, float))]
 
 
-def full_rows(rows: list[dict], model: str, transform: Transform, cfg, run_id: str, extra: dict) -> list[dict]:
+def full_rows(rows: list[dict], model: str, recipe: Recipe, cfg, run_id: str, extra: dict) -> list[dict]:
     out = []
     for row in rows:
         row = dict(row)
         task_config = row.pop("config", None) or {}
-        out.append(make_row(model=model, transform=transform.name,
-                            config={"transform": transform.info(), "task": task_config,
+        out.append(make_row(model=model, transform=str(recipe),
+                            config={"transform": recipe_info(recipe), "task": task_config,
                                     "suite": {"seed": cfg.seed, "compute_dtype": cfg.compute_dtype,
                                               "score_dequantized": cfg.score_dequantized},
-                                    **extra}, run_id=run_id, **row))
+                                    **extra}, run_id=run_id, recipe=str(recipe), recipe_hash=recipe.hash, **row))
     return out
+
+
+def suite_recipes(cfg) -> list[Recipe]:
+    """The grid's recipes; `cfg.weight_method` (when set) replaces the method, with its default
+    options, of every recipe that quantizes weights."""
+    recipes = [Recipe.parse(text) for text in cfg.recipes]
+    if cfg.get("weight_method"):
+        recipes = [dataclasses.replace(r, method=cfg.weight_method, method_config=None)
+                   if any(rule.weight is not None for rule in r.rules) else r for r in recipes]
+    return recipes
 
 
 def run_suite(cfg, data_dir: Optional[str]) -> ResultStore:
     for task in cfg.tasks:
         check_task_name(task)
-    transforms = [parse_transform(t, cfg.transform_options.to_dict(), cfg.method_options.to_dict())
-                  for t in cfg.transforms]
+    recipes = suite_recipes(cfg)
+    names = [str(r) for r in recipes]
+    if len(set(names)) != len(names):
+        raise ValueError(f"suite: recipes {list(cfg.recipes)} name the same recipe twice ({names})")
     store = ResultStore(cfg.results)
     work_dir = Path(cfg.work_dir)
     journal = Journal(work_dir / "journal")
@@ -324,40 +346,40 @@ def run_suite(cfg, data_dir: Optional[str]) -> ResultStore:
     replayed = journal.replay(store, present)
     if replayed:
         print(f"[replay] {replayed} journaled rows appended to {cfg.results}", flush=True)
-    runtime = Runtime(compute_dtype=cfg.compute_dtype)
     calibration = cfg.calibration.to_dict()
     for model in cfg.models:
-        run_ids = {(t.name, task): task_run_id(model, t, task, cfg, calibration)
-                   for t in transforms for task in cfg.tasks}
-        todo = [(t, task) for t in transforms for task in cfg.tasks
-                if not journal.done(model, t.name, task, run_ids[t.name, task])]
-        for t in transforms:
+        run_ids = {(str(r), task): task_run_id(model, r, task, cfg, calibration)
+                   for r in recipes for task in cfg.tasks}
+        todo = [(str(r), task) for r in recipes for task in cfg.tasks
+                if not journal.done(model, str(r), task, run_ids[str(r), task])]
+        for r in recipes:
             for task in cfg.tasks:
-                if (t, task) not in todo:
-                    print(f"[skip] {model} {t.name} {task}", flush=True)
+                if (str(r), task) not in todo:
+                    print(f"[skip] {model} {r} {task}", flush=True)
         if not todo:
             continue
         config, params, tokenizer = load_suite_model(model)
-        for t in transforms:
-            tasks = [task for tt, task in todo if tt == t]
+        for recipe in recipes:
+            name = str(recipe)
+            tasks = [task for rname, task in todo if rname == name]
             if not tasks:
                 continue
-            tparams, cache_info = transformed_params(model, params, config, tokenizer, t, calibration,
-                                                     work_dir, data_dir)
+            tparams, runtime, state, cache_info = transformed_params(
+                model, params, config, tokenizer, recipe, calibration, work_dir, data_dir, cfg.compute_dtype)
             scored = dequantized(tparams) if cfg.score_dequantized else tparams
             for task in tasks:
-                print(f"[run] {model} {t.name} {task}", flush=True)
+                print(f"[run] {model} {name} {task}", flush=True)
                 start = time.perf_counter()
-                samples_dir = work_dir / "samples" / _slug(model) / _slug(t.name)
+                samples_dir = work_dir / "samples" / _slug(model) / _slug(name)
                 rows = run_task_rows(task, tparams if task == "efficiency" else scored, config, tokenizer, cfg,
-                                     runtime, data_dir, samples_dir)
-                run_id = run_ids[t.name, task]
+                                     runtime, data_dir, samples_dir, runtime_state=state)
+                run_id = run_ids[name, task]
                 extra = {"params_cache": cache_info} if cache_info else {}
-                rows = full_rows(rows, model, t, cfg, run_id, extra)
-                journal.write(model, t.name, task, run_id, rows)
+                rows = full_rows(rows, model, recipe, cfg, run_id, extra)
+                journal.write(model, name, task, run_id, rows)
                 append_missing(store, rows, present)
                 summary = ", ".join(f"{r['task']} {r['metric']}={r['value']:.4g}" for r in rows[-4:])
-                print(f"[done] {model} {t.name} {task} ({time.perf_counter() - start:.0f} s): {summary}",
+                print(f"[done] {model} {name} {task} ({time.perf_counter() - start:.0f} s): {summary}",
                       flush=True)
             del tparams, scored
     return store

@@ -1,13 +1,13 @@
 """The driver of the task experiments (`experiments/knowledge.py`, `experiments/alignment.py`).
 
-`run_experiment(cfg)` loads the model (float, or a saved quantized checkpoint) and runs the config's
-tasks into its results store. It lives with the scripts (imported by them as a sibling module), not
+`run_experiment(cfg)` loads the model (float, or a saved quantized checkpoint), applies the config's
+recipe (`qjax.quant.recipe`) and runs the config's tasks into its results store. It lives with the scripts (imported by them as a sibling module), not
 in `qjax.eval`, because loading checkpoints is an experiment's job: the task core stays free of it.
 
 `define_task_flags(default_config)` defines --config (an ml_collections config file, fields
 overridable as --config.field=value) and the shortcuts --model, --tasks, --limit, --num_fewshot,
---results, --quant_config and --data_dir; call it once, at import time of the script. The returned
-`TaskFlags.config()` is the config with every shortcut that was given applied.
+--results, --quant_config, --recipe and --data_dir; call it once, at import time of the script. The
+returned `TaskFlags.config()` is the config with every shortcut that was given applied.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from typing import Any, Callable, Optional
 from absl import flags
 from ml_collections import config_flags
 
-from qjax.ops.runtime import Runtime
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +52,8 @@ def define_task_flags(default_config: str) -> TaskFlags:
         "results": flags.DEFINE_string("results", None, "results JSONL (overrides config.results)"),
         "quant_config": flags.DEFINE_string("quant_config", None,
                                             "saved quantized checkpoint directory (qjax.quant.storage)"),
+        "recipe": flags.DEFINE_string("recipe", None, "quantization recipe, e.g. gptq:w4g128,a8,kv4 "
+                                      "(qjax.quant.recipe; overrides config.recipe)"),
     }
     return TaskFlags(config_flag=config_flags.DEFINE_config_file("config", default_config, "experiment config"),
                      shortcuts=shortcuts,
@@ -61,26 +62,35 @@ def define_task_flags(default_config: str) -> TaskFlags:
 
 def run_experiment(cfg, data_dir: Optional[str] = None, log: Callable[[str], None] = print) -> int:
     """The knowledge / alignment experiments: load `cfg.model` (float, or the quantized checkpoint at
-    `cfg.quant_config` restored with `qjax.quant.storage`), run `cfg.tasks` into `cfg.results`,
-    skipping tasks already there. cfg fields: see configs/knowledge.py. Returns rows appended."""
+    `cfg.quant_config` restored with `qjax.quant.storage`), apply `cfg.recipe` (`qjax.quant.recipe`:
+    weights, activations, KV cache), run `cfg.tasks` into `cfg.results`, skipping tasks already there.
+    cfg fields: see configs/knowledge.py. Returns rows appended."""
     from qjax.checkpoints import load_model
     from qjax.eval.results import ResultStore
     from qjax.eval.tasks import run_tasks_into_store
+    from qjax.quant.recipe import Recipe, apply_recipe
 
     config, params, tokenizer = load_model(cfg.model)
-    transform = cfg.transform or "float"
+    recipe = Recipe.parse(cfg.recipe)
+    transform = cfg.transform or str(recipe)
     if cfg.quant_config:
         from qjax.quant.storage import restore_params
 
+        if any(rule.weight is not None for rule in recipe.rules):
+            raise ValueError(f"quant_config {cfg.quant_config!r} holds quantized weights already; the recipe "
+                             f"{recipe} may only add activation / KV quantization (no w<bits> rules)")
         params = restore_params(cfg.quant_config)
         transform = cfg.transform or Path(cfg.quant_config).name
+    applied = apply_recipe(recipe, params, config, tokenizer, cfg.calibration, data_dir=data_dir,
+                           compute_dtype=cfg.compute_dtype)
     store = ResultStore(cfg.results)
     experiment_config = {k: v for k, v in cfg.to_dict().items() if k not in ("tasks", "results")}
     appended = run_tasks_into_store(
-        store, list(cfg.tasks), params, config, tokenizer, model=cfg.model, transform=transform,
+        store, list(cfg.tasks), applied.params, config, tokenizer, model=cfg.model, transform=transform,
         experiment_config=experiment_config, log=log, limit=None if cfg.limit < 0 else cfg.limit,
         num_fewshot=None if cfg.num_fewshot < 0 else cfg.num_fewshot, seed=cfg.seed,
-        runtime=Runtime(compute_dtype=cfg.compute_dtype), chat_template=cfg.chat_template,
+        runtime=applied.runtime, runtime_state=applied.runtime_state, chat_template=cfg.chat_template,
+        row_fields={"recipe": str(recipe), "recipe_hash": recipe.hash},
         data_dir=data_dir, batch_size=cfg.batch_size)
     log(f"{appended} rows appended to {cfg.results}")
     return appended

@@ -268,12 +268,14 @@ def _macro_average(values: Sequence[MetricValue], pooled: MetricValue) -> Metric
 # -- experiments ---------------------------------------------------------------------------------------
 def run_tasks_into_store(store, task_names: Sequence[str], params, config, tokenizer, *, model: str,
                          transform: str, experiment_config: Optional[dict] = None,
-                         log: Callable[[str], None] = print, **options) -> int:
+                         log: Callable[[str], None] = print, row_fields: Optional[dict] = None,
+                         **options) -> int:
     """Runs every task whose rows are not yet in `store` and appends them; returns rows appended.
 
     A task counts as done when its last row (the task-level row of its last metric, written after
     all others) is present; rows already present are never written twice, so a run killed in the
-    middle of appending resumes cleanly. `options` are `run_task` keyword arguments.
+    middle of appending resumes cleanly. `row_fields` (e.g. the recipe text and hash) are added to
+    every row; `options` are `run_task` keyword arguments.
     """
     from qjax.eval.results import make_row
 
@@ -286,7 +288,7 @@ def run_tasks_into_store(store, task_names: Sequence[str], params, config, token
         rows = run_task(name, params, config, tokenizer, **options)
         for row in rows:
             full = make_row(model=model, transform=transform, **{
-                **row, "config": {**(experiment_config or {}), **row["config"]}})
+                **row, "config": {**(experiment_config or {}), **row["config"]}, **(row_fields or {})})
             if not store.has((model, transform, row["task"], row["metric"])):
                 store.append(full)
                 appended += 1

@@ -50,9 +50,10 @@ def affine_params(lo: jax.Array, hi: jax.Array, bits: int, symmetric: bool):
 
 
 def quantize(x: jax.Array, scale: jax.Array, zero: jax.Array, bits: int) -> jax.Array:
-    """Codes uint8 in [0, 2^bits - 1], round-to-nearest(-even); scale/zero broadcast against x."""
+    """Codes in [0, 2^bits - 1] (uint8 up to 8 bits, uint16 above), round-to-nearest(-even);
+    scale/zero broadcast against x."""
     q = jnp.round(x.astype(jnp.float32) / scale + zero)
-    return jnp.clip(q, 0, qmax(bits)).astype(jnp.uint8)
+    return jnp.clip(q, 0, qmax(bits)).astype(jnp.uint8 if bits <= 8 else jnp.uint16)
 
 
 def dequantize(codes: jax.Array, scale: jax.Array, zero: jax.Array, dtype=jnp.float32) -> jax.Array:
@@ -71,18 +72,20 @@ def dynamic_params(x: jax.Array, bits: int, symmetric: bool, granularity: Granul
                    group_size: int = 0):
     """(scale, zero) measured on x itself; shapes per the module docstring ("group": x grouped)."""
     x = x.astype(jnp.float32)
-    if granularity == "tensor":
-        axes = tuple(range(x.ndim))
-    elif granularity == "token":
-        axes = (x.ndim - 1,)
-    elif granularity == "channel":
-        axes = tuple(range(x.ndim - 1))
-    elif granularity == "group":
+    if granularity == "group":
         x = group_last(x, group_size)
-        axes = (x.ndim - 1,)
-    else:
-        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
-    return affine_params(*_range(x, axes, symmetric), bits, symmetric)
+    return affine_params(*_range(x, _axes(x.ndim, granularity), symmetric), bits, symmetric)
+
+
+def _axes(ndim: int, granularity: Granularity) -> tuple:
+    """The axes one (scale, zero) is taken over (for "group": of the grouped array)."""
+    if granularity == "tensor":
+        return tuple(range(ndim))
+    if granularity in ("token", "group"):
+        return (ndim - 1,)
+    if granularity == "channel":
+        return tuple(range(ndim - 1))
+    raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
 
 
 def group_last(x: jax.Array, group_size: int) -> jax.Array:
@@ -94,8 +97,22 @@ def group_last(x: jax.Array, group_size: int) -> jax.Array:
 
 
 def fake_quant(x: jax.Array, bits: int, symmetric: bool, granularity: Granularity,
-               group_size: int = 0) -> jax.Array:
-    """x quantized with dynamic (scale, zero) and dequantized, in x's dtype and shape."""
+               group_size: int = 0, power: float = 1.0) -> jax.Array:
+    """x quantized with dynamic (scale, zero) and dequantized, in x's dtype and shape.
+
+    power p < 1 (symmetric only) compands: with m the max |x| of each range (floored at EPS),
+    y = sign(x) |x / m|^p is fake-quantized on the symmetric grid and mapped back by
+    x = m sign(y') |y'|^(1/p), which puts more levels near zero (p = 1/3: a cube-root compander).
+    """
+    if power != 1.0:
+        if not symmetric:
+            raise ValueError("companded activation quantization (power < 1) is symmetric")
+        x32 = x.astype(jnp.float32)
+        grouped = group_last(x32, group_size) if granularity == "group" else x32
+        m = jnp.maximum(jnp.max(jnp.abs(grouped), axis=_axes(grouped.ndim, granularity), keepdims=True), EPS)
+        y = jnp.sign(grouped) * (jnp.abs(grouped) / m) ** power
+        q = fake_quant(y, bits, True, "token" if granularity == "group" else granularity)
+        return (m * jnp.sign(q) * jnp.abs(q) ** (1.0 / power)).reshape(x.shape).astype(x.dtype)
     scale, zero = dynamic_params(x, bits, symmetric, granularity, group_size)
     if granularity == "group":
         g = group_last(x, group_size)

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from qjax.models.config import ModelConfig
+from qjax.ops import act_quant
 from qjax.ops.runtime import Runtime
 from qjax.perturb.kinds import Kind
 
@@ -77,12 +78,9 @@ class PerturbActivation:
 
 @dataclasses.dataclass(frozen=True)
 class FakeQuantActivation:
-    """Runtime transform: per-token symmetric b-bit fake quantization of x (..., d), optionally companded.
-
-    Each row (token) is scaled by s = max|x| over the row; the uniform grid has levels
-    {-L..L}/L with L = 2^(bits-1) - 1. With `power` p < 1 the grid is companded: y = sign(x) |x/s|^p
-    is rounded on the uniform grid and mapped back by x = s sign(q) |q|^(1/p), which puts more levels
-    near zero (p = 1/3 is the seed study's cube-root compander). Static: no runtime_state needed.
+    """Runtime transform: per-token symmetric b-bit fake quantization of x (..., d), optionally companded
+    (`qjax.ops.act_quant.fake_quant` with granularity "token" and `power`; p = 1/3 is the seed study's
+    cube-root compander). Bits 2..16. Static: no runtime_state needed.
     """
 
     bits: int = 8
@@ -100,13 +98,7 @@ class FakeQuantActivation:
 
     def __call__(self, x: jax.Array, *, site: str = "", state: Any = None) -> jax.Array:
         del site, state
-        x32 = jnp.asarray(x, jnp.float32)
-        levels = 2 ** (self.bits - 1) - 1
-        s = jnp.max(jnp.abs(x32), axis=-1, keepdims=True)
-        s = jnp.where(s > 0, s, 1.0)
-        y = jnp.sign(x32) * (jnp.abs(x32) / s) ** self.power
-        q = jnp.round(y * levels) / levels
-        return (s * jnp.sign(q) * jnp.abs(q) ** (1.0 / self.power)).astype(jnp.result_type(x))
+        return act_quant.fake_quant(jnp.asarray(x), self.bits, True, "token", power=self.power)
 
 
 def perturb_state(intensity: Any, key: jax.Array, base_state: Optional[dict] = None,

@@ -26,8 +26,7 @@ import jax.numpy as jnp
 
 from qjax.perturb.activations import site_id
 from qjax.perturb.kinds import Kind, check_amount, relative_l2
-from qjax.formats.grids import expand_stat, make_grid
-from qjax.quant.rtn import rtn_codes
+from qjax.quant.rtn import rtn_round_trip
 from qjax.quant.rules import map_params_by_rule
 from qjax.formats.spec import WeightQuantSpec
 
@@ -82,7 +81,8 @@ def perturb_params(params: dict, rules: Sequence[tuple[str, Any]], intensity: An
 
 @dataclasses.dataclass(frozen=True)
 class GridRoundTrip:
-    """W (in, out) -> dequantize(quantize(W)) with RTN statistics of `spec` (float32; traceable)."""
+    """W (in, out) -> dequantize(quantize(W)) with RTN statistics of `spec` (`qjax.quant.rtn.rtn_round_trip`;
+    float32; traceable)."""
 
     spec: WeightQuantSpec
 
@@ -94,14 +94,9 @@ class GridRoundTrip:
         return f"w{s.bits}{group}-{grid}-{'sym' if s.symmetric else 'asym'}"
 
     def __call__(self, w: jax.Array) -> jax.Array:
-        w = jnp.asarray(w, jnp.float32)
-        if w.ndim != 2:
-            raise ValueError(f"GridRoundTrip: expected an (in, out) kernel, got shape {w.shape}")
-        codes, scale, zero = rtn_codes(w, self.spec)
-        rows = self.spec.rows_per_group(w.shape[0])
-        grid = make_grid(self.spec)
-        z = None if zero is None else expand_stat(zero, w.shape[0], rows)
-        return grid.dequantize(codes, expand_stat(scale, w.shape[0], rows), z)
+        if jnp.ndim(w) != 2:
+            raise ValueError(f"GridRoundTrip: expected an (in, out) kernel, got shape {jnp.shape(w)}")
+        return rtn_round_trip(w, self.spec)
 
 
 def quantization_error(params: dict, pattern: str, roundtrip: GridRoundTrip) -> dict:

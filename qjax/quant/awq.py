@@ -40,7 +40,8 @@ from qjax.models.llama import MLP, Attention
 from qjax.ops.runtime import Runtime
 from qjax.quant.calibration import positions_and_mask, site_node
 from qjax.formats.grids import expand_stat, make_grid
-from qjax.quant.rtn import quantize_rtn
+from qjax.quant.registry import Method, register
+from qjax.quant.rtn import quantize_rtn, rtn_round_trip
 from qjax.formats.spec import WeightQuantSpec
 
 
@@ -82,16 +83,6 @@ def awq_scales(absmean, alpha) -> jax.Array:
     return s / jnp.sqrt(jnp.max(s) * jnp.min(s))
 
 
-def fake_quantize(w: jax.Array, spec: WeightQuantSpec) -> jax.Array:
-    """RTN quantize-dequantize of an (in, out) kernel on the spec's grid (traceable)."""
-    grid = make_grid(spec)
-    scale, zero = grid.fit_weight(w)
-    g = spec.rows_per_group(w.shape[0])
-    s = expand_stat(scale, w.shape[0], g)
-    z = None if zero is None else expand_stat(zero, w.shape[0], g)
-    return grid.dequantize(grid.quantize(w, s, z), s, z)
-
-
 def _attn(params, x, config: ModelConfig):
     positions, mask = positions_and_mask(x.shape[0], x.shape[1], config)
     return Attention(config, Runtime()).apply({"params": params}, x, positions, mask, None, 0, None)[0]
@@ -104,7 +95,7 @@ def _mlp(params, x, config: ModelConfig):
 def _scaled_module(params, kind: str, s, spec: WeightQuantSpec):
     """Module params with the group's kernels replaced by Q(W s) / s (rows = input channels)."""
     def fq(w):
-        return fake_quantize(w * s[:, None], spec) / s[:, None]
+        return rtn_round_trip(w * s[:, None], spec) / s[:, None]
 
     if kind == "qkv":
         return {**params, **{k: {**params[k], "kernel": fq(params[k]["kernel"])}
@@ -299,4 +290,8 @@ def awq_block(capture, specs: Mapping[str, WeightQuantSpec], cfg: AWQConfig = AW
     return folded, {"awq": infos, "linears": linears}
 
 
-__all__ = ["AWQConfig", "awq_scales", "fake_quantize", "search_scale", "fold_scales", "clip_weight", "awq_block"]
+register(Method("awq", AWQConfig, block_fn=awq_block,
+                doc="AWQ: activation-aware scales folded into the float block, clip search, then RTN"))
+
+
+__all__ = ["AWQConfig", "awq_scales", "search_scale", "fold_scales", "clip_weight", "awq_block"]

@@ -40,6 +40,7 @@ import numpy as np
 from qjax.quant.calibration import copy_tree, site_node
 from qjax.formats.grids import make_grid
 from qjax.formats.qarray import QArray
+from qjax.quant.registry import Method, register
 from qjax.quant.rtn import check_weight
 from qjax.formats.spec import WeightQuantSpec
 
@@ -413,6 +414,10 @@ def gptq_block(capture, specs: Mapping[str, WeightQuantSpec], cfg: GPTQConfig = 
         infos[path] = {"error": result.error, "percdamp": result.percdamp, "retries": result.retries,
                        "dead": result.dead}
     return params, {"linears": infos}
+
+
+register(Method("gptq", GPTQConfig, block_fn=gptq_block,
+                doc="GPTQ: second-order error feedback, row by row (any grid of the spec)"))
 
 
 __all__ = ["GPTQConfig", "GPTQResult", "HessianFactor", "gptq_quantize", "gptq_loop", "factor_hessian",

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +25,7 @@ from flax import struct
 
 from qjax.quant.calibration import copy_tree, site_node
 from qjax.formats.qarray import QArray
+from qjax.quant.registry import Method, register
 from qjax.quant.rtn import check_weight, quantize_rtn
 from qjax.formats.spec import WeightQuantSpec
 
@@ -114,19 +114,32 @@ def int8_outlier_weight(w, outlier_rows, cfg: Int8Config = Int8Config(), *, path
                              quantize_activations=cfg.quantize_activations)
 
 
-def int8_block(capture, sites: Sequence[str], cfg: Int8Config = Int8Config(), *, scale_dtype: str = "float16"):
+def check_spec(spec: WeightQuantSpec) -> None:
+    """The int8 part is 8-bit symmetric per output channel: ValueError for any other spec."""
+    if (spec.bits, spec.group_size, spec.symmetric, spec.grid) != (8, None, True, "uniform"):
+        raise ValueError(f"int8 outliers quantize the int8 part 8-bit symmetric per output channel "
+                         f"(recipe 'int8:w8sym'), got {spec}")
+
+
+def int8_block(capture, specs: Mapping[str, WeightQuantSpec], cfg: Int8Config = Int8Config()):
     """Block function for `calibration.quantize_blockwise`: outlier channels from the calibration
-    inputs' per-channel max |x|, then the int8 + fp16 decomposition of every site."""
+    inputs' per-channel max |x|, then the int8 + fp16 decomposition of every site of `specs`
+    (site -> spec, 8-bit symmetric per channel; its scale_dtype is used)."""
     stats = capture.channel_stats()
     params = copy_tree(capture.params)
     infos = {}
-    for site in sites:
+    for site, spec in specs.items():
+        check_spec(spec)
         path = capture.path(site)
         node = site_node(params, site)
         rows = np.nonzero(stats[site].absmax >= cfg.threshold)[0]
-        node["kernel"] = int8_outlier_weight(node["kernel"], rows, cfg, path=path, scale_dtype=scale_dtype)
+        node["kernel"] = int8_outlier_weight(node["kernel"], rows, cfg, path=path, scale_dtype=spec.scale_dtype)
         infos[path] = {"outlier_channels": int(rows.size), "max_abs": float(stats[site].absmax.max())}
     return params, {"linears": infos}
+
+
+register(Method("int8", Int8Config, block_fn=int8_block, check_spec=check_spec,
+                doc="LLM.int8()-style: int8 per-channel weights, fp16 rows of the outlier input channels"))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -165,4 +178,4 @@ def from_storable(params):
 
 
 __all__ = ["Int8Config", "Int8OutlierWeight", "int8_outlier_weight", "int8_block", "to_storable",
-           "from_storable", "INT8_SPEC"]
+           "from_storable", "INT8_SPEC", "check_spec"]

@@ -11,17 +11,14 @@ default), and stored as:
                     (symmetric: x ≈ (code - 2^(b-1)) * scale)
 Reads dequantize the whole cache into the compute dtype. `nbytes_layer` counts codes and scales.
 
-Perplexity under a quantized KV cache (`kv_window_nll`) runs each window through
-`forward(..., cache=init_cache(..., spec))`, so the model writes every K/V into the quantized cache
-and attends to what it reads back: the prefill sees exactly the values a later decode step would.
+Perplexity under a quantized KV cache (`qjax.eval.perplexity.window_nll` with the spec in the
+runtime) runs each window through the cache, so the prefill sees exactly the values a later decode
+step would.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import math
-import time
 from typing import Any, Optional
 
 import jax
@@ -30,10 +27,8 @@ import numpy as np
 
 from qjax.models.config import ModelConfig
 from qjax.models.kv_cache import FloatKVSpec, init_cache
-from qjax.models.llama import forward
 from qjax.ops import act_quant
 from qjax.formats import packing
-from qjax.ops.runtime import Runtime
 
 KV_BITS = (2, 3, 4, 8, 16)  # 16: the float cache in the compute dtype
 
@@ -151,29 +146,3 @@ def bytes_per_token(spec: Any, config: ModelConfig, dtype=jnp.float32) -> int:
     layer = jax.eval_shape(lambda: spec.init_layer(1, 1, config.num_kv_heads, config.head_dim, dtype))
     per_layer = sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree_util.tree_leaves(layer))
     return per_layer * config.num_layers
-
-
-@functools.partial(jax.jit, static_argnames=("config", "runtime"))
-def kv_window_nll(params, windows: jax.Array, config: ModelConfig, runtime: Runtime,
-                  runtime_state: Any = None) -> jax.Array:
-    """Summed next-token NLL per window (batch, seqlen) -> (batch,), with K/V read back from a cache
-    built by `runtime.kv_cache` (see the module docstring)."""
-    b, t = windows.shape
-    dtype = jnp.bfloat16 if runtime.compute_dtype == "bfloat16" else jnp.float32
-    cache = init_cache(config, b, t, spec=runtime.kv_cache, dtype=dtype)
-    logits, _ = forward(params, windows, config, runtime, cache=cache, runtime_state=runtime_state)
-    logp = jax.nn.log_softmax(logits[:, :-1], axis=-1)
-    return -jnp.sum(jnp.take_along_axis(logp, windows[:, 1:, None], axis=-1)[..., 0], axis=-1)
-
-
-def perplexity_through_cache(params, config: ModelConfig, windows: np.ndarray, *, runtime: Runtime,
-                             runtime_state: Any = None) -> dict:
-    """`qjax.eval.perplexity.perplexity_of_windows` with K/V read back from `runtime.kv_cache`
-    (`kv_window_nll`, one window at a time). Returns {ppl, nll, tokens, windows, seqlen, seconds}."""
-    num, seqlen = windows.shape
-    start = time.perf_counter()
-    total = sum(float(kv_window_nll(params, jnp.asarray(windows[i:i + 1]), config, runtime, runtime_state)[0])
-                for i in range(num))
-    scored = num * (seqlen - 1)
-    return {"ppl": math.exp(total / scored), "nll": total / scored, "tokens": scored, "windows": num,
-            "seqlen": seqlen, "seconds": time.perf_counter() - start}

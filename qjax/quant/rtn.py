@@ -7,6 +7,7 @@ group, as llm-compressor's MSE observer), uniform / NF4 / companded grids (`qjax
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Mapping, Optional, Sequence
 
@@ -16,6 +17,7 @@ import numpy as np
 
 from qjax.formats.grids import expand_stat, make_grid
 from qjax.formats.qarray import QArray
+from qjax.quant.registry import Method, register
 from qjax.quant.rules import RuleReport, map_params_by_rule
 from qjax.formats.spec import WeightQuantSpec
 
@@ -31,6 +33,17 @@ def rtn_codes(w: jax.Array, spec: WeightQuantSpec):
     z = None if zero is None else expand_stat(zero, w.shape[0], g)
     codes = grid.quantize(w, expand_stat(scale, w.shape[0], g), z)
     return codes, scale, zero
+
+
+def rtn_round_trip(w: jax.Array, spec: WeightQuantSpec) -> jax.Array:
+    """dequantize(quantize(w)) of an (in, out) kernel with RTN statistics of `spec`: float32, the
+    values the QArray of `quantize_rtn(w, spec)` dequantizes to (traceable; the one RTN round trip of
+    qjax, used by AWQ's scale search and the perturbation studies)."""
+    w = jnp.asarray(w, jnp.float32)
+    codes, scale, zero = rtn_codes(w, spec)
+    rows = spec.rows_per_group(w.shape[0])
+    z = None if zero is None else expand_stat(zero, w.shape[0], rows)
+    return make_grid(spec).dequantize(codes, expand_stat(scale, w.shape[0], rows), z)
 
 
 def check_weight(w, path: Optional[str] = None) -> np.ndarray:
@@ -71,4 +84,13 @@ def rtn_quantize_params(params: Mapping, rules: Sequence, *,
                               raise_on_unused=raise_on_unused)
 
 
-__all__ = ["quantize_rtn", "rtn_codes", "rtn_quantize_params", "check_weight"]
+@dataclasses.dataclass(frozen=True)
+class RTNConfig:
+    """RTN has no options beyond the weight spec (grid, groups, clip search live there)."""
+
+
+register(Method("rtn", RTNConfig, quant_fn=quantize_rtn,
+                doc="round to nearest on the spec's grid (uniform, NF4, companded), no calibration"))
+
+
+__all__ = ["RTNConfig", "rtn_round_trip", "quantize_rtn", "rtn_codes", "rtn_quantize_params", "check_weight"]

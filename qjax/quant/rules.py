@@ -93,6 +93,26 @@ def flatten_params(params: Mapping, prefix: str = "") -> dict:
     return out
 
 
+def replace_leaves(params: Mapping, new_leaves: Mapping[str, Any]) -> dict:
+    """Copy of `params` (plain nested dicts) with the leaf at each path of `new_leaves` replaced;
+    a path that is not a leaf of `params` is a ValueError naming it."""
+    missing = sorted(set(new_leaves) - set(flatten_params(params)))
+    if missing:
+        raise ValueError(f"replace_leaves: no such parameter {missing[:4]}")
+
+    def walk(node, prefix):
+        out = {}
+        for key, value in node.items():
+            path = f"{prefix}/{key}" if prefix else str(key)
+            if _is_container(value):
+                out[key] = walk(value, path)
+            else:
+                out[key] = new_leaves.get(path, value)
+        return out
+
+    return walk(params, "")
+
+
 def map_params_by_rule(params: Mapping, rules: Sequence[Rule],
                        fn: Callable[[str, Any, Any], Any], *,
                        raise_on_unused: bool = False) -> tuple[dict, RuleReport]:
@@ -104,24 +124,16 @@ def map_params_by_rule(params: Mapping, rules: Sequence[Rule],
     compiled = compile_rules(rules)
     matched: dict = {}
     transformed: list = []
-
-    def walk(node, prefix):
-        new = {}
-        for key, value in node.items():
-            path = f"{prefix}/{key}" if prefix else str(key)
-            if _is_container(value):
-                new[key] = walk(value, path)
-                continue
-            i = match_rule(path, compiled)
-            if i is not None:
-                matched[path] = i
-                if compiled[i].spec is not None:
-                    value = fn(path, value, compiled[i].spec)
-                    transformed.append(path)
-            new[key] = value
-        return new
-
-    new_params = walk(params, "")
+    new_leaves: dict = {}
+    for path, value in flatten_params(params).items():
+        i = match_rule(path, compiled)
+        if i is None:
+            continue
+        matched[path] = i
+        if compiled[i].spec is not None:
+            new_leaves[path] = fn(path, value, compiled[i].spec)
+            transformed.append(path)
+    new_params = replace_leaves(params, new_leaves)
     used = set(matched.values())
     unused = [r.pattern for i, r in enumerate(compiled) if i not in used]
     if unused:
@@ -133,4 +145,4 @@ def map_params_by_rule(params: Mapping, rules: Sequence[Rule],
 
 
 __all__ = ["DEFAULT_WEIGHT_PATTERN", "CompiledRule", "RuleReport", "compile_rules", "default_rules",
-           "match_rule", "flatten_params", "map_params_by_rule"]
+           "match_rule", "flatten_params", "replace_leaves", "map_params_by_rule"]

@@ -3,7 +3,7 @@
 For a linear y = X W (W: (in, out)) and per-input-channel factors s > 0,  y = (X / s) (s W): the
 activation channel j is divided by s_j and the weight row j multiplied by it, with
     s_j = max|X_j|^alpha / max_k |W_jk|^(1 - alpha)      (both maxima floored at 1e-5, as upstream)
-where max|X_j| comes from calibration (`qjax.quant.act_stats`) and the weight maximum is taken over
+where max|X_j| comes from calibration (`BlockCapture.channel_stats` of the shared block loop) and the weight maximum is taken over
 every linear that reads X. The division by s is folded into what produces X, so the float model is
 unchanged:
   qkv     : input_norm/scale /= s;      q/k/v kernels rows *= s       (X = input RMSNorm output)
@@ -27,13 +27,16 @@ float 17.23) the inner folds did not help: qkv+gate_up 17.38, + vo 17.54, + up_d
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from typing import Iterable
 
 import jax.numpy as jnp
 import numpy as np
 
 from qjax.models.config import ModelConfig
-from qjax.quant.act_stats import SiteStats
+from qjax.ops.runtime import Runtime
+from qjax.quant.calibration import quantize_blockwise
 
 FOLDS = ("qkv", "gate_up", "vo", "up_down")
 DEFAULT_FOLDS = ("qkv", "gate_up")  # upstream SmoothQuant's; see the module docstring
@@ -57,83 +60,117 @@ def _dense(x) -> np.ndarray:
     return np.asarray(x, np.float64)
 
 
-def smooth(params: dict, config: ModelConfig, act_absmax: dict[str, np.ndarray], *, alpha: float = 0.5,
-           folds: Iterable[str] = DEFAULT_FOLDS) -> dict:
-    """Params with the SmoothQuant factors folded in (same structure and dtypes; the float model's
-    outputs are unchanged up to rounding).
+@dataclasses.dataclass(frozen=True)
+class SmoothQuantConfig:
+    """SmoothQuant as a recipe's pre-transform: migration strength alpha in [0, 1] and the folds."""
 
-    act_absmax: per-channel max |input| of each linear site (e.g. `absmax_of(act_stats.collect(...))`),
-    at least layers_i/attn/q_proj, layers_i/mlp/gate_proj, layers_i/attn/o_proj and
-    layers_i/mlp/down_proj for the folds requested.
+    alpha: float = 0.5
+    folds: tuple[str, ...] = DEFAULT_FOLDS
+
+    def __post_init__(self):
+        object.__setattr__(self, "folds", tuple(self.folds))
+        unknown = set(self.folds) - set(FOLDS)
+        if unknown:
+            raise ValueError(f"unknown SmoothQuant folds {sorted(unknown)}; known: {FOLDS}")
+        if not 0.0 <= float(self.alpha) <= 1.0:
+            raise ValueError(f"SmoothQuant alpha must be in [0, 1], got {self.alpha}")
+
+
+def smooth_block(layer: Mapping, config: ModelConfig, act_absmax: Mapping[str, np.ndarray],
+                 cfg: SmoothQuantConfig = SmoothQuantConfig(), *, name: str = "") -> dict:
+    """One decoder block's params with the SmoothQuant factors folded in (same structure and dtypes;
+    the block's outputs are unchanged up to rounding).
+
+    act_absmax: per-channel max |input| of the block's sites (e.g. "attn/q_proj", "mlp/gate_proj",
+    "attn/o_proj", "mlp/down_proj"), as `BlockCapture.channel_stats()` gives them; `name` (e.g.
+    "layers_3") prefixes the sites in error messages.
     """
-    folds = tuple(folds)
-    unknown = set(folds) - set(FOLDS)
-    if unknown:
-        raise ValueError(f"unknown SmoothQuant folds {sorted(unknown)}; known: {FOLDS}")
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"SmoothQuant alpha must be in [0, 1], got {alpha}")
-    out = dict(params)
+    folds, alpha = cfg.folds, cfg.alpha
     h, kvh, d = config.num_heads, config.num_kv_heads, config.head_dim
     g = h // kvh
+
+    def act(site):
+        if site not in act_absmax:
+            raise ValueError(f"SmoothQuant needs the activation maxima of {name + '/' if name else ''}{site}")
+        return np.asarray(act_absmax[site], np.float64)
+
+    layer = {k: dict(v) for k, v in layer.items()}
+    original = {block: {k: dict(v) for k, v in layer[block].items()} for block in ("attn", "mlp")}
+    layer["attn"] = {k: dict(v) for k, v in layer["attn"].items()}
+    layer["mlp"] = {k: dict(v) for k, v in layer["mlp"].items()}
+    attn = layer["attn"]
+    new = {}  # (block, proj, leaf) -> float64 array
+
+    def get(block, proj, leaf="kernel"):
+        if (block, proj, leaf) not in new:
+            new[(block, proj, leaf)] = _dense(layer[block][proj][leaf])
+        return new[(block, proj, leaf)]
+
+    # inner folds first: they rescale v/up columns, which the norm folds' weight maxima then see
+    if "vo" in folds:
+        wo = get("attn", "o_proj")
+        a = act("attn/o_proj").reshape(kvh, g, d).max(axis=1)
+        wmax = np.abs(wo).max(axis=1).reshape(kvh, g, d).max(axis=1)
+        s = smoothing_factors(a, wmax, alpha)  # (kvh, d)
+        get("attn", "v_proj")[:] /= s.reshape(1, kvh * d)
+        if "bias" in attn["v_proj"]:
+            get("attn", "v_proj", "bias")[:] /= s.reshape(kvh * d)
+        wo *= np.repeat(s[:, None, :], g, axis=1).reshape(h * d, 1)
+    if "up_down" in folds:
+        wd = get("mlp", "down_proj")
+        s = smoothing_factors(act("mlp/down_proj"), np.abs(wd).max(axis=1), alpha)
+        get("mlp", "up_proj")[:] /= s[None, :]
+        wd *= s[:, None]
+    if "qkv" in folds:
+        ws = [get("attn", p) for p in ("q_proj", "k_proj", "v_proj")]
+        s = smoothing_factors(act("attn/q_proj"), _rows_absmax(*ws), alpha)
+        layer["input_norm"] = {"scale": _cast(_dense(layer["input_norm"]["scale"]) / s,
+                                              layer["input_norm"]["scale"])}
+        for w in ws:
+            w *= s[:, None]
+    if "gate_up" in folds:
+        ws = [get("mlp", p) for p in ("gate_proj", "up_proj")]
+        s = smoothing_factors(act("mlp/gate_proj"), _rows_absmax(*ws), alpha)
+        layer["post_attn_norm"] = {"scale": _cast(_dense(layer["post_attn_norm"]["scale"]) / s,
+                                                  layer["post_attn_norm"]["scale"])}
+        for w in ws:
+            w *= s[:, None]
+    for (block, proj, leaf), value in new.items():
+        layer[block][proj][leaf] = _cast(value, original[block][proj][leaf])
+    return layer
+
+
+def smooth(params: dict, config: ModelConfig, act_absmax: dict[str, np.ndarray], *, alpha: float = 0.5,
+           folds: Iterable[str] = DEFAULT_FOLDS) -> dict:
+    """Params with the SmoothQuant factors folded into every decoder block (`smooth_block`).
+
+    act_absmax: per-channel max |input| of each linear site by full name, at least
+    layers_i/attn/q_proj, layers_i/mlp/gate_proj, layers_i/attn/o_proj and layers_i/mlp/down_proj for
+    the folds requested.
+    """
+    cfg = SmoothQuantConfig(alpha=alpha, folds=tuple(folds))
+    out = dict(params)
     for i in range(config.num_layers):
-        name = f"layers_{i}"
-
-        def act(site):
-            key = f"{name}/{site}"
-            if key not in act_absmax:
-                raise ValueError(f"SmoothQuant needs the activation maxima of {key}")
-            return np.asarray(act_absmax[key], np.float64)
-
-        layer = {k: dict(v) for k, v in params[name].items()}
-        layer["attn"] = {k: dict(v) for k, v in layer["attn"].items()}
-        layer["mlp"] = {k: dict(v) for k, v in layer["mlp"].items()}
-        attn, mlp = layer["attn"], layer["mlp"]
-        new = {}  # (block, proj, leaf) -> float64 array
-
-        def get(block, proj, leaf="kernel"):
-            if (block, proj, leaf) not in new:
-                new[(block, proj, leaf)] = _dense(layer[block][proj][leaf])
-            return new[(block, proj, leaf)]
-
-        # inner folds first: they rescale v/up columns, which the norm folds' weight maxima then see
-        if "vo" in folds:
-            wo = get("attn", "o_proj")
-            a = act("attn/o_proj").reshape(kvh, g, d).max(axis=1)
-            wmax = np.abs(wo).max(axis=1).reshape(kvh, g, d).max(axis=1)
-            s = smoothing_factors(a, wmax, alpha)  # (kvh, d)
-            get("attn", "v_proj")[:] /= s.reshape(1, kvh * d)
-            if "bias" in attn["v_proj"]:
-                get("attn", "v_proj", "bias")[:] /= s.reshape(kvh * d)
-            wo *= np.repeat(s[:, None, :], g, axis=1).reshape(h * d, 1)
-        if "up_down" in folds:
-            wd = get("mlp", "down_proj")
-            s = smoothing_factors(act("mlp/down_proj"), np.abs(wd).max(axis=1), alpha)
-            get("mlp", "up_proj")[:] /= s[None, :]
-            wd *= s[:, None]
-        if "qkv" in folds:
-            ws = [get("attn", p) for p in ("q_proj", "k_proj", "v_proj")]
-            s = smoothing_factors(act("attn/q_proj"), _rows_absmax(*ws), alpha)
-            layer["input_norm"] = {"scale": _cast(_dense(layer["input_norm"]["scale"]) / s,
-                                                  layer["input_norm"]["scale"])}
-            for w in ws:
-                w *= s[:, None]
-        if "gate_up" in folds:
-            ws = [get("mlp", p) for p in ("gate_proj", "up_proj")]
-            s = smoothing_factors(act("mlp/gate_proj"), _rows_absmax(*ws), alpha)
-            layer["post_attn_norm"] = {"scale": _cast(_dense(layer["post_attn_norm"]["scale"]) / s,
-                                                      layer["post_attn_norm"]["scale"])}
-            for w in ws:
-                w *= s[:, None]
-        for (block, proj, leaf), value in new.items():
-            layer[block][proj][leaf] = _cast(value, params[name][block][proj][leaf])
-        out[name] = layer
+        prefix = f"layers_{i}/"
+        block_absmax = {k[len(prefix):]: v for k, v in act_absmax.items() if k.startswith(prefix)}
+        out[f"layers_{i}"] = smooth_block(params[f"layers_{i}"], config, block_absmax, cfg, name=f"layers_{i}")
     return out
+
+
+def smooth_blockwise(params: Mapping, config: ModelConfig, tokens: np.ndarray,
+                     cfg: SmoothQuantConfig = SmoothQuantConfig(), *, batch_size: int = 8,
+                     runtime: Runtime = Runtime(), progress: bool = False) -> tuple[dict, list[dict]]:
+    """SmoothQuant of the float model from calibration windows `tokens` (N, T): the shared block loop
+    (`qjax.quant.calibration.quantize_blockwise`) measures each block's per-channel max |input|
+    (`BlockCapture.channel_stats`) and folds the factors into that block. Returns (params, infos)."""
+
+    def block_fn(capture):
+        absmax = {site: st.absmax for site, st in capture.channel_stats().items()}
+        return smooth_block(capture.params, config, absmax, cfg), {"smoothquant": {"alpha": cfg.alpha}}
+
+    return quantize_blockwise(params, config, tokens, block_fn, batch_size=batch_size, runtime=runtime,
+                              progress=progress)
 
 
 def _cast(value: np.ndarray, like) -> jnp.ndarray:
     return jnp.asarray(value, dtype=like.dtype)
-
-
-def absmax_of(stats: dict[str, SiteStats]) -> dict[str, np.ndarray]:
-    """Per-channel max |x| of every site in `stats`."""
-    return {site: s.ch_absmax for site, s in stats.items()}

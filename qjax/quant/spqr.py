@@ -43,6 +43,7 @@ import numpy as np
 
 from qjax.quant.calibration import copy_tree, site_node
 from qjax.quant.gptq import GPTQConfig, factor_hessian, gptq_loop
+from qjax.quant.registry import Method, register
 from qjax.formats.qarray import QArray, SecondLevelSpec, quantize_stat
 from qjax.quant.rtn import check_weight
 from qjax.formats.spec import SUPPORTED_BITS, WeightQuantSpec
@@ -248,17 +249,27 @@ def to_qarray(result: SpQRResult, bits: int, group_size: int, cfg: SpQRConfig = 
                              outlier_dtype="float16", dtype=dtype)
 
 
-def spqr_block(capture, sites: Sequence[str], bits: int, group_size: int, cfg: SpQRConfig = SpQRConfig()):
-    """Block function for `calibration.quantize_blockwise`: SpQR every site of `sites`."""
+def check_spec(spec: WeightQuantSpec) -> None:
+    """SpQR reads bits and group_size of a spec (its own asymmetric min-max grid): ValueError for a
+    spec it cannot honour."""
+    if spec.grid != "uniform":
+        raise ValueError(f"SpQR quantizes on its own uniform min-max grid, not {spec.grid!r}")
+    SpQRConfig().check(spec.bits, spec.group_size)
+
+
+def spqr_block(capture, specs: Mapping[str, WeightQuantSpec], cfg: SpQRConfig = SpQRConfig()):
+    """Block function for `calibration.quantize_blockwise`: SpQR every site of `specs` (site -> spec;
+    bits and group_size are read from each site's spec)."""
     hessians = capture.hessians()
     params = copy_tree(capture.params)
     infos = {}
-    for site in sites:
+    for site, spec in specs.items():
+        check_spec(spec)
         path = capture.path(site)
         node = site_node(params, site)
         w = node["kernel"]
-        res = spqr_quantize(w, hessians[site], bits, group_size, cfg, path=path)
-        qa = to_qarray(res, bits, group_size, cfg, str(np.asarray(w).dtype))
+        res = spqr_quantize(w, hessians[site], spec.bits, spec.group_size, cfg, path=path)
+        qa = to_qarray(res, spec.bits, spec.group_size, cfg, str(np.asarray(w).dtype))
         node["kernel"] = qa
         infos[path] = {"outliers": res.outlier_count, "weights": int(np.prod(np.shape(w))),
                        "threshold": res.threshold, "percdamp": res.percdamp, "retries": res.retries,
@@ -266,15 +277,23 @@ def spqr_block(capture, sites: Sequence[str], bits: int, group_size: int, cfg: S
     return params, {"linears": infos}
 
 
-def spqr_summary(blocks: Sequence[Mapping], cfg) -> dict:
-    """Outlier share over every SpQR linear and the paper's bits/param (cfg: QuantizeConfig)."""
-    n_out = sum(info["outliers"] for b in blocks for info in b["linears"].values())
-    n_w = sum(info["weights"] for b in blocks for info in b["linears"].values())
+def spqr_summary(blocks: Sequence[Mapping], specs: Mapping[str, WeightQuantSpec], cfg: SpQRConfig) -> dict:
+    """Outlier share over every SpQR linear and the paper's bits/param (weighted by each linear's
+    weights, so a mixed-precision recipe gets its average); specs: path -> spec."""
+    linears = {path: info for b in blocks for path, info in b.get("linears", {}).items()}
+    n_out = sum(info["outliers"] for info in linears.values())
+    n_w = sum(info["weights"] for info in linears.values())
     share = n_out / n_w if n_w else 0.0
+    paper = sum(info["weights"] * paper_bits_per_param(
+        specs[path].bits, specs[path].group_size, cfg.qq_bits, cfg.qq_group_size,
+        info["outliers"] / info["weights"]) for path, info in linears.items())
     return {"outlier_share": share, "outliers": n_out,
-            "paper_bits_per_param": paper_bits_per_param(cfg.bits, cfg.group_size, cfg.spqr.qq_bits,
-                                                         cfg.spqr.qq_group_size, share)}
+            "paper_bits_per_param": paper / n_w if n_w else float("nan")}
+
+
+register(Method("spqr", SpQRConfig, block_fn=spqr_block, check_spec=check_spec, summarize=spqr_summary,
+                doc="SpQR: GPTQ with small groups, 3-bit second-level statistics, fp16 outliers"))
 
 
 __all__ = ["SpQRConfig", "SpQRResult", "spqr_quantize", "to_qarray", "spqr_block", "spqr_summary",
-           "paper_bits_per_param"]
+           "paper_bits_per_param", "check_spec"]

@@ -131,9 +131,9 @@ def test_quantized_params_score_as_their_dequantized_weights(params, tokenizer, 
     """The suite scores tasks on dequantized weights: the same numbers as the QArray leaves."""
     from qjax.quant.calibration import dequantized
     from qjax.formats.qarray import QArray
-    from qjax.quant.quantize import QuantizeConfig, quantize
+    from qjax.quant.recipe import Recipe
 
-    quantized, _ = quantize(params, CONFIG, QuantizeConfig(method="rtn", bits=4, group_size=8))
+    quantized = Recipe.parse("rtn:w4g8").quantize(params, CONFIG)
     assert isinstance(quantized["layers_0"]["mlp"]["down_proj"]["kernel"], QArray)
     kwargs = dict(limit=6, num_fewshot=1, seed=4, data_dir=str(data_dir), batch_size=4)
     on_qarrays = {r["metric"]: r["value"] for r in run_task("arc_easy", quantized, CONFIG, tokenizer, **kwargs)}

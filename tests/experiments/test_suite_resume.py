@@ -1,6 +1,6 @@
 """experiments/suite.py on a tiny random model: SIGKILL mid-run, resume, and check the store.
 
-The grid is float and RTN W4 (quantized once, cached with Orbax) x perplexity and GSM8K (a
+The grid is the recipes float and rtn:w4g16 (quantized once, cached with Orbax) x perplexity and GSM8K (a
 generation task); log-likelihood tasks go through the same code path and are left out for time.
 
 After the resume: every line is valid JSON, no key appears twice, every expected
@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from qjax.quant.recipe import Recipe
+
 REPO = Path(__file__).resolve().parents[2]
 TASK_METRICS = {
     "wikitext2": [("wikitext2/test", "perplexity")],
@@ -30,12 +32,12 @@ TASK_METRICS = {
 }
 
 
-TRANSFORMS = ("float", "rtn_w4")
+TRANSFORMS = ("float", "rtn:w4g16")
 
 
 def _command(tmp: Path, transforms) -> list[str]:
     return [sys.executable, str(REPO / "experiments/suite.py"), "--config=configs/suite.py:tiny",
-            f"--config.transforms={tuple(transforms)!r}", f"--config.tasks={tuple(TASK_METRICS)!r}",
+            f"--config.recipes={tuple(transforms)!r}", f"--config.tasks={tuple(TASK_METRICS)!r}",
             f"--config.results={tmp / 'suite.jsonl'}", f"--config.work_dir={tmp / 'work'}"]
 
 
@@ -98,13 +100,14 @@ def test_suite_survives_sigkill_and_resumes(tmp_path, data_dir):
     keys = [(r["model"], r["transform"], r["task"], r["metric"]) for r in rows]
     assert len(keys) == len(set(keys)), "duplicate keys"
     assert expected <= set(keys), f"missing: {sorted(expected - set(keys))}"
-    assert all(r["config"]["transform"]["name"] == r["transform"] for r in rows)
+    assert all(r["config"]["transform"]["name"] == r["transform"] == r["recipe"] for r in rows)
+    assert {r["recipe_hash"] for r in rows if r["transform"] == "rtn:w4g16"} == {Recipe.parse("rtn:w4g16").hash}
 
     # A third run has nothing left to do and appends nothing.
     again = subprocess.run(cmd, cwd=REPO, env=_env(data_dir), capture_output=True, text=True, timeout=200)
     assert again.returncode == 0 and not _tagged(again.stdout, "run")
     assert _lines(store) == lines
-    cached = list((tmp_path / "work/params/random-tiny").glob("rtn_w4-*"))
+    cached = list((tmp_path / "work/params/random-tiny").glob("rtn_w4g16-*"))
     assert len(cached) == 1 and (cached[0] / "qjax_quant.json").is_file()
 
 
@@ -115,7 +118,7 @@ def test_changed_task_options_rerun_only_that_task(tmp_path, data_dir, capsys):
 
     cfg = get_config("tiny")
     cfg.results, cfg.work_dir = str(tmp_path / "r.jsonl"), str(tmp_path / "w")
-    cfg.transforms, cfg.tasks = ("float",), ("wikitext2", "arc_easy")
+    cfg.recipes, cfg.tasks = ("float",), ("wikitext2", "arc_easy")
     cfg.perplexity.max_windows = 1
     cfg.task_options.arc_easy.limit = 2
     run_suite(cfg, str(data_dir))
@@ -130,17 +133,17 @@ def test_changed_task_options_rerun_only_that_task(tmp_path, data_dir, capsys):
     assert len(list((tmp_path / "w/journal").glob("*arc_easy*.json"))) == 1  # the old journal is gone
 
 
-def test_bad_transform_and_task_names(tmp_path):
+def test_bad_recipe_and_task_names(tmp_path):
     sys.path.insert(0, str(REPO))
     from configs.suite import get_config
     from experiments.suite import run_suite
 
     cfg = get_config("tiny")
     cfg.results, cfg.work_dir = str(tmp_path / "r.jsonl"), str(tmp_path / "w")
-    cfg.transforms = ("gptq4",)
-    with pytest.raises(ValueError, match="transform 'gptq4' is neither 'float' nor '<method>_w<bits>'"):
+    cfg.recipes = ("gptq4",)
+    with pytest.raises(ValueError, match="cannot read item 'gptq4'"):
         run_suite(cfg, None)
-    cfg.transforms = ("float",)
+    cfg.recipes = ("float",)
     cfg.tasks = ("wikitext2", "mmlu_pro")
     with pytest.raises(ValueError, match="unknown task 'mmlu_pro'"):
         run_suite(cfg, None)

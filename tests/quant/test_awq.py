@@ -11,6 +11,7 @@ import pytest
 from qjax.models import forward
 from qjax.quant.awq import AWQConfig, awq_scales, clip_weight, fold_scales
 from qjax.quant.quantize import quantize
+from qjax.quant.recipe import Recipe
 from qjax.formats.spec import WeightQuantSpec
 
 from calib_tiny import CONFIG, tiny_params, tiny_tokens
@@ -87,10 +88,8 @@ def test_awq_beats_rtn_and_quantizes_every_linear():
             s[[1, 5, 11]] = 6.0
             params[f"layers_{i}"][norm]["scale"] = s
     calib, held_out = tiny_tokens(8, 32, seed=5), jnp.asarray(tiny_tokens(4, 32, seed=6))
-    base = {"bits": 3, "group_size": 16}
-    awq, report = quantize(params, CONFIG, {"method": "awq", **base, "awq": {"search_windows": 8}}, calib,
-                           progress=False)
-    rtn, _ = quantize(params, CONFIG, {"method": "rtn", **base})
+    awq, report = quantize(params, CONFIG, Recipe.parse("awq:w3g16,search_windows=8"), calib, progress=False)
+    rtn, _ = quantize(params, CONFIG, Recipe.parse("rtn:w3g16"))
     ref, _ = forward(params, held_out, CONFIG)
 
     def mse(p):

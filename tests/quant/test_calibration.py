@@ -14,7 +14,8 @@ from qjax.quant import calibration
 from qjax.quant.calibration import (CalibrationData, calibration_tokens, copy_tree, load_jsonl_texts,
                                     quantize_blockwise, sample_windows, site_node)
 from qjax.formats.qarray import QArray
-from qjax.quant.quantize import QuantizeConfig, quantize
+from qjax.quant.quantize import quantize
+from qjax.quant.recipe import Recipe, Rule
 from qjax.quant.rtn import quantize_rtn
 from qjax.formats.spec import WeightQuantSpec
 
@@ -109,8 +110,8 @@ def test_capture_statistics_and_quantized_propagation():
 def test_quantize_dispatch_and_errors():
     params = tiny_params()
     tokens = tiny_tokens(2, 16)
-    q, report = quantize(params, CONFIG, {"method": "rtn", "bits": 4, "group_size": 16})
-    assert report["quantized"] == 14 and report["bits"] == 4
+    q, report = quantize(params, CONFIG, Recipe.parse("rtn:w4g16"))
+    assert report["quantized"] == 14 and report["bits"] == 4 and report["recipe"] == "rtn:w4g16"
     # 4-bit codes + fp16 scale and zero per group of 16 rows: 4 + 2 * 16 / 16 = 6 bits per weight
     assert report["bits_per_param"] == pytest.approx(6.0)
     assert report["model_bytes"] < report["float_model_bytes"]
@@ -126,30 +127,29 @@ def test_quantize_dispatch_and_errors():
         np.sqrt(sum(e for e, _ in errors) / sum(n for _, n in errors)), rel=1e-5)
     assert report["weight_rel_error_mean"] == pytest.approx(np.mean([np.sqrt(e / n) for e, n in errors]),
                                                             rel=1e-5)
-    q_pc, _ = quantize(params, CONFIG, QuantizeConfig(method="rtn", bits=8, group_size=None,
-                                                      pattern=r"layers_0/attn/q_proj/kernel"))
+    q_pc, _ = quantize(params, CONFIG, Recipe(rules=(Rule("layers_0/attn/q_proj", WeightQuantSpec(8)),)))
     assert isinstance(q_pc["layers_0"]["attn"]["q_proj"]["kernel"], QArray)
     assert not isinstance(q_pc["layers_0"]["attn"]["k_proj"]["kernel"], QArray)
-    with pytest.raises(ValueError, match="needs calibration_tokens"):
-        quantize(params, CONFIG, {"method": "gptq"})
+    with pytest.raises(ValueError, match="need calibration_tokens"):
+        quantize(params, CONFIG, Recipe.parse("gptq:w4"))
+    untied = {**params, "lm_head": {"kernel": params["layers_0"]["attn"]["q_proj"]["kernel"]}}
     with pytest.raises(ValueError, match="calibrates decoder-block linears only"):
-        quantize(params, CONFIG, {"method": "gptq", "pattern": r"embed/embedding|layers_0/attn/q_proj/kernel"},
-                 tokens)
-    with pytest.raises(ValueError, match="selects no parameter"):
-        quantize(params, CONFIG, {"method": "rtn", "pattern": "nothing"})
-    with pytest.raises(ValueError, match="unknown method"):
-        quantize(params, CONFIG, {"method": "hqq"})
-    with pytest.raises(ValueError, match="unknown fields"):
-        quantize(params, CONFIG, {"method": "rtn", "bitz": 4})
-    with pytest.raises(ValueError, match="bits must be one of"):
-        quantize(params, CONFIG, {"method": "gptq", "bits": 5}, tokens)
-    with pytest.raises(ValueError, match="nf4 is a 4-bit grid"):
-        QuantizeConfig(method="nf4", bits=3)
+        quantize(untied, CONFIG, Recipe.parse(r"gptq:w4,lm_head:w4"), tokens)
+    _, report = quantize(params, CONFIG, Recipe.parse("rtn:w4,nothing:w8"))
+    assert report["unused_rules"] == ["nothing"]
+    with pytest.raises(ValueError, match="unknown weight method"):
+        Recipe(method="hqq")
+    with pytest.raises(ValueError, match="unknown gptq option"):
+        Recipe.parse("gptq:w4,bitz=4")
+    with pytest.raises(ValueError, match="cannot read item 'w5'|bits must be one of"):
+        Recipe.parse("gptq:w5")
+    with pytest.raises(ValueError, match="grid 'nf4' needs bits=4"):
+        Recipe.parse("rtn:w3nf4")
     bad = copy_tree(params)
     bad["layers_1"]["mlp"]["up_proj"]["kernel"] = bad["layers_1"]["mlp"]["up_proj"]["kernel"].copy()
     bad["layers_1"]["mlp"]["up_proj"]["kernel"][2, 3] = np.nan
     with pytest.raises(ValueError, match=r"layers_1/mlp/up_proj/kernel: weight holds 1 NaN"):
-        quantize(bad, CONFIG, {"method": "gptq", "bits": 4, "group_size": 16}, tokens)
+        quantize(bad, CONFIG, Recipe.parse("gptq:w4g16"), tokens)
 
 
 @pytest.mark.parametrize("width", [7, 1024, 1031])

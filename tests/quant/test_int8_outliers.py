@@ -10,6 +10,7 @@ from qjax.models import forward
 from qjax.quant.int8_outliers import (Int8Config, Int8OutlierWeight, from_storable, int8_outlier_weight,
                                       to_storable)
 from qjax.quant.quantize import quantize
+from qjax.quant.recipe import Recipe
 from qjax.quant.storage import restore_params, save_params
 
 from calib_tiny import CONFIG, tiny_params, tiny_tokens
@@ -73,7 +74,7 @@ def test_calibrated_outlier_channels_and_storage(tmp_path):
     scale[[2, 7]] = 30.0  # input_norm of block 0 makes channels 2 and 7 of q/k/v's input large
     params["layers_0"]["input_norm"]["scale"] = scale
     tokens = tiny_tokens()
-    qparams, report = quantize(params, config, {"method": "int8", "int8": {"threshold": 6.0}}, tokens,
+    qparams, report = quantize(params, config, Recipe.parse("int8:w8sym,threshold=6.0"), tokens,
                                progress=False)
     q = qparams["layers_0"]["attn"]["q_proj"]["kernel"]
     assert isinstance(q, Int8OutlierWeight)

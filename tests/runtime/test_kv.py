@@ -11,7 +11,7 @@ from qjax.eval.perplexity import window_nll
 from qjax.models import forward, init_cache
 from qjax.models.kv_cache import cache_nbytes
 from qjax.ops import Runtime
-from qjax.quant.kv import QuantKVSpec, bytes_per_token, kv_spec, kv_window_nll
+from qjax.quant.kv import QuantKVSpec, bytes_per_token, kv_spec
 
 from runtime_tiny import tiny_config, tiny_params
 
@@ -86,8 +86,11 @@ def test_cache_path_through_model():
     params = tiny_params(config)
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, 96, (2, 24)), jnp.int32)
     plain = np.asarray(window_nll(params, tokens, config))
-    np.testing.assert_allclose(kv_window_nll(params, tokens, config, Runtime()), plain, rtol=1e-5)
-    gaps = [float(np.abs(kv_window_nll(params, tokens, config, Runtime(kv_cache=kv_spec(b, 16))) - plain).sum())
+    logits, _ = forward(params, tokens, config, cache=init_cache(config, 2, 24))  # the float cache
+    logp = jax.nn.log_softmax(logits[:, :-1], axis=-1)
+    through_float_cache = -np.sum(np.take_along_axis(np.asarray(logp), np.asarray(tokens)[:, 1:, None], -1), (1, 2))
+    np.testing.assert_allclose(through_float_cache, plain, rtol=1e-5)
+    gaps = [float(np.abs(window_nll(params, tokens, config, Runtime(kv_cache=kv_spec(b, 16))) - plain).sum())
             for b in (8, 4, 2)]
     assert 0 < gaps[0] < gaps[1] < gaps[2]
     # a decode step reads the quantized cache written by the prefill

@@ -1,4 +1,4 @@
-"""Activation-quantization transforms in the model, static calibration, named settings."""
+"""Activation-quantization transforms in the model, static calibration, recipes of W/A/KV settings."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 
 from qjax.models import Decoder, forward
 from qjax.ops import Runtime
-from qjax.quant.activations import (ActQuant, QuantSetting, apply_setting, calibrate_static,
-                                    load_act_scales, parse_setting, rules, save_act_scales)
+from qjax.quant.activations import ActQuant, calibrate_static, load_act_scales, rules, save_act_scales
+from qjax.quant.recipe import Recipe
 from qjax.formats.qarray import QArray
 from qjax.formats.spec import WeightQuantSpec
 from qjax.quant.kv import QuantKVSpec
@@ -115,47 +115,41 @@ def test_bad_transform_arguments(model):
         forward(params, tokens, config, Runtime(activations=rules(ActQuant(8, granularity="group", group_size=24))))
 
 
-def test_named_settings():
-    s = parse_setting("W4A8KV4")
-    assert (s.wbits, s.wgroup, s.wsymmetric, s.abits, s.kvbits, s.smoothquant) == (4, 128, False, 8, 4, False)
-    assert parse_setting("W8A8").weight_spec() == WeightQuantSpec(8, None, symmetric=True)
-    assert s.name == "W4A8KV4"
-    rt = s.runtime()
+def test_recipe_runtime():
+    r = Recipe.parse("rtn:w4g128,a8,kv4")
+    assert r.rules[-1].weight == WeightQuantSpec(4, 128, symmetric=False)
+    rt = r.runtime()
     assert rt.kv_cache == QuantKVSpec(4, 32)
     assert rt.transform_for("layers_7/mlp/down_proj") == ActQuant(8)
     assert rt.transform_for("lm_head") is None
-    assert parse_setting("W8A8-SQ").smoothquant and parse_setting("W8A8-SQ").name == "W8A8-SQ"
-    assert parse_setting("W8A8-SQ", sq_folds=("qkv", "vo")).name == "W8A8-SQ(qkv+vo)"
-    with pytest.raises(ValueError, match="unknown SmoothQuant folds"):
-        parse_setting("W8A8-SQ", sq_folds=("qk",))
-    assert parse_setting("W4A16").runtime().activations == ()
-    assert parse_setting("KV2").runtime().activations == ()
-    assert parse_setting("float") == QuantSetting()
-    with pytest.raises(ValueError, match="unknown quantization setting"):
-        parse_setting("W4")
-    with pytest.raises(ValueError, match="kvbits must be one of"):
-        QuantSetting(kvbits=5)
-    with pytest.raises(ValueError, match="wbits must be one of"):
-        parse_setting("W5A8")
+    assert Recipe.parse("rtn:w4g128").runtime().activations == ()
+    assert Recipe.parse("kv2").runtime().activations == ()
+    assert Recipe.parse("kv2").runtime().kv_cache == QuantKVSpec(2, 32)
+    # a keep rule before the default shadows it for activations too
+    rt = Recipe.parse(r"a8,keep=layers_0/.*").runtime()
+    assert rt.transform_for("layers_0/attn/q_proj") is None and rt.transform_for("layers_1/attn/q_proj") == ActQuant(8)
+    with pytest.raises(ValueError, match="quantized KV cache bits must be one of"):
+        Recipe.parse("kv5")
+    with pytest.raises(ValueError, match="activation bits must be one of"):
+        Recipe.parse("w4,a5")
 
 
-def test_apply_setting(model):
+def test_recipe_apply(model):
     config, params, tokens = model
-    calib = [np.asarray(tokens)]
+    calib = np.asarray(tokens)
     ref = forward(params, tokens, config)[0]
     errors = {}
-    for name in ("W8A8-SQ", "W8A8", "W4A4"):
-        setting = parse_setting(name, **({"wgroup": 32} if name == "W4A4" else {}))  # tiny: 64 inputs
-        qparams, rt, state = apply_setting(params, config, setting, calibration=calib)
+    for text in ("w8sym,a8,sq", "w8sym,a8", "w4g32,a4"):  # tiny: 64 inputs
+        applied = Recipe.parse(text).apply(params, config, calib, progress=False)
+        qparams = applied.params
         assert isinstance(qparams["layers_1"]["mlp"]["down_proj"]["kernel"], QArray)
-        assert qparams["layers_1"]["mlp"]["down_proj"]["kernel"].bits == int(name[1])
-        errors[name] = float(jnp.abs(forward(qparams, tokens, config, rt, runtime_state=state)[0] - ref).mean())
-    assert 0 < errors["W8A8"] < errors["W4A4"] and errors["W8A8-SQ"] < errors["W4A4"]
-    qparams, rt, state = apply_setting(params, config, parse_setting("W8A8", astatic=True,
-                                                                     agranularity="tensor"),
-                                       calibration=calib)
-    assert set(state["act_scales"]) == {f"layers_{i}/{p}" for i in range(2) for p in (
+        assert qparams["layers_1"]["mlp"]["down_proj"]["kernel"].bits == int(text[1])
+        errors[text] = float(jnp.abs(forward(qparams, tokens, config, applied.runtime,
+                                             runtime_state=applied.runtime_state)[0] - ref).mean())
+    assert 0 < errors["w8sym,a8"] < errors["w4g32,a4"] and errors["w8sym,a8,sq"] < errors["w4g32,a4"]
+    applied = Recipe.parse("w8sym,a8tstatic").apply(params, config, calib, progress=False)
+    assert set(applied.runtime_state["act_scales"]) == {f"layers_{i}/{p}" for i in range(2) for p in (
         "attn/q_proj", "attn/k_proj", "attn/v_proj", "attn/o_proj", "mlp/gate_proj", "mlp/up_proj",
         "mlp/down_proj")}
-    with pytest.raises(ValueError, match="W8A8-SQ: SmoothQuant need calibration batches"):
-        apply_setting(params, config, parse_setting("W8A8-SQ"))
+    with pytest.raises(ValueError, match="SmoothQuant need calibration_tokens"):
+        Recipe.parse("w8sym,a8,sq").apply(params, config)

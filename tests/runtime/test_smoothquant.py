@@ -11,7 +11,7 @@ from qjax.models import forward
 from qjax.ops import Runtime
 from qjax.quant import act_stats
 from qjax.quant.activations import ActQuant, rules
-from qjax.quant.smoothquant import FOLDS, absmax_of, smooth
+from qjax.quant.smoothquant import FOLDS, SmoothQuantConfig, smooth, smooth_blockwise
 
 from runtime_tiny import tiny_config, tiny_params
 
@@ -30,9 +30,26 @@ def model():
     return config, params, jnp.asarray(tokens), stats
 
 
+def _absmax(stats):
+    """Per-channel max |x| of every site from the whole-model collector (an independent path)."""
+    return {site: s.ch_absmax for site, s in stats.items()}
+
+
+def test_blockwise_capture_gives_the_same_smoothing(model):
+    """SmoothQuant through the shared block loop equals folding the whole-model statistics."""
+    config, params, tokens, stats = model
+    by_blocks, infos = smooth_blockwise(params, config, np.asarray(tokens), SmoothQuantConfig(0.5, FOLDS),
+                                        batch_size=2)
+    direct = smooth(params, config, _absmax(stats), alpha=0.5, folds=FOLDS)
+    assert len(infos) == config.num_layers
+    for (path, a), (_, b) in zip(jax.tree_util.tree_flatten_with_path(by_blocks)[0],
+                                 jax.tree_util.tree_flatten_with_path(direct)[0]):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=1e-6, err_msg=str(path))
+
+
 def test_folded_float_model_computes_the_same_logits(model):
     config, params, tokens, stats = model
-    smoothed = smooth(params, config, absmax_of(stats), alpha=0.5, folds=FOLDS)
+    smoothed = smooth(params, config, _absmax(stats), alpha=0.5, folds=FOLDS)
     ref = np.asarray(forward(params, tokens, config)[0])
     got = np.asarray(forward(smoothed, tokens, config)[0])
     np.testing.assert_allclose(got, ref, atol=2e-4 * np.abs(ref).max())
@@ -44,7 +61,7 @@ def test_folded_float_model_computes_the_same_logits(model):
 
 def test_alpha_half_balances_activation_and_weight_maxima(model):
     config, params, tokens, stats = model
-    smoothed = smooth(params, config, absmax_of(stats), alpha=0.5, folds=FOLDS)
+    smoothed = smooth(params, config, _absmax(stats), alpha=0.5, folds=FOLDS)
     new = act_stats.collect(smoothed, config, [np.asarray(tokens[:2]), np.asarray(tokens[2:])])
     for i in range(config.num_layers):
         attn, mlp = smoothed[f"layers_{i}"]["attn"], smoothed[f"layers_{i}"]["mlp"]
@@ -77,7 +94,7 @@ def test_smoothing_reduces_w8a8_error(model):
     rt = Runtime(activations=rules(ActQuant(8, granularity="token")))
     ref = np.asarray(forward(params, tokens, config)[0])
     plain = np.abs(np.asarray(forward(_int8_weights(params), tokens, config, rt)[0]) - ref).mean()
-    smoothed = smooth(params, config, absmax_of(stats), alpha=0.5, folds=FOLDS)
+    smoothed = smooth(params, config, _absmax(stats), alpha=0.5, folds=FOLDS)
     sq = np.abs(np.asarray(forward(_int8_weights(smoothed), tokens, config, rt)[0]) - ref).mean()
     assert sq < 0.5 * plain
 
@@ -85,9 +102,9 @@ def test_smoothing_reduces_w8a8_error(model):
 def test_bad_input(model):
     config, params, _, stats = model
     with pytest.raises(ValueError, match="unknown SmoothQuant folds"):
-        smooth(params, config, absmax_of(stats), folds=("qk",))
+        smooth(params, config, _absmax(stats), folds=("qk",))
     with pytest.raises(ValueError, match="alpha must be in"):
-        smooth(params, config, absmax_of(stats), alpha=1.5)
-    missing = {k: v for k, v in absmax_of(stats).items() if k != "layers_1/mlp/down_proj"}
+        smooth(params, config, _absmax(stats), alpha=1.5)
+    missing = {k: v for k, v in _absmax(stats).items() if k != "layers_1/mlp/down_proj"}
     with pytest.raises(ValueError, match="needs the activation maxima of layers_1/mlp/down_proj"):
         smooth(params, config, missing, folds=FOLDS)
