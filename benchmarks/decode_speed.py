@@ -33,7 +33,7 @@ from absl import app, flags
 from qjax.checkpoints import load_model, resolve
 from qjax.eval.efficiency import measure_efficiency
 from qjax.eval.generate import generate_ids
-from qjax.eval.perplexity import load_windows
+from qjax.data.corpus import load_windows
 from qjax.quant.recipe import Recipe
 
 _PROMPT = flags.DEFINE_integer("prompt_tokens", 128, "prompt length (tokens)")
@@ -109,7 +109,7 @@ def main(argv):
     head = (f"{'setting':<8} {'weights MB':>10} {'KV MB':>7} {'prefill tok/s':>13} {'decode tok/s':>12} "
             f"{'limit tok/s':>11} {'of limit':>8} {'read limit':>10} {'of read':>7}")
     print(head)
-    for name in _RECIPES.value.split(";"):
+    for name in _RECIPES.value.split(';'):
         applied = Recipe.parse(name).apply(params, config, compute_dtype=_DTYPE.value, progress=False)
         qparams, runtime, state = applied.params, applied.runtime, applied.runtime_state
         e = measure_efficiency(qparams, config, prompt_tokens=_PROMPT.value, new_tokens=_NEW.value,
@@ -131,7 +131,7 @@ def main(argv):
     print(f"end to end (generate_ids), {len(prompt)}-token WikiText-2 prompt + {n} new tokens, batch 1:")
     results["end_to_end"] = {}
     float_tokens = None
-    for name in _RECIPES.value.split(";"):
+    for name in _RECIPES.value.split(';'):
         applied = Recipe.parse(name).apply(params, config, compute_dtype=_DTYPE.value, progress=False)
         qparams, runtime, state = applied.params, applied.runtime, applied.runtime_state
 
@@ -145,8 +145,8 @@ def main(argv):
         agree = next((i for i, (a, b) in enumerate(zip(tokens, float_tokens)) if a != b), n)
         results["end_to_end"][name] = {"tokens_per_s": n / seconds, "tokens_equal_to_first_setting": agree}
         print(f"  qjax {name:<8} {n / seconds:8.1f} tokens/s; first {agree}/{n} tokens equal to "
-              f"{_RECIPES.value.split(";")[0]}'s", flush=True)
-    qjax_s = n / results["end_to_end"][_RECIPES.value.split(";")[0]]["tokens_per_s"]
+              f"{_RECIPES.value.split(';')[0]}'s", flush=True)
+    qjax_s = n / results["end_to_end"][_RECIPES.value.split(';')[0]]["tokens_per_s"]
     if _HF.value:
         import torch
         from transformers import AutoModelForCausalLM
@@ -171,7 +171,7 @@ def main(argv):
         results["transformers"] = {"tokens_per_s": n / hf_s, "qjax_over_transformers": hf_s / qjax_s,
                                    "torch_threads": torch.get_num_threads(), "same_tokens": same}
         print(f"  transformers float32 {n / hf_s:8.1f} tokens/s  (torch threads {torch.get_num_threads()})")
-        print(f"  ratio qjax {_RECIPES.value.split(";")[0]} / transformers: {hf_s / qjax_s:.2f}; identical tokens: {same}")
+        print(f"  ratio qjax {_RECIPES.value.split(';')[0]} / transformers: {hf_s / qjax_s:.2f}; identical tokens: {same}")
     if _JSON.value:
         with open(_JSON.value, "w") as f:
             json.dump(results, f, indent=1, default=str)

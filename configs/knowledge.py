@@ -3,14 +3,14 @@
 Fields are overridable as `--config.field=value`; the experiment's flags (--model, --tasks, --limit,
 --num_fewshot, --results, --quant_config) override them too. limit / num_fewshot < 0: the task's
 default (all documents; lm-eval's few-shot count). Hub-only tasks (hellaswag, ceval, snli) need the
-hub or a local mirror (see `qjax.data.tasks.hub`).
+hub or a local mirror (see `qjax.data.hub`).
 """
 
 import dataclasses
 
 import ml_collections
 
-from qjax.quant.calibration import CalibrationData
+from qjax.data.corpus import CalibrationData
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:

@@ -14,7 +14,7 @@ import dataclasses
 
 import ml_collections
 
-from qjax.quant.calibration import CalibrationData
+from qjax.data.corpus import CalibrationData
 
 
 def get_config(recipe: str = "gptq:w4g128") -> ml_collections.ConfigDict:

@@ -10,7 +10,7 @@ import dataclasses
 
 import ml_collections
 
-from qjax.quant.calibration import CalibrationData
+from qjax.data.corpus import CalibrationData
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:

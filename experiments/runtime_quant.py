@@ -16,7 +16,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from qjax.checkpoints import load_model
-from qjax.eval.perplexity import load_windows, perplexity_of_windows
+from qjax.data.corpus import load_windows
+from qjax.eval.perplexity import perplexity_of_windows
 from qjax.eval.results import ResultStore, make_row
 from qjax.quant.kv import bytes_per_token
 from qjax.quant.recipe import Recipe, apply_recipe

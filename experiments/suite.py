@@ -339,7 +339,7 @@ def run_suite(cfg, data_dir: Optional[str]) -> ResultStore:
     names = [str(r) for r in recipes]
     if len(set(names)) != len(names):
         raise ValueError(f"suite: recipes {list(cfg.recipes)} name the same recipe twice ({names})")
-    store = ResultStore(cfg.results)
+    store = ResultStore(cfg.results, echo=None)  # rows are journaled on disk before they are appended
     work_dir = Path(cfg.work_dir)
     journal = Journal(work_dir / "journal")
     present = run_keys(store)

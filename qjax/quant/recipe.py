@@ -69,11 +69,11 @@ from typing import Any, Optional
 
 import numpy as np
 
+from qjax.data.corpus import CalibrationData, calibration_tokens
 from qjax.formats.spec import WeightQuantSpec
 from qjax.models.config import ModelConfig
 from qjax.ops.runtime import Runtime
 from qjax.quant.activations import FAMILIES, ActQuant, calibrate_static
-from qjax.quant.calibration import CalibrationData, calibration_tokens
 from qjax.quant.kv import QuantKVSpec
 from qjax.quant.quantize import quantize as quantize_with_report
 from qjax.quant.registry import get_method
