@@ -80,7 +80,7 @@ def load_suite_model(name: str):
 # --- recipes ----------------------------------------------------------------------------------------
 
 def recipe_fingerprint(recipe: Recipe, calibration: dict) -> str:
-    """Digest of what a recipe's params depend on: its text and, when it calibrates, the calibration."""
+    """Digest of what a recipe's rows depend on: its text and, when it calibrates, the calibration."""
     blob = json.dumps({"recipe": str(recipe), "calibration": calibration if recipe.calibrated else None},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
@@ -94,8 +94,8 @@ def recipe_info(recipe: Recipe) -> dict:
 def transformed_params(model: str, params, config: ModelConfig, tokenizer, recipe: Recipe,
                        calibration: dict, work_dir: Path, data_dir: Optional[str], compute_dtype: str):
     """(params, runtime, runtime_state, cache info) of `recipe`: quantized params come from the
-    on-disk cache (quantized and cached atomically on first use); the runtime carries the recipe's
-    activation and KV specs."""
+    on-disk cache, keyed by the recipe's weight part (quantized and cached atomically on first use);
+    the runtime carries the recipe's activation and KV specs."""
     runtime = recipe.runtime(compute_dtype)
     if not any(rule.weight is not None for rule in recipe.rules) and recipe.smoothquant is None:
         state = None
@@ -106,16 +106,17 @@ def transformed_params(model: str, params, config: ModelConfig, tokenizer, recip
     if recipe.static_activations:
         raise ValueError(f"recipe {recipe}: static activation scales with quantized weights are not cached "
                          "by the suite; use dynamic activations (e.g. a8) here")
+    weights = recipe.weights_only()  # recipes differing only in activations / KV share their params
     folder = work_dir / "params" / _slug(model)
-    final = folder / f"{_slug(str(recipe))}-{recipe_fingerprint(recipe, calibration)}"
-    for stale in folder.glob(f".{_slug(str(recipe))}-*.tmp*"):
+    final = folder / f"{_slug(str(weights))}-{recipe_fingerprint(weights, calibration)}"
+    for stale in folder.glob(f".{_slug(str(weights))}-*.tmp*"):
         shutil.rmtree(stale, ignore_errors=True)  # a run killed while saving
     if final.is_dir():
         start = time.perf_counter()
         restored = from_storable(restore_params(final))
         return restored, runtime, None, {"cache": str(final), "restored_seconds": time.perf_counter() - start}
     start = time.perf_counter()
-    applied = apply_recipe(recipe, params, config, tokenizer, calibration, data_dir=data_dir,
+    applied = apply_recipe(weights, params, config, tokenizer, calibration, data_dir=data_dir,
                            compute_dtype=compute_dtype)
     seconds = time.perf_counter() - start
     folder.mkdir(parents=True, exist_ok=True)

@@ -195,6 +195,12 @@ class Recipe:
                 "kvbits": self.kv.bits if self.kv else 16,
                 "smoothquant": self.smoothquant is not None}
 
+    def weights_only(self) -> "Recipe":
+        """The part of the recipe that decides the quantized params (no activation or KV specs):
+        recipes with equal `weights_only()` quantize to the same params."""
+        return dataclasses.replace(self, rules=tuple(dataclasses.replace(r, activation=None) for r in self.rules),
+                                   kv=None)
+
     # --- what it does -------------------------------------------------------------------------
 
     @property
