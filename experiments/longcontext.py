@@ -19,7 +19,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from qjax.checkpoints import load_model
-from qjax.eval.longcontext import accuracy_table, evaluate_cell, usable_length
+from qjax.analysis.table import markdown_table
+from qjax.eval.longcontext import accuracy_grid, evaluate_cell, usable_length
 from qjax.eval.results import ResultStore, make_row
 from qjax.quant.recipe import Recipe, apply_recipe
 
@@ -60,7 +61,7 @@ def main(argv):
         rows = [{"config": row["transform"], **row["details"]} for row in store.rows()
                 if row["model"] == cfg.model and row["task"].startswith(f"{task}/")]
         report.append(f"### {task}: exact match by length (mean over depths {list(cfg.depths)}, "
-                      f"{cfg.samples} prompts per cell)\n\n" + accuracy_table(rows, list(settings)))
+                      f"{cfg.samples} prompts per cell)\n\n" + markdown_table(*accuracy_grid(rows, list(settings))))
     text = "\n\n".join(report)
     Path(cfg.results).with_suffix(".md").write_text(text + "\n")
     print(text)

@@ -208,7 +208,7 @@ def test_relative_and_sibling_imports_resolve():
     assert (e.module, e.name) == ("qjax.models.llama", "forward")
     (e,) = _edges("qjax.quant", "from .rtn import q\n", is_package=True)
     assert e.module == "qjax.quant.rtn"
-    (e,) = _edges("experiments.knowledge", "from task_experiment import run\n", siblings=["task_experiment"])
+    (e,) = _edges("experiments.suite", "from task_experiment import run\n", siblings=["task_experiment"])
     assert e.module == "experiments.task_experiment"
 
 
