@@ -68,6 +68,10 @@ def pareto_markdown(table: ResultTable, model: str, memory: Measurement,
     return markdown_table(["benchmark", f"Pareto front over {memory[0]} {memory[1]} (low to high)"], body)
 
 
+def _bits(bits) -> str:
+    return "–" if bits is None else ("float" if bits == 16 else str(bits))
+
+
 def write_report(table: ResultTable, out_dir: str | Path, *, perplexity: Measurement,
                  memory: Measurement, efficiency_task: str = "efficiency",
                  benchmarks: Optional[Sequence[Measurement]] = None, sources: Sequence[str] = (),
@@ -87,10 +91,12 @@ def write_report(table: ResultTable, out_dir: str | Path, *, perplexity: Measure
     models = list(dict.fromkeys(c[0] for c in table.configs))
     lines = [f"# {title}", "", f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} from "
              + (", ".join(f"`{s}`" for s in sources) or "in-memory rows") + ".", ""]
+    recipes = any(table.info[c].recipe_hash for c in table.configs)
     lines += ["## Configurations", "", markdown_table(
-        ["model", "transform", "method", "weight bits"],
-        [[c[0], c[1], table.info[c].method, "float" if table.info[c].bits is None else
-          f"{table.info[c].bits:g}"] for c in table.configs]), ""]
+        ["model", "transform", "method", "weight bits"] + (["act bits", "KV bits", "recipe hash"] if recipes else []),
+        [[c[0], c[1], table.info[c].method, "float" if table.info[c].bits is None else f"{table.info[c].bits:g}"]
+         + ([_bits(table.info[c].abits), _bits(table.info[c].kvbits), table.info[c].recipe_hash or "–"]
+            if recipes else []) for c in table.configs]), ""]
     ppl_columns = [m for m in table.measurements() if m[1] == "perplexity"]
     lines += ["## Benchmarks", "", "Value ± standard error (where defined).", "",
               results_markdown(table, ppl_columns + benchmarks), ""]

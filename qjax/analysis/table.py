@@ -3,7 +3,8 @@
 A configuration is (model, transform); a measurement is (task, metric). Rows come from one or more
 `ResultStore` JSONL files; when the same key appears twice the later row wins. Method and bits of a
 transform are read from the row's `config["transform"]` (written by `experiments/suite.py`):
-{"name", "method", "bits", ...}; the float baseline has method "float" and bits None.
+{"name", "method", "bits", ...}, with "abits" and "kvbits" for recipes (the transform is then the
+recipe's text, so the table is recipe x task); the float baseline has method "float" and bits None.
 """
 
 from __future__ import annotations
@@ -21,10 +22,14 @@ Measurement = tuple[str, str]  # (task, metric)
 
 @dataclasses.dataclass(frozen=True)
 class TransformInfo:
-    """How a configuration's weights were transformed: method name and weight bits (None = float)."""
+    """How a configuration was quantized: method name and weight bits (None = float); for recipe rows
+    (`qjax.quant.recipe`) also activation and KV-cache bits (16 = float) and the recipe hash."""
 
     method: str
     bits: Optional[float]
+    abits: Optional[int] = None
+    kvbits: Optional[int] = None
+    recipe_hash: Optional[str] = None
 
 
 @dataclasses.dataclass
@@ -65,7 +70,8 @@ def _transform_info(row: dict) -> TransformInfo:
     spec = (row.get("config") or {}).get("transform") or {}
     method = spec.get("method") or ("float" if row["transform"] == "float" else row["transform"])
     bits = spec.get("bits")
-    return TransformInfo(method=str(method), bits=None if bits is None else float(bits))
+    return TransformInfo(method=str(method), bits=None if bits is None else float(bits), abits=spec.get("abits"),
+                         kvbits=spec.get("kvbits"), recipe_hash=row.get("recipe_hash"))
 
 
 def build_table(rows: Iterable[dict]) -> ResultTable:

@@ -178,6 +178,7 @@ def smollm2():
     return load_model("smollm2-135m")
 
 
+@pytest.mark.slow  # GPTQ over SmolLM2's 30 blocks, twice
 def test_gptq_w4_a8_kv4_on_smollm2_equals_the_composition_by_hand(smollm2, data_dir):
     """GPTQ-W4 + A8 + KV4 perplexity through the recipe equals the same composition done by hand:
     the GPTQ block loop, an activation-quantization runtime, a quantized KV cache."""
