@@ -200,3 +200,27 @@ def test_load_rows_reads_store_files(tmp_path):
     path = tmp_path / "r.jsonl"
     path.write_text(json.dumps(make_row(model="m", transform="float", task="t", metric="acc", value=1)) + "\n")
     assert [r["value"] for r in load_rows([path])] == [1.0]
+
+
+def test_recipe_rows_give_a_recipe_by_task_table(tmp_path):
+    """Rows of the suite's recipe matrix: one line per recipe (its text), one column per task, and the
+    configuration table names activation and KV bits (hand-made rows as experiments/suite.py writes
+    them)."""
+    from qjax.quant.recipe import Recipe
+
+    rows = []
+    for text, mmlu, arc in (("float", 0.30, 0.50), ("gptq:w4g128", 0.28, 0.47), ("gptq:w4g128,a8,kv4", 0.27, 0.45)):
+        recipe = Recipe.parse(text)
+        common = dict(model="m", transform=str(recipe), recipe=str(recipe), recipe_hash=recipe.hash,
+                      config={"transform": {"name": str(recipe), **recipe.info()}})
+        rows += [make_row(task="mmlu", metric="acc", value=mmlu, **common),
+                 make_row(task="arc_easy", metric="acc", value=arc, **common)]
+    table = build_table(rows)
+    assert [c[1] for c in table.configs] == ["float", "gptq:w4g128", "gptq:w4g128,a8,kv4"]
+    info = table.info[("m", "gptq:w4g128,a8,kv4")]
+    assert (info.method, info.bits, info.abits, info.kvbits) == ("gptq", 4.0, 8, 4)
+    assert info.recipe_hash == Recipe.parse("gptq:w4g128,a8,kv4").hash
+    text = write_report(table, tmp_path, perplexity=PPL, memory=MEM).read_text()
+    assert "| model | transform | method | weight bits | act bits | KV bits | recipe hash |" in text
+    assert f"| m | gptq:w4g128,a8,kv4 | gptq | 4 | 8 | 4 | {info.recipe_hash} |" in text
+    assert "| m | gptq:w4g128,a8,kv4 | 0.2700 | 0.4500 |" in text  # the recipe x task table
