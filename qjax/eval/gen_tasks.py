@@ -610,7 +610,8 @@ def _registry_runner(spec, params, config, tokenizer, options) -> list[Row]:
     return run_generation_task(spec.name, params, config, tokenizer, limit=options.limit,
                                num_fewshot=options.num_fewshot, seed=options.seed, runtime=options.runtime,
                                runtime_state=options.runtime_state, chat_template=options.chat_template,
-                               data_dir=options.data_dir, batch_size=options.batch_size)
+                               data_dir=options.data_dir, batch_size=options.batch_size,
+                               judge=getattr(options, "judge", None))
 
 
 def _register() -> None:
@@ -658,3 +659,5 @@ def _register() -> None:
 
 
 _register()
+
+from qjax.eval import breadth_tasks  # noqa: E402,F401  (LongEval, multi-document QA, AdvGLUE, ...)

@@ -6,8 +6,8 @@ generation tasks); `get_task(name)` raises one clear error for an unknown name.
 
 from __future__ import annotations
 
-from qjax.data.tasks import (arc, bbq, boolq, ceval, hellaswag, lambada, mmlu, piqa, snli, truthfulqa,
-                             wikitext, winogrande)
+from qjax.data.tasks import (arc, bbq, boolq, ceval, ethics, hellaswag, lambada, mmlu, piqa, snli, strategyqa,
+                             truthfulqa, wikitext, winogrande)
 from qjax.data.tasks.spec import (GENERATE_UNTIL, KINDS, LOGLIKELIHOOD, MULTIPLE_CHOICE, ROLLING, Doc,
                                   GenerationSpec, TaskSpec)
 
@@ -29,7 +29,7 @@ def get_task(name: str) -> TaskSpec:
 
 
 for _family in (mmlu, arc, piqa, boolq, winogrande, lambada, hellaswag, truthfulqa, bbq, ceval, snli,
-                wikitext):
+                wikitext, strategyqa, ethics):
     for _spec in _family.TASKS:
         register_task(_spec)
 
