@@ -27,7 +27,9 @@ def _task(limit=None, num_fewshot=None, chat_template=False, max_new_tokens=None
 
 # The paper grid: full test sets of the benchmarks whose data is local (cheapest first).
 PAPER_TASKS = ("wikitext2", "ptb", "arc_challenge", "arc_easy", "piqa", "winogrande", "boolq", "lambada",
-               "truthfulqa_mc1", "truthfulqa_mc2", "bbq", "mmlu", "ifeval", "gsm8k")
+               "truthfulqa_mc1", "truthfulqa_mc2", "adv_glue", "bbq", "truthfulqa_gen", "longeval_topics",
+               "longeval_lines", "litm_kv_75", "litm_qa_20", "mmlu", "ifeval", "followbench", "mt_bench_judged",
+               "gsm8k")
 # Seconds per cost unit of `qjax.eval.task_sizes` for SmolLM2-135M float32 on a shared 2-core CPU at
 # low priority (rough; the run replaces them with measured times after each task's first transform).
 PAPER_SECONDS_PER_ITEM = {"window": 6.0, "choice": 0.08, "choice_fewshot": 0.6, "generation": 6.0,
@@ -66,6 +68,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     # every configuration); "efficiency" always runs the stored params.
     c.score_dequantized = True
     c.seed = 0
+    c.judge = ""  # judge model for judged generation tasks (mt_bench_judged, followbench); "" = none
     c.order = "transform_major"  # or "task_major": every transform on a task before the next task
     # seconds per cost unit of qjax.eval.task_sizes (kind -> seconds) for the wall-time plan; empty: none
     c.seconds_per_item = ml_collections.ConfigDict()
@@ -115,6 +118,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         c.order = "task_major"
         c.task_options = ml_collections.ConfigDict({"gsm8k": _task(num_fewshot=8),
                                                     "ifeval": _task(chat_template=True)})
+        c.judge = "smollm2-135m"  # weak: the model judging itself; reports name the judge
         c.perplexity.max_windows = -1
         c.seconds_per_item = ml_collections.ConfigDict(dict(PAPER_SECONDS_PER_ITEM))
         c.results = "results/paper/suite.jsonl"

@@ -272,10 +272,15 @@ def task_run_id(model: str, transform: Transform, task: str, cfg, calibration: d
         settings["perplexity"] = cfg.perplexity.to_dict()
     if task == "efficiency":
         settings["efficiency"] = cfg.efficiency.to_dict()
+    if task in JUDGED_TASKS:
+        settings["judge"] = cfg.get("judge", "")
     settings["options"].pop("batch_size", None)  # batching does not change results
     transform_id = transform.fingerprint(calibration) if transform.method != "float" else "float"
     blob = json.dumps([model, transform.name, transform_id, task, settings], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+JUDGED_TASKS = ("mt_bench_judged", "followbench")  # their rows depend on the judge model
 
 
 def check_task_name(task: str) -> None:
@@ -288,8 +293,8 @@ def check_task_name(task: str) -> None:
 
 
 def run_task_rows(task: str, params, config: ModelConfig, tokenizer, cfg, runtime: Runtime,
-                  data_dir: Optional[str], samples_dir: Path) -> list[dict]:
-    """Metric rows of one task (without model / transform)."""
+                  data_dir: Optional[str], samples_dir: Path, judge=None) -> list[dict]:
+    """Metric rows of one task (without model / transform); `judge` grades judged generation tasks."""
     opts = _options(cfg, task)
     if task in PERPLEXITY_DATASETS:
         from qjax.eval.perplexity import perplexity
@@ -308,7 +313,7 @@ def run_task_rows(task: str, params, config: ModelConfig, tokenizer, cfg, runtim
             task, params, config, tokenizer, limit=opts["limit"], num_fewshot=opts["num_fewshot"],
             seed=cfg.seed, runtime=runtime, chat_template=opts["chat_template"], data_dir=data_dir,
             batch_size=opts["batch_size"] or cfg.gen_batch_size, max_new_tokens=opts["max_new_tokens"],
-            output_dir=samples_dir)
+            output_dir=samples_dir, judge=judge)
     from qjax.eval.tasks import run_task
 
     return run_task(task, params, config, tokenizer, limit=opts["limit"], num_fewshot=opts["num_fewshot"],
@@ -356,6 +361,20 @@ def prepare_transform(model: str, params, config: ModelConfig, tokenizer, t: Tra
                                                  data_dir)
     scored = dequantized(tparams) if cfg.score_dequantized else tparams
     return tparams, scored, runtime, cache_info
+
+
+def suite_judge(cfg, model: str, config: ModelConfig, params, tokenizer):
+    """The judge model of `cfg.judge` (a model name; "" = none) in float, as a `qjax.eval.judge.Judge`;
+    the model under test's own float params when it judges itself."""
+    name = cfg.get("judge", "")
+    if not name:
+        return None
+    from qjax.eval.judge import Judge
+
+    if name == model:
+        return Judge(f"{name} (float; the model under test judging itself)", params, config, tokenizer)
+    jconfig, jparams, jtokenizer = load_suite_model(name)
+    return Judge(name, jparams, jconfig, jtokenizer)
 
 
 def task_size_estimates(cfg, tokenizer, data_dir: Optional[str], tasks) -> dict[str, float]:
@@ -444,6 +463,7 @@ def run_suite(cfg, data_dir: Optional[str]) -> ResultStore:
             raise ValueError(f"suite order must be 'transform_major' or 'task_major', got {order!r}")
         if order == "task_major":  # every transform on one task before the next task
             todo.sort(key=lambda pair: cfg.tasks.index(pair[1]))
+        judge = suite_judge(cfg, model, config, params, tokenizer)
         progress = GridProgress(todo, task_size_estimates(cfg, tokenizer, data_dir, [tk for _, tk in todo]))
         print(progress.plan(), flush=True)
         loaded: dict[str, tuple] = {}
@@ -457,7 +477,7 @@ def run_suite(cfg, data_dir: Optional[str]) -> ResultStore:
             start = time.perf_counter()
             samples_dir = work_dir / "samples" / _slug(model) / _slug(t.name)
             rows = run_task_rows(task, tparams if task == "efficiency" else scored, config, tokenizer, cfg,
-                                 runtime_t, data_dir, samples_dir)
+                                 runtime_t, data_dir, samples_dir, judge)
             run_id = run_ids[t.name, task]
             extra = {"params_cache": cache_info} if cache_info else {}
             rows = full_rows(rows, model, t, cfg, run_id, extra)

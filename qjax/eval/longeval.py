@@ -9,8 +9,8 @@ decoding of at most 50 new tokens (topics) or 100 (lines), as LongEval's `test_t
   first of the case's topics named in the output is topics[0] (lower-cased, punctuation and
   repeated spaces removed on both sides).
 Cases whose prompt plus the token budget exceed the model's context are not run: each size gets a
-`fits` row (the share of its cases that fit; SmolLM2's 8k context holds every topic size up to about
-20 topics and the 200-line cases only) and an `accuracy` row over the cases that ran (none: no
+`fits` row (the share of its cases that fit; SmolLM2's 8k context holds 1-10 topics and 200-300
+lines, see configs/longcontext.py) and an `accuracy` row over the cases that ran (none: no
 accuracy row). The task row `accuracy` pools every case that ran.
 """
 
