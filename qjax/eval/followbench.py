@@ -1,9 +1,9 @@
-"""FollowBench: constraint following at levels 1-5 in the five constraint categories (content,
-situation, style, format, example) and the mixed set, scored as the paper's code does
+"""FollowBench scoring: constraint following at levels 1-5 in the five constraint categories
+(content, situation, style, format, example) and the mixed set, as the paper's code does
 (YJiangcm/FollowBench `code/rule_based_evaluation.py`, `gpt4_based_evaluation.py`).
 
-Answers: every record with level >= 1, its instruction as one user turn of the conversation
-template, greedy, at most 1024 new tokens (the task budget; FollowBench's own inference allows more).
+Answers (declared in `qjax.data.tasks.followbench`): every record with level >= 1, its instruction
+as one user turn of the conversation template, greedy, at most 1024 new tokens.
 Scoring of an answer at level L:
 - rule-checked (`is_rule_checked`): records whose `source` is one of RULE_SOURCES, the format
   examples 22 and 30, and every "example" record (the answer must match the target's pattern in
@@ -14,7 +14,7 @@ Scoring of an answer at level L:
   YES, soft = share of YES. Judgments that do not parse are counted (`judge_unparsed`), not scored;
   without a judge these records are counted as `unjudged`.
 Rows: `followbench/<file>/level<L>` hsr and ssr, `followbench/<file>` and `followbench` pooled hsr /
-ssr over levels, plus the counts.
+ssr over levels, plus the counts `unjudged` and `judge_unparsed`.
 """
 
 from __future__ import annotations
@@ -22,24 +22,16 @@ from __future__ import annotations
 import ast
 import re
 import string
-import time
 from typing import Callable, Optional
 
-from qjax.data.followbench import CATEGORIES, evolution, load
-from qjax.eval.item_rows import item_row, take, use_chat, value_row
+from qjax.eval.part_metrics import count, per_part, save_samples
 
 METRICS = ("hsr", "ssr")
-MAX_NEW_TOKENS = 1024
 RULE_SOURCES = ("E2E", "WIKIEVENTS", "CONLL2003", "text_editing", "cnn_dailymail", "xsum", "samsum", "gigaword",
                 "arxiv", "BBH_logical", "BBH_time", "self_made_space", "gsm_8k")
 PHRASES = {"content": "content constraint",
            "situation": "scenario constraint (information to describe a specific situation/background)",
            "style": "style constraint", "format": "format constraint", "mixed": "constraint"}
-
-
-def load_all(data_dir: Optional[str] = None) -> list[dict]:
-    """Every record with level >= 1 of every category file (the evaluated records)."""
-    return [r for c in CATEGORIES for r in load(c, data_dir) if r["level"] >= 1]
 
 
 # -- rule checks (the paper's, one function per source) -------------------------------------------------
@@ -204,53 +196,36 @@ def parse_judgment(judgment: str, level: int) -> Optional[tuple[float, float]]:
     return float(yes == level), yes / level
 
 
-def run_followbench(ctx, task: str = "followbench") -> list[dict]:
-    """Rows of FollowBench (module docstring); `ctx.limit` is per category file and level."""
-    start = time.perf_counter()
-    budget = ctx.max_new_tokens or MAX_NEW_TOKENS
-    records = []
-    for file in CATEGORIES:
-        rows_of_file = load(file, ctx.data_dir)
-        for level in range(1, 6):
-            chosen = take([i for i, r in enumerate(rows_of_file) if r["level"] == level], ctx.limit)
-            records.extend((rows_of_file, i) for i in chosen)
-    answers = ctx.generate([rows[i]["instruction"] for rows, i in records], max_new_tokens=budget,
-                           chat=use_chat(ctx.tokenizer))
-    scores: dict[tuple[str, int], list[tuple[float, float]]] = {}
+def score_followbench(spec, docs, answers, ctx) -> list:
+    """Scorer `followbench` (module docstring); `ctx.judge` is a `qjax.eval.judge.Judge` or None."""
+    scored: list[tuple[dict, float, float]] = []
     to_judge = []
-    for (rows, i), answer in zip(records, answers):
-        record = rows[i]
-        if is_rule_checked(record):
-            ok = float(rule_check(record, answer))
-            scores.setdefault((record["file"], record["level"]), []).append((ok, ok))
+    for doc, answer in zip(docs, answers):
+        if is_rule_checked(doc):
+            ok = float(rule_check(doc, answer))
+            scored.append((doc, ok, ok))
         else:
-            to_judge.append((record, judge_prompt(record["file"], evolution(rows, i), answer)))
-    unparsed = 0
+            to_judge.append((doc, judge_prompt(doc["file"], doc["chain"], answer)))
+    unparsed, judgments = 0, []
     if to_judge and ctx.judge is not None:
         judgments = ctx.judge.complete([[{"role": "user", "content": p}] for _, p in to_judge])
-        for (record, _), judgment in zip(to_judge, judgments):
-            parsed = parse_judgment(judgment, record["level"])
+        for (doc, _), judgment in zip(to_judge, judgments):
+            parsed = parse_judgment(judgment, doc["level"])
             if parsed is None:
                 unparsed += 1
             else:
-                scores.setdefault((record["file"], record["level"]), []).append(parsed)
-    seconds = time.perf_counter() - start
+                scored.append((doc, *parsed))
     judge_name = getattr(ctx.judge, "name", None)
-    out = []
-    for (file, level), values in sorted(scores.items()):
+    info = {"judge": judge_name, "rule_checked": sum(is_rule_checked(d) for d in docs),
+            "samples": save_samples(ctx, spec.name, [
+                {"part": d["part"], "example_id": d["example_id"], "answer": a, "rule_checked": is_rule_checked(d)}
+                for d, a in zip(docs, answers)])}
+    metrics = []
+    if scored:
         for k, metric in enumerate(METRICS):
-            out.append(item_row(f"{task}/{file}/level{level}", metric, [v[k] for v in values], seconds,
-                                judge=judge_name))
-    for file in CATEGORIES:
-        values = [v for (f, _), vs in scores.items() if f == file for v in vs]
-        for k, metric in enumerate(METRICS):
-            if values:
-                out.append(item_row(f"{task}/{file}", metric, [v[k] for v in values], seconds, judge=judge_name))
-    out.append(value_row(task, "unjudged", len(to_judge) if ctx.judge is None else 0, len(to_judge), seconds))
-    out.append(value_row(task, "judge_unparsed", unparsed, len(to_judge), seconds, judge=judge_name))
-    everything = [v for vs in scores.values() for v in vs]
-    for k, metric in enumerate(METRICS):
-        if everything:
-            out.append(item_row(task, metric, [v[k] for v in everything], seconds, judge=judge_name,
-                                rule_checked=sum(is_rule_checked(rows[i]) for rows, i in records)))
-    return out
+            values = [s[1 + k] for s in scored]
+            metrics += per_part(metric, values, [s[0]["part"] for s in scored], pooled=False)
+            metrics += per_part(metric, values, [s[0]["file"] for s in scored], info)
+    metrics.append(count("unjudged", len(to_judge) if ctx.judge is None else 0, len(to_judge), {"judge": judge_name}))
+    metrics.append(count("judge_unparsed", unparsed, len(to_judge), {"judge": judge_name}))
+    return metrics

@@ -2,7 +2,7 @@
 MT-Bench prompts (`qjax.data.judge_prompts`), and answers FollowBench's constraint checks.
 
     judge = Judge(name="smollm2-135m", params=params, config=config, tokenizer=tokenizer)
-    rows = judge_mt_bench(judge, questions, answers, references, task="mt_bench_judged")
+    metrics = judge_mt_bench(judge, questions, answers, references)   # scorer of task mt_bench_judged
 
 Protocol (FastChat `llm_judge`): system + user turn through the judge's conversation template,
 greedy decoding (FastChat: temperature 0), at most `max_new_tokens` tokens.
@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import time
 from typing import Any, Optional, Sequence
 
 from qjax.data.judge_prompts import NEED_REF_CATEGORIES, PROMPTS
-from qjax.eval.item_rows import item_row, value_row
 from qjax.ops.runtime import Runtime
 
 RATING = re.compile(r"\[\[(\d+(?:\.\d+)?)\]\]")
@@ -117,45 +115,37 @@ def combine_orders(model_first: Optional[str], model_second: Optional[str]) -> O
 
 
 def judge_mt_bench(judge: Judge, questions: Sequence[dict], answers: Sequence[Sequence[str]],
-                   references: dict, task: str = "mt_bench", baseline: Optional[dict] = None,
-                   baseline_name: str = "float") -> list[dict]:
-    """Rows of single-answer scores (per category and turn, overall) and, with `baseline`
-    ({question_id: [turn answers]}), pairwise win/tie/loss against it.
+                   references: dict, baseline: Optional[dict] = None, baseline_name: str = "float") -> list:
+    """Metrics (`qjax.eval.gen_tasks.Metric`) of single-answer grades per category and turn (parts
+    "<category>/turn<t>" and "turn<t>"), overall, the unparsed count and, with `baseline`
+    ({question_id: [turn answers]}), pairwise win/tie/loss rates against it.
 
     references: {question_id: [reference turn answers]} (math, reasoning and coding)."""
-    start = time.perf_counter()
-    jobs = [(q, t) for q, a in zip(questions, answers) for t in range(min(2, len(a), len(q["turns"])))]
-    by_id = {q["question_id"]: a for q, a in zip(questions, answers)}
-    judgments = judge.complete([single_prompt(q, t, by_id[q["question_id"]], references.get(q["question_id"]))
-                                for q, t in jobs])
+    from qjax.eval.part_metrics import count, per_part
+
+    jobs = [(q, a, t) for q, a in zip(questions, answers) for t in range(min(2, len(a), len(q["turns"])))]
+    judgments = judge.complete([single_prompt(q, t, a, references.get(q["question_id"])) for q, a, t in jobs])
     info = {"judge": judge.name}
-    scored: dict[tuple[str, int], list[float]] = {}
-    unparsed, samples = 0, []
-    for (q, t), text in zip(jobs, judgments):
+    ratings, parts, samples = [], [], []
+    for (q, _, t), text in zip(jobs, judgments):
         rating = parse_rating(text)
         samples.append({"question_id": q["question_id"], "turn": t + 1, "rating": rating, "judgment": text})
-        if rating is None:
-            unparsed += 1
-            continue
-        scored.setdefault((q["category"], t), []).append(rating)
-    rows = []
-    for (category, t), values in sorted(scored.items()):
-        rows.append(item_row(f"{task}/{category}/turn{t + 1}", "judge_score", values, time.perf_counter() - start,
-                             **info))
-    for t in (0, 1):
-        values = [v for (c, tt), vs in scored.items() if tt == t for v in vs]
-        if values:
-            rows.append(item_row(f"{task}/turn{t + 1}", "judge_score", values, time.perf_counter() - start, **info))
-    rows.append(value_row(task, "judge_unparsed", unparsed, len(jobs), time.perf_counter() - start, **info))
+        if rating is not None:
+            ratings.append(rating)
+            parts.append((q["category"], t + 1))
+    metrics = per_part("judge_score", ratings, [f"{c}/turn{t}" for c, t in parts], pooled=False)
+    metrics += per_part("judge_score", ratings, [f"turn{t}" for _, t in parts], {**info, "judgments": samples})
+    for m in metrics:
+        m.details.setdefault("judge", judge.name)
+    metrics.append(count("judge_unparsed", len(jobs) - len(ratings), len(jobs), info))
     if baseline is not None:
-        rows.extend(_pairwise_rows(judge, questions, answers, references, baseline, baseline_name, task, info, start))
-    everything = [v for vs in scored.values() for v in vs]
-    if everything:
-        rows.append(item_row(task, "judge_score", everything, time.perf_counter() - start, samples=samples, **info))
-    return rows
+        metrics.extend(_pairwise(judge, questions, answers, references, baseline, baseline_name, info))
+    return metrics
 
 
-def _pairwise_rows(judge, questions, answers, references, baseline, baseline_name, task, info, start):
+def _pairwise(judge, questions, answers, references, baseline, baseline_name, info) -> list:
+    from qjax.eval.part_metrics import count, per_part
+
     jobs = [(q, a, t) for q, a in zip(questions, answers) if q["question_id"] in baseline
             for t in range(min(2, len(a), len(baseline[q["question_id"]])))]
     prompts = []
@@ -163,23 +153,21 @@ def _pairwise_rows(judge, questions, answers, references, baseline, baseline_nam
         base, ref = baseline[q["question_id"]], references.get(q["question_id"])
         prompts.append(pair_prompt(q, t, a, base, ref))
         prompts.append(pair_prompt(q, t, base, a, ref))
-    verdicts = [parse_verdict(v) for v in judge.complete(prompts)]
+    verdicts = [parse_verdict(v) for v in judge.complete(prompts)] if prompts else []
     outcomes = [combine_orders(verdicts[2 * i], verdicts[2 * i + 1]) for i in range(len(jobs))]
     parsed = [o for o in outcomes if o is not None]
     details = {**info, "baseline": baseline_name, "counts": {k: parsed.count(k) for k in ("win", "tie", "loss")}}
-    seconds = time.perf_counter() - start
-    rows = [value_row(task, "pairwise_unparsed", len(outcomes) - len(parsed), len(outcomes), seconds, **details)]
-    if parsed:
-        for outcome in ("win", "tie", "loss"):
-            rows.append(item_row(task, f"pairwise_{outcome}_rate", [float(o == outcome) for o in parsed], seconds,
-                                 **details))
-    return rows
+    metrics = [count("pairwise_unparsed", len(outcomes) - len(parsed), len(outcomes), details)]
+    for outcome in ("win", "tie", "loss") if parsed else ():
+        metrics += per_part(f"pairwise_{outcome}_rate", [float(o == outcome) for o in parsed], [None] * len(parsed),
+                            details)[-1:]
+    return metrics
 
 
 def load_reference_answers(data_dir: Optional[str] = None) -> dict:
     """{question_id: [turn answers]} of `mt_bench/reference_answer/gpt-4.jsonl`."""
+    from qjax.data.io import read_jsonl, task_file
     from qjax.data.paths import DataError
-    from qjax.data.tasks.io import read_jsonl, task_file
 
     path = task_file("mt_bench/reference_answer/gpt-4.jsonl", data_dir)
     out = {}
@@ -193,30 +181,29 @@ def load_reference_answers(data_dir: Optional[str] = None) -> dict:
 
 def read_answers(path) -> dict:
     """{question_id: [turn answers]} of a FastChat-style answers file (mt_bench_answers.jsonl)."""
-    from qjax.data.tasks.io import read_jsonl
+    from qjax.data.io import read_jsonl
 
     return {r["question_id"]: list(r["choices"][0]["turns"]) for r in read_jsonl(path)}
 
 
-def run_mt_bench_judged(ctx, task: str = "mt_bench_judged") -> list[dict]:
-    """MT-Bench answers (the `mt_bench` generation task) graded by `ctx.judge` (a `Judge`); compared
-    pairwise with the float model's answers when `<output_dir>/../float/mt_bench_answers.jsonl`
-    exists (the suite writes them there when the grid's float transform ran first)."""
-    import dataclasses as dc
+def score_mt_bench_judged(spec, questions, answers, ctx) -> list:
+    """Scorer `mt_bench_judged`: the answers written as FastChat's `mt_bench_answers.jsonl` to the
+    output directory, graded by `ctx.judge` (a `Judge`), and compared pairwise with the float model's
+    answers when `<output_dir>/../float/mt_bench_answers.jsonl` exists (the suite's float
+    transform writes them there, and runs first)."""
+    import time as _time
     from pathlib import Path
 
-    from qjax.eval import gen_tasks
+    from qjax.eval.gen_tasks import write_jsonl_atomic
 
     if not isinstance(ctx.judge, Judge):
-        raise ValueError(f"{task} needs a judge model: set the config's judge (e.g. judge='smollm2-135m')")
-    answer_rows = gen_tasks.GEN_TASKS["mt_bench"](dc.replace(ctx, judge=None), "mt_bench")
-    answers = {a["question_id"]: a["turns"] for a in answer_rows[0]["details"]["answers"]}
-    questions = [q for q in gen_tasks.load_mt_bench(ctx.data_dir) if q["question_id"] in answers]
+        raise ValueError(f"{spec.name} needs a judge model: set the run's judge (e.g. judge='smollm2-135m')")
     baseline = None
-    if ctx.output_dir is not None and Path(ctx.output_dir).name != "float":
+    if ctx.output_dir is not None:
+        write_jsonl_atomic(Path(ctx.output_dir) / "mt_bench_answers.jsonl", [
+            {"question_id": q["question_id"], "category": q["category"], "model_id": "qjax",
+             "choices": [{"index": 0, "turns": list(a)}], "tstamp": _time.time()} for q, a in zip(questions, answers)])
         path = Path(ctx.output_dir).parent / "float" / "mt_bench_answers.jsonl"
-        if path.is_file():
+        if Path(ctx.output_dir).name != "float" and path.is_file():
             baseline = read_answers(path)
-    rows = judge_mt_bench(ctx.judge, questions, [answers[q["question_id"]] for q in questions],
-                          load_reference_answers(ctx.data_dir), task=task, baseline=baseline)
-    return [{**r, "details": {**r.get("details", {}), "judge": ctx.judge.name}} for r in rows]
+    return judge_mt_bench(ctx.judge, questions, answers, load_reference_answers(ctx.data_dir), baseline=baseline)

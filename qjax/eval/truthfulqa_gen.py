@@ -1,8 +1,9 @@
 """TruthfulQA generation scored against the true and false reference answers with BLEU and ROUGE
 (lm-eval's `truthfulqa_gen` without BLEURT and the fine-tuned GPT judges).
 
-Generation: greedy, stop at "\\n\\n", at most 256 new tokens (lm-eval's defaults for the task), no
-chat template. For a completion c and references T (true) and F (false), each similarity s:
+Generation (declared in `qjax.data.tasks.truthfulqa_gen`): greedy, stop at "\\n\\n", at most 256 new
+tokens, no chat template (lm-eval's defaults for the task). For a completion c and references T
+(true) and F (false), each similarity s:
   s_max = max_t s(t, c),  s_diff = s_max - max_f s(f, c),  s_acc = [s_max > max_f s(f, c)]
 BLEU: sentence-level sacrebleu corpus_bleu([c], [[r]]) with exp smoothing (value 0), intl
 tokenization, no lowercasing (T5's `bleu`); ROUGE-1, ROUGE-2 and ROUGE-Lsum F1 x 100 from
@@ -12,13 +13,11 @@ Metric names as lm-eval: bleu_max/acc/diff, rouge1_*, rouge2_*, rougeL_* (rougeL
 
 from __future__ import annotations
 
-import time
 from typing import Sequence
 
 import numpy as np
 
-from qjax.data.truthfulqa_gen import load, prompt
-from qjax.eval.item_rows import item_row, take
+from qjax.eval.part_metrics import save_samples
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeLsum")
 METRICS = tuple(f"{s}_{k}" for s in ("bleu", "rouge1", "rouge2", "rougeL") for k in ("max", "acc", "diff"))
@@ -59,12 +58,12 @@ def score_completion(completion: str, true_refs: Sequence[str], false_refs: Sequ
     return out
 
 
-def run_truthfulqa_gen(ctx, task: str = "truthfulqa_gen") -> list[dict]:
-    start = time.perf_counter()
-    docs = take(load(ctx.data_dir), ctx.limit)
-    completions = ctx.generate([prompt(d) for d in docs], max_new_tokens=256, stop=("\n\n",), chat=False)
+def score_truthfulqa_gen(spec, docs, completions, ctx) -> list:
+    """Scorer `truthfulqa_gen`: the twelve metrics, mean over questions."""
+    from qjax.eval.gen_tasks import Metric
+    from qjax.eval.task_metrics import mean_stderr
+
     scores = [score_completion(c, d["correct_answers"], d["incorrect_answers"]) for d, c in zip(docs, completions)]
-    seconds = time.perf_counter() - start
-    samples = [{"question": d["question"], "completion": c} for d, c in zip(docs, completions)]
-    return [item_row(task, m, [s[m] for s in scores], seconds, **({"samples": samples} if m == METRICS[0] else {}))
-            for m in METRICS]
+    samples = [{"question": d["question"], "completion": c, **s} for d, c, s in zip(docs, completions, scores)]
+    info = {"samples": save_samples(ctx, spec.name, samples)}
+    return [Metric(m, mean_stderr([s[m] for s in scores]), info) for m in METRICS]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from qjax.data.followbench import evolution, load as load_followbench
+from qjax.data.tasks.followbench import evolution, load as load_followbench
 from qjax.data.judge_prompts import PROMPTS
 from qjax.eval import followbench as fb
 from qjax.eval.judge import (Judge, combine_orders, judge_mt_bench, pair_prompt, parse_rating, parse_verdict,
@@ -70,15 +70,17 @@ def test_mt_bench_rows_per_category_and_turn_with_unparsed_counted():
             return "Rating: 6"  # no [[ ]]: unparsed
         return "Wrong answer. [[2]]"
 
-    rows = judge_mt_bench(ScriptedJudge(reply), QUESTIONS, ANSWERS, REFERENCES, task="mt")
-    by = {(r["task"], r["metric"]): r for r in rows}
-    assert by[("mt/writing/turn1", "judge_score")]["value"] == 8.0
-    assert ("mt/writing/turn2", "judge_score") not in by
-    assert by[("mt/math/turn1", "judge_score")]["value"] == 2.0
-    assert by[("mt/math/turn2", "judge_score")]["value"] == 2.0
-    assert by[("mt", "judge_unparsed")]["value"] == 1 and by[("mt", "judge_unparsed")]["items"] == 4
-    assert by[("mt", "judge_score")]["value"] == pytest.approx(4.0) and by[("mt", "judge_score")]["items"] == 3
-    assert all(r["details"]["judge"] == "scripted" for r in rows)
+    metrics = judge_mt_bench(ScriptedJudge(reply), QUESTIONS, ANSWERS, REFERENCES)
+    by = {(m.part, m.name): m for m in metrics}
+    assert by[("writing/turn1", "judge_score")].value.value == 8.0
+    assert ("writing/turn2", "judge_score") not in by
+    assert by[("math/turn1", "judge_score")].value.value == 2.0
+    assert by[("math/turn2", "judge_score")].value.value == 2.0
+    assert by[("turn1", "judge_score")].value.value == 5.0 and by[("turn2", "judge_score")].value.items == 1
+    assert by[(None, "judge_unparsed")].value.value == 1 and by[(None, "judge_unparsed")].value.items == 4
+    overall = by[(None, "judge_score")].value
+    assert overall.value == pytest.approx(4.0) and overall.items == 3
+    assert all(m.details["judge"] == "scripted" for m in metrics)
 
 
 def test_pairwise_both_orders():
@@ -90,14 +92,14 @@ def test_pairwise_both_orders():
         return "[[C]]"
 
     baseline = {81: ["old", "vieux"], 111: ["4", "6"]}
-    rows = judge_mt_bench(ScriptedJudge(reply), QUESTIONS, ANSWERS, REFERENCES, task="mt", baseline=baseline)
-    by = {(r["task"], r["metric"]): r for r in rows}
+    metrics = judge_mt_bench(ScriptedJudge(reply), QUESTIONS, ANSWERS, REFERENCES, baseline=baseline)
+    by = {(m.part, m.name): m for m in metrics}
     # turn 1 (single-turn pair prompts): win twice; turn 2 (multi-turn prompts): "[[C]]" both ways -> tie
-    assert by[("mt", "pairwise_win_rate")]["value"] == 0.5
-    assert by[("mt", "pairwise_tie_rate")]["value"] == 0.5
-    assert by[("mt", "pairwise_loss_rate")]["value"] == 0.0
-    assert by[("mt", "pairwise_unparsed")]["value"] == 0
-    assert by[("mt", "pairwise_win_rate")]["details"]["counts"] == {"win": 2, "tie": 2, "loss": 0}
+    assert by[(None, "pairwise_win_rate")].value.value == 0.5
+    assert by[(None, "pairwise_tie_rate")].value.value == 0.5
+    assert by[(None, "pairwise_loss_rate")].value.value == 0.0
+    assert by[(None, "pairwise_unparsed")].value.value == 0
+    assert by[(None, "pairwise_win_rate")].details["counts"] == {"win": 2, "tie": 2, "loss": 0}
 
 
 # -- FollowBench -------------------------------------------------------------------------------------------

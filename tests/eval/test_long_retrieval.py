@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from qjax.data import longeval, multidoc
+from qjax.data.tasks import longeval, multidoc
 from qjax.data.paths import DataError
 from qjax.eval.longeval import first_topic_named, line_correct, parsed_number, topic_correct
 from qjax.eval.multidoc_qa import kv_correct, qa_correct

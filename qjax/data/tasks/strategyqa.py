@@ -1,6 +1,6 @@
 """StrategyQA (Geva et al., 2021) as lm-eval's `bigbench_strategyqa_multiple_choice`: the hub dataset
 `hails/bigbench`, config `strategyqa_zero_shot`, split "default" (a local mirror in the hub's row
-format is read first, see `qjax.data.tasks.hub`). Rows {inputs, targets, multiple_choice_targets,
+format is read first, see `qjax.data.hub`). Rows {inputs, targets, multiple_choice_targets,
 multiple_choice_scores}; rows without choices are dropped (lm-eval's `filter_multiple_choice`). The
 prompt is `inputs` as is, the choices `multiple_choice_targets` after " ", gold the choice scored 1.
 """
@@ -8,8 +8,8 @@ prompt is `inputs` as is, the choices `multiple_choice_targets` after " ", gold 
 from __future__ import annotations
 
 from qjax.data.paths import DataError
-from qjax.data.tasks.hub import hub_rows
-from qjax.data.tasks.io import field
+from qjax.data.hub import hub_rows
+from qjax.data.io import field
 from qjax.data.tasks.spec import MULTIPLE_CHOICE, TaskSpec
 
 HUB, CONFIG = "hails/bigbench", "strategyqa_zero_shot"

@@ -13,8 +13,9 @@ from __future__ import annotations
 import csv
 from typing import Optional
 
+from qjax.data.io import task_file
 from qjax.data.paths import DataError
-from qjax.data.tasks.io import task_file
+from qjax.data.tasks.spec import GENERATE_UNTIL, GenerationSpec, TaskSpec
 from qjax.data.tasks.truthfulqa import QA_PROMPT
 
 HEADER = ("Type", "Category", "Question", "Best Answer", "Correct Answers", "Incorrect Answers", "Source")
@@ -30,8 +31,10 @@ def format_answers(answers: list[str]) -> list[str]:
     return out
 
 
-def load(data_dir: Optional[str] = None) -> list[dict]:
-    """Documents {question, category, correct_answers, incorrect_answers}."""
+def load(split: str = "validation", data_dir: Optional[str] = None) -> list[dict]:
+    """Documents {question, category, correct_answers, incorrect_answers} (one split, "validation")."""
+    if split != "validation":
+        raise DataError(f"truthfulqa has only the validation split; got {split!r}")
     path = task_file("truthfulqa/TruthfulQA.csv", data_dir)
     with open(path, encoding="utf-8-sig", newline="") as f:
         rows = list(csv.reader(f))
@@ -57,3 +60,9 @@ def load(data_dir: Optional[str] = None) -> list[dict]:
 
 def prompt(doc: dict) -> str:
     return QA_PROMPT + "\n\nQ: " + doc["question"]
+
+
+TASKS = (TaskSpec("truthfulqa_gen", GENERATE_UNTIL, load, "validation", text=prompt, hub="truthfulqa/truthful_qa",
+                  metrics=("bleu_max", "bleu_acc", "bleu_diff", "rouge1_max", "rouge1_acc", "rouge1_diff",
+                           "rouge2_max", "rouge2_acc", "rouge2_diff", "rougeL_max", "rougeL_acc", "rougeL_diff"),
+                  generation=GenerationSpec(until=("\n\n",), max_new_tokens=256, scorer="truthfulqa_gen")),)

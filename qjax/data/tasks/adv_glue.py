@@ -1,20 +1,26 @@
 """AdvGLUE dev set (Wang et al., 2021), local `adv_glue/dev.json`: {task: [records]} for the six
-tasks of TASKS, records with the GLUE fields of their task, `idx` and `label`.
+tasks of SUBTASKS, records with the GLUE fields of their task, `idx` and `label`.
 
 Prompts in DecodingTrust's zero-shot style (its `adv-glue` evaluation, which qllm-eval reuses): the
 task instruction, a newline, then "<field>: <text>" for the first field and "\\n<field>: <text>" for
 the second, with RTE's field names written "premise" / "Hypothesis"; sent as the user turn after
 the system prompt "You are a helpful assistant.". LABEL_WORDS maps each answer word to its label.
+
+Task `adv_glue`: the six tasks' records interleaved (first of each task, then second, ...) so that
+`limit` documents spread over the tasks; each document's `task` is its part. Greedy, at most 32 new
+tokens, through the conversation template; scored by `qjax.eval.advglue`.
 """
 
 from __future__ import annotations
 
 from typing import Optional
 
+from qjax.data.io import read_json, task_file
 from qjax.data.paths import DataError
-from qjax.data.tasks.io import read_json, task_file
+from qjax.data.tasks.longeval import interleaved
+from qjax.data.tasks.spec import GENERATE_UNTIL, GenerationSpec, TaskSpec
 
-TASKS = ("sst2", "qqp", "mnli", "mnli-mm", "qnli", "rte")
+SUBTASKS = ("sst2", "qqp", "mnli", "mnli-mm", "qnli", "rte")
 FIELDS = {"sst2": ("sentence", None), "qqp": ("question1", "question2"), "mnli": ("premise", "hypothesis"),
           "mnli-mm": ("premise", "hypothesis"), "qnli": ("question", "sentence"),
           "rte": ("sentence1", "sentence2")}
@@ -37,8 +43,8 @@ SYSTEM_PROMPT = "You are a helpful assistant."
 
 def load(task: str, data_dir: Optional[str] = None) -> list[dict]:
     """The records of one AdvGLUE task, each checked for its fields and a known label."""
-    if task not in TASKS:
-        raise DataError(f"unknown AdvGLUE task {task!r}; known: {TASKS}")
+    if task not in SUBTASKS:
+        raise DataError(f"unknown AdvGLUE task {task!r}; known: {SUBTASKS}")
     path = task_file("adv_glue/dev.json", data_dir)
     data = read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get(task), list) or not data[task]:
@@ -66,3 +72,19 @@ def user_message(task: str, record: dict) -> str:
 
 def messages(task: str, record: dict) -> list[dict]:
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user_message(task, record)}]
+
+
+def load_task(split: str = "dev", data_dir: Optional[str] = None) -> list[dict]:
+    """Documents {task, label, message, idx} of all six tasks, interleaved."""
+    if split != "dev":
+        raise DataError(f"AdvGLUE has one split here, 'dev'; got {split!r}")
+    return interleaved([[{"task": t, "label": r["label"], "idx": r.get("idx"), "message": user_message(t, r)}
+                         for r in load(t, data_dir)] for t in SUBTASKS])
+
+
+ADV_GLUE = TaskSpec("adv_glue", GENERATE_UNTIL, load_task, "dev", text="{message}", description=SYSTEM_PROMPT,
+                    metrics=("accuracy",), hub="AI-Secure/adv_glue",
+                    generation=GenerationSpec(until=(), max_new_tokens=32, scorer="adv_glue", chat=True,
+                                              part_field="task"))
+
+TASKS = (ADV_GLUE,)

@@ -12,6 +12,13 @@ The gold passage goes to position `gold_position` (0-based) and the documents ar
 KV retrieval: `kv-retrieval-<n>_keys.jsonl.gz` records {ordered_kv_records: [[key, value], ...],
 key, value}; the asked pair is moved to `gold_position` (as the paper's scripts do) and the records
 rendered as one JSON object, one pair per line, into `kv_retrieval.prompt`.
+
+Tasks `litm_qa_<k>` (k = 10/20/30 documents) and `litm_kv_<n>` (n = 75/140 keys): one document per
+(question, gold position), position-major within each question (question 0 at every position, then
+question 1, ...), so that `limit` documents spread evenly over the paper's gold positions
+(QA_GOLD_POSITIONS, KV_GOLD_POSITIONS); each document's `gold_position` is its part. Distractors are
+drawn with DISTRACTOR_SEED. Prompts are greedy-decoded through the conversation template, at most 100
+new tokens (the paper's scripts); scored by `qjax.eval.multidoc_qa`.
 """
 
 from __future__ import annotations
@@ -25,14 +32,17 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from qjax.data.io import task_file
 from qjax.data.paths import DataError
-from qjax.data.tasks.io import task_file
+from qjax.data.tasks.spec import GENERATE_UNTIL, GenerationSpec, TaskSpec
 
 QA_DOCUMENT_COUNTS = (10, 20, 30)
 KV_KEY_COUNTS = (75, 140)
 # the paper's gold positions (0-based)
 QA_GOLD_POSITIONS = {10: (0, 4, 9), 20: (0, 4, 9, 14, 19), 30: (0, 4, 9, 14, 19, 24, 29)}
 KV_GOLD_POSITIONS = {75: (0, 24, 49, 74), 140: (0, 34, 69, 104, 139)}
+DISTRACTOR_SEED = 0
+MAX_NEW_TOKENS = 100
 
 
 def _read_gzip_jsonl(path: Path) -> list[dict]:
@@ -148,3 +158,52 @@ def kv_prompt(template: str, records: Sequence[tuple[str, str]], key: str, gold_
     for i, (k, v) in enumerate(records):
         body += ("{" if i == 0 else " ") + f'"{k}": "{v}"' + (",\n" if i != len(records) - 1 else "}")
     return template.format(formatted_kv_records=body, key=key)
+
+
+# -- task declarations -----------------------------------------------------------------------------------
+def load_qa_task(num_documents: int, split: str = "test", data_dir: Optional[str] = None) -> list[dict]:
+    """Documents {question, answers, documents, gold_position, template} of `litm_qa_<num_documents>`."""
+    if split != "test":
+        raise DataError(f"multi-document QA has one split, 'test'; got {split!r}")
+    questions = load_nq_oracle(data_dir)
+    template = read_template("qa.prompt", data_dir)
+    positions = QA_GOLD_POSITIONS[num_documents]
+    docs = []
+    for i, q in enumerate(questions):
+        base = qa_documents(questions, i, num_documents, 0, DISTRACTOR_SEED)  # gold first, then distractors
+        gold, distractors = base[0], base[1:]
+        for p in positions:
+            docs.append({"question": q["question"], "answers": q["answers"], "gold_position": p, "index": i,
+                         "documents": distractors[:p] + [gold] + distractors[p:], "template": template})
+    return docs
+
+
+def load_kv_task(num_keys: int, split: str = "test", data_dir: Optional[str] = None) -> list[dict]:
+    """Documents {records, key, value, gold_position, template} of `litm_kv_<num_keys>`."""
+    if split != "test":
+        raise DataError(f"key-value retrieval has one split, 'test'; got {split!r}")
+    template = read_template("kv_retrieval.prompt", data_dir)
+    return [{**r, "gold_position": p, "index": i, "template": template}
+            for i, r in enumerate(load_kv(num_keys, data_dir)) for p in KV_GOLD_POSITIONS[num_keys]]
+
+
+def qa_text(doc: dict) -> str:
+    return qa_prompt(doc["template"], doc["question"], doc["documents"])
+
+
+def kv_text(doc: dict) -> str:
+    return kv_prompt(doc["template"], doc["records"], doc["key"], doc["gold_position"])
+
+
+def _generation(scorer: str) -> GenerationSpec:
+    return GenerationSpec(until=(), max_new_tokens=MAX_NEW_TOKENS, scorer=scorer, chat=True, fit_context=True,
+                          part_field="gold_position")
+
+
+TASKS = tuple(
+    [TaskSpec(f"litm_qa_{k}", GENERATE_UNTIL, lambda split, data_dir=None, k=k: load_qa_task(k, split, data_dir),
+              "test", text=qa_text, metrics=("accuracy",), generation=_generation("litm_qa"),
+              hub="nelson-liu/lost-in-the-middle") for k in QA_DOCUMENT_COUNTS]
+    + [TaskSpec(f"litm_kv_{n}", GENERATE_UNTIL, lambda split, data_dir=None, n=n: load_kv_task(n, split, data_dir),
+                "test", text=kv_text, metrics=("accuracy",), generation=_generation("litm_kv"),
+                hub="nelson-liu/lost-in-the-middle") for n in KV_KEY_COUNTS])

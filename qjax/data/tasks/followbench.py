@@ -2,14 +2,21 @@
 lists of {example_id, category, source, level (0-5, as a string or int), instruction, target}
 (`example_constraints.json` also has `answer`). The instruction at level L of an example is the
 level-0 instruction with L constraints added one at a time; `evolution` gives the chain.
+
+Task `followbench`: every record with level >= 1 of every file, interleaved over (file, level) so that
+`limit` documents spread over categories and levels; each document carries its instruction chain
+(`chain`) for the judge, and its part "<file>/level<L>". Greedy, through the conversation template,
+at most 1024 new tokens; scored by `qjax.eval.followbench` (rules, and the judge model for the rest).
 """
 
 from __future__ import annotations
 
 from typing import Optional
 
+from qjax.data.io import read_json, task_file
 from qjax.data.paths import DataError
-from qjax.data.tasks.io import read_json, task_file
+from qjax.data.tasks.longeval import interleaved
+from qjax.data.tasks.spec import GENERATE_UNTIL, GenerationSpec, TaskSpec
 
 CATEGORIES = ("content", "situation", "style", "format", "example", "mixed")
 
@@ -44,3 +51,22 @@ def evolution(records: list[dict], index: int) -> list[str]:
     if missing:
         raise DataError(f"FollowBench {record['file']} example {record['example_id']}: levels {missing} missing")
     return [chain[lv] for lv in range(record["level"] + 1)]
+
+
+def load_task(split: str = "test", data_dir: Optional[str] = None) -> list[dict]:
+    """Documents (records with `chain` and `part`) of every file and level >= 1, interleaved."""
+    if split != "test":
+        raise DataError(f"FollowBench has one split, 'test'; got {split!r}")
+    groups = []
+    for category in CATEGORIES:
+        records = load(category, data_dir)
+        for level in range(1, 6):
+            groups.append([{**r, "chain": evolution(records, i), "part": f"{category}/level{level}"}
+                           for i, r in enumerate(records) if r["level"] == level])
+    return interleaved([g for g in groups if g])
+
+
+TASKS = (TaskSpec("followbench", GENERATE_UNTIL, load_task, "test", text="{instruction}", metrics=("hsr", "ssr"),
+                  hub="YuxinJiang/FollowBench",
+                  generation=GenerationSpec(until=(), max_new_tokens=1024, scorer="followbench", chat=True,
+                                            part_field="part")),)
