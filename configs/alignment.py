@@ -1,5 +1,6 @@
-"""Alignment tasks (TruthfulQA MC1/MC2, BBQ; variant `breadth`: TruthfulQA generation, AdvGLUE,
-ETHICS, FollowBench and judged MT-Bench): `--config=configs/alignment.py[:quick|full|breadth]`.
+"""Alignment tasks for experiments/task_experiment.py (TruthfulQA MC1/MC2, BBQ; variant `breadth`:
+TruthfulQA generation, AdvGLUE, FollowBench and judged MT-Bench):
+`--config=configs/alignment.py[:quick|full|breadth]`.
 
 Fields are overridable as `--config.field=value` and by the experiment's flags (see
 configs/knowledge.py). BBQ rows include accuracy, the ambiguous / disambiguated bias scores and

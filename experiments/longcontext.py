@@ -24,9 +24,10 @@ from absl import app
 from ml_collections import config_flags
 
 from qjax.checkpoints import load_model
+from qjax.analysis.table import format_value, markdown_table
 from qjax.data.longcontext import TASKS as SYNTHETIC_TASKS
 from qjax.eval.gen_tasks import run_generation_task
-from qjax.eval.longcontext import accuracy_table, evaluate_cell, usable_length
+from qjax.eval.longcontext import accuracy_grid, evaluate_cell, usable_length
 from qjax.eval.results import ResultStore, make_row
 from qjax.quant.activations import apply_setting, parse_setting
 
@@ -75,7 +76,7 @@ def main(argv):
         rows = [{"config": row["transform"], **row["details"]} for row in store.rows()
                 if row["model"] == cfg.model and row["task"].startswith(f"{task}/")]
         report.append(f"### {task}: exact match by length (mean over depths {list(cfg.depths)}, "
-                      f"{cfg.samples} prompts per cell)\n\n" + accuracy_table(rows, list(cfg.settings)))
+                      f"{cfg.samples} prompts per cell)\n\n" + markdown_table(*accuracy_grid(rows, list(cfg.settings))))
     text = "\n\n".join(report)
     Path(cfg.results).with_suffix(".md").write_text(text + "\n")
     print(text)
@@ -83,8 +84,6 @@ def main(argv):
 
 def _benchmark_table(store: ResultStore, cfg, task: str) -> str:
     """Markdown: accuracy per size / gold position (rows) and setting (columns) of one benchmark task."""
-    from qjax.analysis.table import format_value, markdown_table
-
     cells = {}
     for row in store.rows():
         if row["model"] == cfg.model and row["metric"] == "accuracy" and row["task"].startswith(task):
