@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from qjax.models import kv_cache as kv_cache_lib
-from qjax.models.attention import blocked_attention, causal_attention, grouped_attention
+from qjax.ops.attention import blocked_attention, causal_attention, grouped_attention
 from qjax.models.config import ModelConfig
 from qjax.models.layers import FUSE_MIN_ROWS, Linear, Norm, sibling_linears
 from qjax.models.mlp import MLP, MoE
@@ -286,7 +286,7 @@ class Decoder(nn.Module):
 _TABLES = ("embed", "pos_embed")  # embedding tables: direct params of the Decoder
 
 
-def _to_linen(params: dict) -> dict:
+def linen_variables(params: dict) -> dict:
     """qjax params -> linen variables: the embedding tables are direct params of the Decoder."""
     linen = {k: v for k, v in params.items() if k not in _TABLES}
     for name in _TABLES:
@@ -339,7 +339,7 @@ def forward(params: dict, tokens: jax.Array, config: ModelConfig, runtime: Runti
     runtime).
     """
     decoder = Decoder(config, runtime, scan_layers="layers" in params)
-    return decoder.apply(_to_linen(params), tokens, positions, attention_mask, cache, runtime_state, pair_mask,
+    return decoder.apply(linen_variables(params), tokens, positions, attention_mask, cache, runtime_state, pair_mask,
                          logits_at)
 
 
@@ -348,7 +348,7 @@ def forward_with_intermediates(params: dict, tokens: jax.Array, config: ModelCon
     """(logits, intermediates) of a cache-free forward, intermediates being the sown values by module
     path: each linear's `input`, a MoE block's `routing` weights (B, T, E) and its experts'
     `token_mask`, e.g. intermediates["layers_0"]["moe"]["routing"][0]. Not jitted (inspection)."""
-    (logits, _), state = Decoder(config, runtime).apply(_to_linen(params), tokens, mutable=["intermediates"])
+    (logits, _), state = Decoder(config, runtime).apply(linen_variables(params), tokens, mutable=["intermediates"])
     return logits, state["intermediates"]
 
 
