@@ -146,3 +146,18 @@ def test_ethics_prompts_equal_lm_evals(tmp_path):
     write_jsonl(tmp_path / "hf/EleutherAI/hendrycks_ethics/justice/test.jsonl", [{"label": 2, "scenario": "x"}])
     with pytest.raises(DataError, match="label 2 is not 0 or 1"):
         get_task("ethics_justice").load("test", str(tmp_path))
+
+
+def test_breadth_declarations_load_the_local_data(data_dir):
+    counts = {"longeval_topics": 350, "longeval_lines": 300, "litm_qa_10": 2655 * 3, "litm_kv_75": 500 * 4,
+              "adv_glue": 738, "truthfulqa_gen": 817, "followbench": 820, "mt_bench_judged": 80}
+    for name, n in counts.items():
+        spec = get_task(name)
+        docs = spec.load(spec.eval_split, str(data_dir))
+        assert len(docs) == n, name
+        assert spec.doc_text(docs[0])
+    spec = get_task("litm_qa_10")
+    first = spec.load("test", str(data_dir))[:3]  # question 0 at gold positions 0, 4, 9
+    assert [d["gold_position"] for d in first] == [0, 4, 9]
+    assert [d["documents"].index((d["documents"][d["gold_position"]])) for d in first] == [0, 4, 9]
+    assert spec.doc_text(first[1]).count("Document [") == 10

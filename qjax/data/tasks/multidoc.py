@@ -4,8 +4,9 @@ al., 2023), from the local files under `lost_in_the_middle/` of the data directo
 QA: `nq-open-oracle.jsonl.gz` gives each NaturalQuestions-Open question its `answers` and its gold
 passage (`ctxs[0]`, isgold). The paper's distractors are retrieved passages, which are not in the
 data kit: here the k - 1 distractors of question i are gold passages of OTHER questions, drawn with
-numpy `default_rng([seed, i])` among those that contain none of question i's answers (normalised as
-the metric does), so that no distractor answers the question. Results built on them must say so.
+numpy `default_rng([seed, i])` among those that mention none of question i's answers as whole words
+(normalised as the metric does; token-level, like DPR's has_answer, so that an answer "S" does not rule
+out every passage containing the letter), so that no distractor answers the question. Results built on them must say so.
 The gold passage goes to position `gold_position` (0-based) and the documents are rendered
 "Document [j](Title: <title>) <text>" (j from 1), joined by "\\n", into the paper's `qa.prompt`.
 
@@ -119,6 +120,12 @@ def contains_answer(text: str, answers: Sequence[str]) -> bool:
     return any(normalize_answer(a) in normalized for a in answers)
 
 
+def mentions_answer(text: str, answers: Sequence[str]) -> bool:
+    """Whether a non-empty normalised answer occurs in the normalised text as whole words."""
+    padded = f" {normalize_answer(text)} "
+    return any(f" {a} " in padded for a in (normalize_answer(x) for x in answers) if a)
+
+
 # -- prompts ---------------------------------------------------------------------------------------------
 def qa_documents(questions: Sequence[dict], index: int, num_documents: int, gold_position: int,
                  seed: int) -> list[tuple[str, str]]:
@@ -127,13 +134,14 @@ def qa_documents(questions: Sequence[dict], index: int, num_documents: int, gold
     if not 0 <= gold_position < num_documents:
         raise ValueError(f"gold_position {gold_position} outside 0..{num_documents - 1}")
     q = questions[index]
+    answers = q["answers"]
     rng = np.random.default_rng([seed, index])
     distractors: list[tuple[str, str]] = []
     for j in rng.permutation(len(questions)):
         if len(distractors) == num_documents - 1:
             break
         other = questions[int(j)]
-        if int(j) == index or other["text"] == q["text"] or contains_answer(other["text"], q["answers"]):
+        if int(j) == index or other["text"] == q["text"] or mentions_answer(other["text"], answers):
             continue
         distractors.append((other["title"], other["text"]))
     if len(distractors) < num_documents - 1:
