@@ -24,6 +24,7 @@ new tokens (the paper's scripts); scored by `qjax.eval.multidoc_qa`.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import re
@@ -106,11 +107,18 @@ def load_kv(num_keys: int, data_dir: Optional[str] = None) -> list[dict]:
 
 
 # -- the paper's answer normalisation (SQuAD's) --------------------------------------------------------
+_NO_PUNCTUATION = str.maketrans("", "", string.punctuation)
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
 def normalize_answer(text: str) -> str:
     """Lower case, punctuation removed, articles (a, an, the) removed, single spaces."""
-    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return " ".join(text.split())
+    return " ".join(_ARTICLES.sub(" ", text.lower().translate(_NO_PUNCTUATION)).split())
+
+
+@functools.lru_cache(maxsize=8192)
+def _padded_passage(text: str) -> str:
+    return f" {normalize_answer(text)} "
 
 
 def contains_answer(text: str, answers: Sequence[str]) -> bool:
@@ -122,7 +130,7 @@ def contains_answer(text: str, answers: Sequence[str]) -> bool:
 
 def mentions_answer(text: str, answers: Sequence[str]) -> bool:
     """Whether a non-empty normalised answer occurs in the normalised text as whole words."""
-    padded = f" {normalize_answer(text)} "
+    padded = _padded_passage(text)
     return any(f" {a} " in padded for a in (normalize_answer(x) for x in answers) if a)
 
 
