@@ -25,8 +25,6 @@ new tokens (the paper's scripts); scored by `qjax.eval.multidoc_qa`.
 from __future__ import annotations
 
 import functools
-import gzip
-import json
 import re
 import string
 from pathlib import Path
@@ -34,7 +32,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from qjax.data.io import task_file
+from qjax.data.io import read_jsonl, task_file
 from qjax.data.paths import DataError
 from qjax.data.tasks.spec import GENERATE_UNTIL, GenerationSpec, TaskSpec
 
@@ -47,27 +45,6 @@ DISTRACTOR_SEED = 0
 MAX_NEW_TOKENS = 100
 
 
-def _read_gzip_jsonl(path: Path) -> list[dict]:
-    rows = []
-    try:
-        with gzip.open(path, "rt", encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{lineno}: malformed JSON line: {e}") from None
-                if not isinstance(row, dict):
-                    raise DataError(f"{path}:{lineno}: expected a JSON object")
-                rows.append(row)
-    except (OSError, EOFError) as e:
-        raise DataError(f"{path}: not a readable gzip file: {e}") from None
-    if not rows:
-        raise DataError(f"{path}: no records")
-    return rows
-
-
 def read_template(name: str, data_dir: Optional[str] = None) -> str:
     """A prompt template file of the paper (`qa.prompt`, `kv_retrieval.prompt`), trailing newlines
     removed as the paper's code does."""
@@ -78,7 +55,7 @@ def load_nq_oracle(data_dir: Optional[str] = None) -> list[dict]:
     """Questions {question, answers, title, text} with their gold passage."""
     path = task_file("lost_in_the_middle/nq-open-oracle.jsonl.gz", data_dir)
     out = []
-    for i, row in enumerate(_read_gzip_jsonl(path), 1):
+    for i, row in enumerate(read_jsonl(path), 1):
         ctxs, answers = row.get("ctxs"), row.get("answers")
         if not isinstance(row.get("question"), str) or not isinstance(answers, list) or not answers:
             raise DataError(f"{path} record {i}: needs a 'question' string and a non-empty 'answers' list")
@@ -95,7 +72,7 @@ def load_kv(num_keys: int, data_dir: Optional[str] = None) -> list[dict]:
         raise DataError(f"key-value retrieval data exists for {KV_KEY_COUNTS} keys, not {num_keys}")
     path = task_file(f"lost_in_the_middle/kv-retrieval-{num_keys}_keys.jsonl.gz", data_dir)
     out = []
-    for i, row in enumerate(_read_gzip_jsonl(path), 1):
+    for i, row in enumerate(read_jsonl(path), 1):
         records = row.get("ordered_kv_records")
         if not isinstance(records, list) or not all(isinstance(r, list) and len(r) == 2 for r in records):
             raise DataError(f"{path} record {i}: 'ordered_kv_records' must be a list of [key, value] pairs")
