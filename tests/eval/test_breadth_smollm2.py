@@ -15,7 +15,7 @@ CASES = [  # (task, limit, max_new_tokens, rows that must be there)
     ("litm_kv_75", 1, 40, {("litm_kv_75/0", "accuracy"), ("litm_kv_75", "fits")}),
     ("longeval_topics", 3, None, {("longeval_topics/1", "accuracy"), ("longeval_topics/10", "fits")}),
     ("longeval_lines", 1, 24, {("longeval_lines/200", "accuracy")}),
-    ("followbench", 3, 48, {("followbench", "hsr"), ("followbench", "judge_unparsed")}),
+    ("followbench", 3, 48, {("followbench", "unjudged"), ("followbench", "judge_unparsed")}),
     ("mt_bench_judged", 1, 48, {("mt_bench_judged", "judge_unparsed")}),
 ]
 
