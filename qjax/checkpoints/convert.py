@@ -50,6 +50,14 @@ def build_params(flat: dict[str, np.ndarray], config: ModelConfig, source: str) 
                 f"{source}: tensor for {path} has shape {tuple(value.shape)}, but the config implies {shape}")
         if not np.all(np.isfinite(np.asarray(value, np.float32))):
             raise CheckpointError(f"{source}: tensor for {path} contains NaN or Inf")
+        params[path] = value
+    return nest(params)
+
+
+def nest(flat: dict) -> dict:
+    """{"a/b/c": x} -> {"a": {"b": {"c": x}}}."""
+    params: dict = {}
+    for path, value in flat.items():
         node = params
         *parents, leaf = path.split("/")
         for name in parents:

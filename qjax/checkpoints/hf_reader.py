@@ -9,6 +9,7 @@ import numpy as np
 
 from qjax.checkpoints.convert import build_params
 from qjax.checkpoints.errors import CheckpointError
+from qjax.checkpoints.safetensors_stream import checkpoint_files
 from qjax.models.config import ModelConfig, RopeScaling
 
 _ARCHITECTURES = {
@@ -86,21 +87,7 @@ def read_config(directory: Path) -> ModelConfig:
 
 
 def _safetensors_files(directory: Path) -> list[Path]:
-    index = directory / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as e:
-            raise CheckpointError(f"{index}: malformed safetensors index: {e}") from e
-        files = [directory / name for name in sorted(set(weight_map.values()))]
-    else:
-        files = sorted(directory.glob("*.safetensors"))
-    if not files:
-        raise CheckpointError(f"{directory}: no *.safetensors files found")
-    for f in files:
-        if not f.is_file():
-            raise CheckpointError(f"{f}: safetensors shard listed in the index is missing")
-    return files
+    return checkpoint_files(directory)
 
 
 def _read_tensors(file: Path) -> dict[str, np.ndarray]:
@@ -114,6 +101,22 @@ def _read_tensors(file: Path) -> dict[str, np.ndarray]:
         return out
     except Exception as e:  # SafetensorError on truncated or corrupt headers/data
         raise CheckpointError(f"{file}: not a readable safetensors file (truncated or corrupt?): {e}") from e
+
+
+def hf_tensor_name(path: str) -> tuple[str, bool]:
+    """(HF tensor name without the "model." prefix, stored transposed?) of a qjax parameter path:
+    HF linears are stored (out, in), qjax kernels are (in, out)."""
+    if path == "embed/embedding":
+        return "embed_tokens.weight", False
+    if path == "final_norm/scale":
+        return "norm.weight", False
+    if path == "lm_head/kernel":
+        return "lm_head.weight", True
+    layer, rest = path.split("/", 1)
+    for name, qjax_rest in _LAYER_TENSORS.items():
+        if qjax_rest == rest:
+            return f"layers.{layer.removeprefix('layers_')}.{name}", name.endswith(".weight") and "norm" not in name
+    raise KeyError(f"no Hugging Face tensor name for qjax parameter {path!r}")
 
 
 def load_hf_dir(directory: str | Path) -> tuple[ModelConfig, dict]:
