@@ -54,6 +54,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     # every configuration); "efficiency" always runs the stored params.
     c.score_dequantized = True
     c.seed = 0
+    c.mesh = ""  # "data:4,model:2" (qjax.parallel.mesh); "" = every device on data
     c.results = "results/suite.jsonl"
     c.work_dir = "results/suite_work"  # journal of finished tasks, quantized params cache, samples
     if variant == "quick":

@@ -1,15 +1,13 @@
-"""Hugging Face checkpoint directories (config.json + safetensors) -> (ModelConfig, params)."""
+"""Hugging Face checkpoint directories: config.json -> ModelConfig, tensor names -> qjax paths.
+
+The reading and placing of the safetensors data is `mesh_loader` (over `safetensors_stream`)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import numpy as np
-
-from qjax.checkpoints.convert import build_params
 from qjax.checkpoints.errors import CheckpointError
-from qjax.checkpoints.safetensors_stream import checkpoint_files
 from qjax.models.config import ModelConfig, RopeScaling
 
 _ARCHITECTURES = {
@@ -86,23 +84,6 @@ def read_config(directory: Path) -> ModelConfig:
     )
 
 
-def _safetensors_files(directory: Path) -> list[Path]:
-    return checkpoint_files(directory)
-
-
-def _read_tensors(file: Path) -> dict[str, np.ndarray]:
-    from safetensors import safe_open
-
-    try:
-        out = {}
-        with safe_open(str(file), framework="flax") as f:
-            for name in f.keys():
-                out[name] = np.asarray(f.get_tensor(name), np.float32)
-        return out
-    except Exception as e:  # SafetensorError on truncated or corrupt headers/data
-        raise CheckpointError(f"{file}: not a readable safetensors file (truncated or corrupt?): {e}") from e
-
-
 def hf_tensor_name(path: str) -> tuple[str, bool]:
     """(HF tensor name without the "model." prefix, stored transposed?) of a qjax parameter path:
     HF linears are stored (out, in), qjax kernels are (in, out)."""
@@ -120,23 +101,8 @@ def hf_tensor_name(path: str) -> tuple[str, bool]:
 
 
 def load_hf_dir(directory: str | Path) -> tuple[ModelConfig, dict]:
-    """Loads config.json and every (possibly sharded) safetensors file into float32 qjax params."""
-    directory = Path(directory)
-    config = read_config(directory)
-    flat: dict[str, np.ndarray] = {}
-    for file in _safetensors_files(directory):
-        for name, w in _read_tensors(file).items():
-            name = name.removeprefix("model.")
-            if name == "embed_tokens.weight":
-                flat["embed/embedding"] = w
-            elif name == "norm.weight":
-                flat["final_norm/scale"] = w
-            elif name == "lm_head.weight":
-                flat["lm_head/kernel"] = w.T
-            elif name.startswith("layers."):
-                _, layer, rest = name.split(".", 2)
-                if rest in _LAYER_TENSORS:
-                    flat[f"layers_{layer}/{_LAYER_TENSORS[rest]}"] = w.T if w.ndim == 2 else w
-    if config.tie_word_embeddings:
-        flat.pop("lm_head/kernel", None)
-    return config, build_params(flat, config, str(directory))
+    """(config, float32 params on the default device) of an HF directory (config.json and possibly
+    sharded safetensors), streamed tensor by tensor (`mesh_loader.load_hf_dir_on_mesh`)."""
+    from qjax.checkpoints.mesh_loader import load_hf_dir_on_mesh  # it builds on this module
+
+    return load_hf_dir_on_mesh(directory, None, dtype="float32")

@@ -21,13 +21,12 @@ from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
 from qjax.checkpoints.convert import expected_shapes, nest
 from qjax.checkpoints.errors import CheckpointError
 from qjax.checkpoints.hf_reader import hf_tensor_name, read_config
-from qjax.checkpoints.safetensors_stream import TensorSource, tensor_sources
+from qjax.checkpoints.safetensors_stream import TensorSource, all_finite, tensor_sources
 from qjax.models.config import ModelConfig
 from qjax.parallel.rules import DEFAULT_RULES, Rule, param_spec
 
@@ -37,15 +36,19 @@ LOAD_DTYPES = ("bfloat16", "float16", "float32")
 def place_tensor(source: TensorSource, shape: tuple, sharding: Optional[NamedSharding], dtype, *,
                  transpose: bool = False) -> jax.Array:
     """The global array `stored` (`stored.T` with transpose) of `shape` in `dtype`, laid out by
-    `sharding`, each addressable device's slice read from `source` on demand (sharding None: the
-    whole tensor on the default device, uncommitted). Raises CheckpointError for NaN or Inf."""
+    `sharding` (None: the whole tensor on the default device, uncommitted).
+
+    Each addressable device's slice is copied out of the memory map already transposed and converted
+    (`TensorSource.read`), once per distinct slice, and placed; no compilation is involved. Raises
+    CheckpointError for NaN or Inf.
+    """
     slices: dict = {}
 
     def read(index):
         key = tuple((s.start, s.stop, s.step) for s in index)
         if key not in slices:
             value = source.read(index, dtype, transpose)
-            if not np.all(np.isfinite(value)):
+            if not all_finite(value):
                 raise CheckpointError(f"{source.file}: tensor {source.name} (for a {shape} parameter) "
                                       f"contains NaN or Inf")
             slices[key] = value
@@ -53,7 +56,9 @@ def place_tensor(source: TensorSource, shape: tuple, sharding: Optional[NamedSha
 
     if sharding is None:
         return jnp.asarray(read((slice(None),) * len(shape)))
-    return jax.make_array_from_callback(shape, sharding, read)
+    out = jax.make_array_from_callback(shape, sharding, read)
+    out.block_until_ready()
+    return out
 
 
 def load_hf_dir_on_mesh(directory: str | Path, mesh: Optional[Mesh] = None, *, dtype: str = "bfloat16",

@@ -45,16 +45,48 @@ class TensorSource:
     def nbytes(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
 
-    def read(self, index: tuple = (), dtype=None, transpose: bool = False) -> np.ndarray:
-        """A C-contiguous copy of `stored[index]` (`stored.T[index]` with transpose) in `dtype`."""
+    def mapped(self) -> np.ndarray:
+        """The stored tensor as a read-only memory map of just its bytes (unmapped when the last view
+        of it is dropped)."""
         if self.nbytes == 0:
-            data = np.zeros(self.shape, self.dtype)
+            return np.zeros(self.shape, self.dtype)
+        # a plain ndarray view: slices of a np.memmap subclass cost a Python callback each
+        return np.memmap(self.file, self.dtype, "r", offset=self.offset, shape=self.shape).view(np.ndarray)
+
+    def read(self, index: tuple = (), dtype=None, transpose: bool = False) -> np.ndarray:
+        """A C-contiguous copy of `stored[index]` (`stored.T[index]` with transpose) in `dtype`.
+
+        A transposed slice is copied TRANSPOSE_ROWS stored rows at a time (numpy's plain transposed
+        copy walks the source with a stride of a whole row per element: several times slower)."""
+        data = self.mapped()
+        dtype = np.dtype(dtype or self.dtype)
+        if not transpose:
+            out = np.array(data[index], dtype=dtype, order="C", copy=True)
         else:
-            data = np.memmap(self.file, self.dtype, "r", offset=self.offset, shape=self.shape)
-        view = data.T if transpose else data
-        out = np.array(view[index], dtype=dtype or self.dtype, order="C", copy=True)
-        del view, data  # unmap: the tensor's pages are no longer ours
+            index = tuple(index) + (slice(None),) * (2 - len(index))
+            block = data[index[1], index[0]]  # (out slice, in slice) of the stored (out, in) tensor
+            out = np.empty(block.shape[::-1], dtype)
+            for i in range(0, block.shape[0], TRANSPOSE_ROWS):
+                out[:, i:i + TRANSPOSE_ROWS] = block[i:i + TRANSPOSE_ROWS].T
+            del block
+        del data  # unmap: the tensor's pages are no longer ours
         return out
+
+
+TRANSPOSE_ROWS = 16
+
+_EXPONENT_MASKS = {np.dtype(ml_dtypes.bfloat16): (np.uint16, 0x7F80), np.dtype(np.float16): (np.uint16, 0x7C00),
+                   np.dtype(np.float32): (np.uint32, 0x7F800000),
+                   np.dtype(np.float64): (np.uint64, 0x7FF0000000000000)}
+
+
+def all_finite(x: np.ndarray) -> bool:
+    """Whether a float array (bf16, f16, f32, f64) holds no NaN or Inf, by its exponent bits (fast for
+    bfloat16, whose numpy ufuncs are slow); True for other dtypes."""
+    if x.dtype not in _EXPONENT_MASKS:
+        return True
+    bits, mask = _EXPONENT_MASKS[x.dtype]
+    return not np.any((np.ascontiguousarray(x).view(bits) & bits(mask)) == mask)
 
 
 def read_header(file: Path) -> dict[str, TensorSource]:

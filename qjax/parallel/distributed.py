@@ -18,6 +18,7 @@ import os
 from typing import Optional
 
 import jax
+import numpy as np
 
 _STARTED = False
 
@@ -82,6 +83,18 @@ def initialize(coordinator: Optional[str] = None, num_processes: Optional[int] =
 def is_primary() -> bool:
     """Whether this process writes results and reports (process 0)."""
     return jax.process_index() == 0
+
+
+def primary_value(value):
+    """Process 0's `value` (a bool, number or numpy array of one shape on every process), on every
+    process: decisions such as "is this task already done?" are taken once, by the process that
+    owns the journal and the results, so that every process runs the same program."""
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+
+    out = multihost_utils.broadcast_one_to_all(np.asarray(value))
+    return type(value)(out) if isinstance(value, (bool, int, float)) else np.asarray(out)
 
 
 def sync(name: str) -> None:
