@@ -1,9 +1,10 @@
-"""Knowledge / reasoning log-likelihood tasks: `--config=configs/knowledge.py[:quick|full]`.
+"""Knowledge / reasoning log-likelihood tasks for experiments/task_experiment.py:
+`--config=configs/knowledge.py[:quick|full]`.
 
 Fields are overridable as `--config.field=value`; the experiment's flags (--model, --tasks, --limit,
---num_fewshot, --results, --quant_config) override them too. limit / num_fewshot < 0: the task's
+--num_fewshot, --results, --quant_config of experiments/task_experiment.py) override them too. limit / num_fewshot < 0: the task's
 default (all documents; lm-eval's few-shot count). Hub-only tasks (hellaswag, ceval, snli) need the
-hub or a local mirror (see `qjax.data.tasks.hub`).
+hub or a local mirror (see `qjax.data.hub`).
 """
 
 import ml_collections
@@ -20,6 +21,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.seed = 0
     config.batch_size = 16
     config.chat_template = False
+    config.judge = ""  # judge model name for judged generation tasks (mt_bench_judged, followbench)
     config.compute_dtype = "float32"
     config.results = "results/knowledge.jsonl"
     if variant == "quick":

@@ -1,13 +1,20 @@
-"""The driver of the task experiments (`experiments/knowledge.py`, `experiments/alignment.py`).
+"""The task experiment: registered tasks (`qjax.data.tasks`) on one model, rows into a results store.
+
+One script, one config per study:
+  python experiments/task_experiment.py --config=configs/knowledge.py[:quick|full]  # MMLU, ARC, PIQA, ...
+  python experiments/task_experiment.py --config=configs/alignment.py[:quick|full]  # TruthfulQA, BBQ
+  python experiments/task_experiment.py --config=configs/knowledge.py --tasks=mmlu,arc_easy --limit=50 \
+      --quant_config=results/ckpt/rtn_w4
 
 `run_experiment(cfg)` loads the model (float, or a saved quantized checkpoint) and runs the config's
-tasks into its results store. It lives with the scripts (imported by them as a sibling module), not
-in `qjax.eval`, because loading checkpoints is an experiment's job: the task core stays free of it.
+tasks into its results store, one row per (task, metric) (per MMLU subject and BBQ category too);
+tasks already in the results file are skipped. It lives with the scripts, not in `qjax.eval`,
+because loading checkpoints is an experiment's job: the task core stays free of it.
 
-`define_task_flags(default_config)` defines --config (an ml_collections config file, fields
-overridable as --config.field=value) and the shortcuts --model, --tasks, --limit, --num_fewshot,
---results, --quant_config and --data_dir; call it once, at import time of the script. The returned
-`TaskFlags.config()` is the config with every shortcut that was given applied.
+Flags: --config (an ml_collections config file, fields overridable as --config.field=value; default
+configs/knowledge.py) and the shortcuts --model, --tasks, --limit, --num_fewshot, --results,
+--quant_config and --data_dir (`define_task_flags`; `TaskFlags.config()` is the config with every
+shortcut that was given applied).
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
 
 from qjax.ops.runtime import Runtime
@@ -60,9 +67,11 @@ def define_task_flags(default_config: str) -> TaskFlags:
 
 
 def run_experiment(cfg, data_dir: Optional[str] = None, log: Callable[[str], None] = print) -> int:
-    """The knowledge / alignment experiments: load `cfg.model` (float, or the quantized checkpoint at
+    """The task experiment: load `cfg.model` (float, or the quantized checkpoint at
     `cfg.quant_config` restored with `qjax.quant.storage`), run `cfg.tasks` into `cfg.results`,
-    skipping tasks already there. cfg fields: see configs/knowledge.py. Returns rows appended."""
+    skipping tasks already there. cfg fields: see configs/knowledge.py; `judge` (a model name, "" =
+    none) loads a float judge model for judged generation tasks (mt_bench_judged, followbench).
+    Returns rows appended."""
     from qjax.checkpoints import load_model
     from qjax.eval.results import ResultStore
     from qjax.eval.tasks import run_tasks_into_store
@@ -74,6 +83,12 @@ def run_experiment(cfg, data_dir: Optional[str] = None, log: Callable[[str], Non
 
         params = restore_params(cfg.quant_config)
         transform = cfg.transform or Path(cfg.quant_config).name
+    judge = None
+    if cfg.get("judge"):
+        from qjax.eval.judge import Judge
+
+        jconfig, jparams, jtokenizer = load_model(cfg.judge)  # in float
+        judge = Judge(cfg.judge + (" (judging itself)" if cfg.judge == cfg.model else ""), jparams, jconfig, jtokenizer)
     store = ResultStore(cfg.results)
     experiment_config = {k: v for k, v in cfg.to_dict().items() if k not in ("tasks", "results")}
     appended = run_tasks_into_store(
@@ -81,6 +96,18 @@ def run_experiment(cfg, data_dir: Optional[str] = None, log: Callable[[str], Non
         experiment_config=experiment_config, log=log, limit=None if cfg.limit < 0 else cfg.limit,
         num_fewshot=None if cfg.num_fewshot < 0 else cfg.num_fewshot, seed=cfg.seed,
         runtime=Runtime(compute_dtype=cfg.compute_dtype), chat_template=cfg.chat_template,
-        data_dir=data_dir, batch_size=cfg.batch_size)
+        data_dir=data_dir, batch_size=cfg.batch_size, judge=judge)
     log(f"{appended} rows appended to {cfg.results}")
     return appended
+
+
+FLAGS = define_task_flags("configs/knowledge.py")
+
+
+def main(argv):
+    del argv
+    run_experiment(FLAGS.config(), data_dir=FLAGS.data_dir)
+
+
+if __name__ == "__main__":
+    app.run(main)

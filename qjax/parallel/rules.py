@@ -9,9 +9,11 @@ XLA only moves less or more data).
 
 `DEFAULT_RULES` follow the Megatron / MaxText layout of a decoder over the "model" axis:
   q/k/v, gate/up projections   column-parallel  (None, model): each device owns whole output columns
+  (fused qkv / gate_up too: their [q | k | v] split then needs XLA to move columns between devices)
   o, down projections          row-parallel     (model, None): partial sums reduced over "model"
   embedding (vocab, hidden)    vocab-parallel   (model, None); lm_head (hidden, vocab): (None, model)
-  biases of column-parallel linears (model,); norms and everything else replicated.
+  biases of column-parallel linears (model,); norms, routers and everything else replicated. MoE
+  experts' linears ("moe/experts_3/gate_proj/kernel") follow the same rules.
 So attention heads and MLP hidden units stay on one device between the column- and the row-parallel
 product, and a block needs one all-reduce per residual branch.
 
@@ -43,8 +45,8 @@ Rule = tuple[str, tuple]
 DEFAULT_RULES: tuple[Rule, ...] = (
     (r"(^|/)embed/embedding$", (MODEL, None)),
     (r"(^|/)lm_head/kernel$", (None, MODEL)),
-    (r"/(q_proj|k_proj|v_proj|gate_proj|up_proj)/kernel$", (None, MODEL)),
-    (r"/(q_proj|k_proj|v_proj|gate_proj|up_proj)/bias$", (MODEL,)),
+    (r"/(q_proj|k_proj|v_proj|qkv_proj|gate_proj|up_proj|gate_up_proj)/kernel$", (None, MODEL)),
+    (r"/(q_proj|k_proj|v_proj|qkv_proj|gate_proj|up_proj|gate_up_proj)/bias$", (MODEL,)),
     (r"/(o_proj|down_proj)/kernel$", (MODEL, None)),
 )
 

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from qjax.eval.perplexity import window_nll
+from qjax.models.nll import window_nll
 from qjax.models.config import ModelConfig
 from qjax.ops.runtime import Runtime
 from qjax.parallel import DATA, active_mesh, data_size, padded_batch_size, to_host
