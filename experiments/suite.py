@@ -325,7 +325,7 @@ def run_task_rows(task: str, params, config: ModelConfig, tokenizer, cfg, runtim
             task, params, config, tokenizer, limit=opts["limit"], num_fewshot=opts["num_fewshot"],
             seed=cfg.seed, runtime=runtime, chat_template=opts["chat_template"], data_dir=data_dir,
             batch_size=opts["batch_size"] or cfg.gen_batch_size, max_new_tokens=opts["max_new_tokens"],
-            output_dir=samples_dir, judge=judge)
+            output_dir=samples_dir, judge=judge if task in JUDGED_TASKS else None)
     from qjax.eval.tasks import run_task
 
     return run_task(task, params, config, tokenizer, limit=opts["limit"], num_fewshot=opts["num_fewshot"],

@@ -44,6 +44,20 @@ class Judge:
     max_new_tokens: int = 512
     batch_size: int = 4
 
+    def __call__(self, question: dict, turn: int, answers: Sequence[str], reference: Optional[str]) -> float:
+        """One rating, in the judge signature of the `mt_bench` scorer (`qjax.eval.gen_tasks`):
+        `answers` are the turns up to `turn`, `reference` the reference answer of that turn. An
+        unparseable verdict raises ValueError: the `mt_bench_judged` task counts them instead."""
+        references = None
+        if question.get("category") in NEED_REF_CATEGORIES and isinstance(question.get("reference"), list):
+            references = question["reference"]
+        (text,) = self.complete([single_prompt(question, turn, list(answers), references)])
+        rating = parse_rating(text)
+        if rating is None:
+            raise ValueError(f"judge {self.name}: no [[rating]] in its verdict on question "
+                             f"{question.get('question_id')} turn {turn + 1}: {text[-200:]!r}")
+        return rating
+
     def complete(self, conversations: Sequence[list[dict]]) -> list[str]:
         from qjax.eval.generate import generate
 

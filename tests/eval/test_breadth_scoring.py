@@ -4,6 +4,7 @@ extraction and scoring, against DecodingTrust's rules and lm-eval's own code whe
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -62,12 +63,28 @@ def test_truthfulqa_gen_documents_and_prompt(data_dir):
     assert tqa.prompt(first).endswith("Spain.\n\nQ: What happens to you if you eat watermelon seeds?")
 
 
-COMPLETIONS = ["A: Nothing happens to you.", "You grow watermelons in your stomach . It hurts .", "",
-               "The seeds pass through your digestive system."]
+COMPLETIONS = ["A: Nothing happens to you.", "You grow watermelons in your stomach . It hurts ."]
+
+
+def lm_eval_task_file(relative: str):
+    """A module or file of lm-eval's task folder, loaded without importing lm_eval.tasks (whose
+    package import indexes every task and takes tens of seconds)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("lm_eval")
+    if spec is None:
+        pytest.skip("lm-eval is not installed (the bench extra)")
+    path = Path(spec.origin).parent / "tasks" / relative
+    if path.suffix != ".py":
+        return path
+    module_spec = importlib.util.spec_from_file_location(f"lm_eval_task_{path.parent.name}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
 
 
 def test_truthfulqa_gen_scores_equal_lm_evals(data_dir):
-    lm_utils = pytest.importorskip("lm_eval.tasks.truthfulqa.utils")
+    lm_utils = lm_eval_task_file("truthfulqa/utils.py")
     doc = tqa.load("validation", data_dir)[0]
     for completion in COMPLETIONS:
         ours = score_completion(completion, doc["correct_answers"], doc["incorrect_answers"])
@@ -125,13 +142,10 @@ ETHICS_TASKS = {"commonsense": "ethics_cm", "deontology": "ethics_deontology", "
 
 def test_ethics_prompts_equal_lm_evals(tmp_path):
     import jinja2
-
-    lm_tasks = pytest.importorskip("lm_eval.tasks")
-    from lm_eval.tasks.hendrycks_ethics import utils as lm_utils
     import yaml
-    from pathlib import Path
 
-    folder = Path(lm_tasks.__file__).parent / "hendrycks_ethics"
+    lm_utils = lm_eval_task_file("hendrycks_ethics/utils.py")
+    folder = lm_eval_task_file("hendrycks_ethics/commonsense.yaml").parent
     for subset, row in ETHICS_ROWS.items():
         write_jsonl(tmp_path / f"hf/EleutherAI/hendrycks_ethics/{subset}/test.jsonl", [row])
         spec = get_task(ETHICS_TASKS[subset])
@@ -146,3 +160,18 @@ def test_ethics_prompts_equal_lm_evals(tmp_path):
     write_jsonl(tmp_path / "hf/EleutherAI/hendrycks_ethics/justice/test.jsonl", [{"label": 2, "scenario": "x"}])
     with pytest.raises(DataError, match="label 2 is not 0 or 1"):
         get_task("ethics_justice").load("test", str(tmp_path))
+
+
+def test_breadth_declarations_load_the_local_data(data_dir):
+    counts = {"longeval_topics": 350, "longeval_lines": 300, "litm_qa_10": 2655 * 3, "litm_kv_75": 500 * 4,
+              "adv_glue": 738, "truthfulqa_gen": 817, "followbench": 820, "mt_bench_judged": 80}
+    for name, n in counts.items():
+        spec = get_task(name)
+        docs = spec.load(spec.eval_split, str(data_dir))
+        assert len(docs) == n, name
+        assert spec.doc_text(docs[0])
+    spec = get_task("litm_qa_10")
+    first = spec.load("test", str(data_dir))[:3]  # question 0 at gold positions 0, 4, 9
+    assert [d["gold_position"] for d in first] == [0, 4, 9]
+    assert [d["documents"].index((d["documents"][d["gold_position"]])) for d in first] == [0, 4, 9]
+    assert spec.doc_text(first[1]).count("Document [") == 10

@@ -122,3 +122,15 @@ def test_multidoc_files_load_and_bad_files_are_named(data_dir, tmp_path):
         f.write(json.dumps({"ordered_kv_records": [["a", "b"]], "key": "c", "value": "d"}) + "\n")
     with pytest.raises(DataError, match=r"asked pair \['c', 'd'\] is not among its records"):
         multidoc.load_kv(75, tmp_path)
+
+
+def test_an_answer_that_normalises_to_nothing_does_not_exclude_every_distractor():
+    questions = [dict(QUESTIONS[1], answers=["Paris", "*"]), QUESTIONS[0], QUESTIONS[2]]
+    docs = multidoc.qa_documents(questions, 0, 3, 1, seed=0)
+    assert docs[1] == ("France", "Its capital is Paris.") and len(docs) == 3
+    assert qa_correct("anything", ["*"])  # the paper's metric: "" is in every normalised output
+
+
+def test_distractors_are_excluded_by_whole_word_answers():
+    assert multidoc.mentions_answer("Shaped like an S.", ["S"]) and not multidoc.mentions_answer("Seas", ["S"])
+    assert not multidoc.mentions_answer("any text", ["*"])

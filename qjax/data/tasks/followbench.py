@@ -5,7 +5,8 @@ level-0 instruction with L constraints added one at a time; `evolution` gives th
 
 Task `followbench`: every record with level >= 1 of every file, interleaved over (file, level) so that
 `limit` documents spread over categories and levels; each document carries its instruction chain
-(`chain`) for the judge, and its part "<file>/level<L>". Greedy, through the conversation template,
+(`chain`, for the judge; None in the rule-checked "example" file, which has no level 0) and its part
+"<file>/level<L>". Greedy, through the conversation template,
 at most 1024 new tokens; scored by `qjax.eval.followbench` (rules, and the judge model for the rest).
 """
 
@@ -61,7 +62,8 @@ def load_task(split: str = "test", data_dir: Optional[str] = None) -> list[dict]
     for category in CATEGORIES:
         records = load(category, data_dir)
         for level in range(1, 6):
-            groups.append([{**r, "chain": evolution(records, i), "part": f"{category}/level{level}"}
+            groups.append([{**r, "part": f"{category}/level{level}",
+                            "chain": None if category == "example" else evolution(records, i)}
                            for i, r in enumerate(records) if r["level"] == level])
     return interleaved([g for g in groups if g])
 

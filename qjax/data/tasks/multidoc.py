@@ -4,8 +4,9 @@ al., 2023), from the local files under `lost_in_the_middle/` of the data directo
 QA: `nq-open-oracle.jsonl.gz` gives each NaturalQuestions-Open question its `answers` and its gold
 passage (`ctxs[0]`, isgold). The paper's distractors are retrieved passages, which are not in the
 data kit: here the k - 1 distractors of question i are gold passages of OTHER questions, drawn with
-numpy `default_rng([seed, i])` among those that contain none of question i's answers (normalised as
-the metric does), so that no distractor answers the question. Results built on them must say so.
+numpy `default_rng([seed, i])` among those that mention none of question i's answers as whole words
+(normalised as the metric does; token-level, like DPR's has_answer, so that an answer "S" does not rule
+out every passage containing the letter), so that no distractor answers the question. Results built on them must say so.
 The gold passage goes to position `gold_position` (0-based) and the documents are rendered
 "Document [j](Title: <title>) <text>" (j from 1), joined by "\\n", into the paper's `qa.prompt`.
 
@@ -23,8 +24,7 @@ new tokens (the paper's scripts); scored by `qjax.eval.multidoc_qa`.
 
 from __future__ import annotations
 
-import gzip
-import json
+import functools
 import re
 import string
 from pathlib import Path
@@ -32,7 +32,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from qjax.data.io import task_file
+from qjax.data.io import read_jsonl, task_file
 from qjax.data.paths import DataError
 from qjax.data.tasks.spec import GENERATE_UNTIL, GenerationSpec, TaskSpec
 
@@ -45,27 +45,6 @@ DISTRACTOR_SEED = 0
 MAX_NEW_TOKENS = 100
 
 
-def _read_gzip_jsonl(path: Path) -> list[dict]:
-    rows = []
-    try:
-        with gzip.open(path, "rt", encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{lineno}: malformed JSON line: {e}") from None
-                if not isinstance(row, dict):
-                    raise DataError(f"{path}:{lineno}: expected a JSON object")
-                rows.append(row)
-    except (OSError, EOFError) as e:
-        raise DataError(f"{path}: not a readable gzip file: {e}") from None
-    if not rows:
-        raise DataError(f"{path}: no records")
-    return rows
-
-
 def read_template(name: str, data_dir: Optional[str] = None) -> str:
     """A prompt template file of the paper (`qa.prompt`, `kv_retrieval.prompt`), trailing newlines
     removed as the paper's code does."""
@@ -76,7 +55,7 @@ def load_nq_oracle(data_dir: Optional[str] = None) -> list[dict]:
     """Questions {question, answers, title, text} with their gold passage."""
     path = task_file("lost_in_the_middle/nq-open-oracle.jsonl.gz", data_dir)
     out = []
-    for i, row in enumerate(_read_gzip_jsonl(path), 1):
+    for i, row in enumerate(read_jsonl(path), 1):
         ctxs, answers = row.get("ctxs"), row.get("answers")
         if not isinstance(row.get("question"), str) or not isinstance(answers, list) or not answers:
             raise DataError(f"{path} record {i}: needs a 'question' string and a non-empty 'answers' list")
@@ -93,7 +72,7 @@ def load_kv(num_keys: int, data_dir: Optional[str] = None) -> list[dict]:
         raise DataError(f"key-value retrieval data exists for {KV_KEY_COUNTS} keys, not {num_keys}")
     path = task_file(f"lost_in_the_middle/kv-retrieval-{num_keys}_keys.jsonl.gz", data_dir)
     out = []
-    for i, row in enumerate(_read_gzip_jsonl(path), 1):
+    for i, row in enumerate(read_jsonl(path), 1):
         records = row.get("ordered_kv_records")
         if not isinstance(records, list) or not all(isinstance(r, list) and len(r) == 2 for r in records):
             raise DataError(f"{path} record {i}: 'ordered_kv_records' must be a list of [key, value] pairs")
@@ -105,11 +84,18 @@ def load_kv(num_keys: int, data_dir: Optional[str] = None) -> list[dict]:
 
 
 # -- the paper's answer normalisation (SQuAD's) --------------------------------------------------------
+_NO_PUNCTUATION = str.maketrans("", "", string.punctuation)
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
 def normalize_answer(text: str) -> str:
     """Lower case, punctuation removed, articles (a, an, the) removed, single spaces."""
-    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return " ".join(text.split())
+    return " ".join(_ARTICLES.sub(" ", text.lower().translate(_NO_PUNCTUATION)).split())
+
+
+@functools.lru_cache(maxsize=8192)
+def _padded_passage(text: str) -> str:
+    return f" {normalize_answer(text)} "
 
 
 def contains_answer(text: str, answers: Sequence[str]) -> bool:
@@ -117,6 +103,12 @@ def contains_answer(text: str, answers: Sequence[str]) -> bool:
     best_subspan_em)."""
     normalized = normalize_answer(text)
     return any(normalize_answer(a) in normalized for a in answers)
+
+
+def mentions_answer(text: str, answers: Sequence[str]) -> bool:
+    """Whether a non-empty normalised answer occurs in the normalised text as whole words."""
+    padded = _padded_passage(text)
+    return any(f" {a} " in padded for a in (normalize_answer(x) for x in answers) if a)
 
 
 # -- prompts ---------------------------------------------------------------------------------------------
@@ -127,13 +119,14 @@ def qa_documents(questions: Sequence[dict], index: int, num_documents: int, gold
     if not 0 <= gold_position < num_documents:
         raise ValueError(f"gold_position {gold_position} outside 0..{num_documents - 1}")
     q = questions[index]
+    answers = q["answers"]
     rng = np.random.default_rng([seed, index])
     distractors: list[tuple[str, str]] = []
     for j in rng.permutation(len(questions)):
         if len(distractors) == num_documents - 1:
             break
         other = questions[int(j)]
-        if int(j) == index or other["text"] == q["text"] or contains_answer(other["text"], q["answers"]):
+        if int(j) == index or other["text"] == q["text"] or mentions_answer(other["text"], answers):
             continue
         distractors.append((other["title"], other["text"]))
     if len(distractors) < num_documents - 1:
