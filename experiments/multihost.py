@@ -17,16 +17,23 @@ from qjax.parallel import is_primary, setup
 
 __all__ = ["setup_mesh", "is_primary"]
 
-_COORDINATOR = flags.DEFINE_string("coordinator", None, "multi-host: host:port of process 0 ($QJAX_COORDINATOR)")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "multi-host: number of processes ($QJAX_NUM_PROCESSES)")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "multi-host: index of this process ($QJAX_PROCESS_ID)")
-_CPU_COLLECTIVES = flags.DEFINE_string("cpu_collectives", None,
-                                       "CPU collectives for CPU-only multi-process runs: gloo or mpi")
+_FLAGS = (("coordinator", flags.DEFINE_string, "multi-host: host:port of process 0 ($QJAX_COORDINATOR)"),
+          ("num_processes", flags.DEFINE_integer, "multi-host: number of processes ($QJAX_NUM_PROCESSES)"),
+          ("process_id", flags.DEFINE_integer, "multi-host: index of this process ($QJAX_PROCESS_ID)"),
+          ("cpu_collectives", flags.DEFINE_string, "CPU collectives for CPU-only multi-process runs: gloo or mpi"))
+for _name, _define, _help in _FLAGS:
+    if _name not in flags.FLAGS:  # this module may be imported as `multihost` and `experiments.multihost`
+        _define(_name, None, _help)
+
+
+def _flag(name: str):
+    return flags.FLAGS[name].value if flags.FLAGS.is_parsed() else None
 
 
 def setup_mesh(cfg):
     """Starts the distributed runtime when several processes take part and makes the mesh of
-    `cfg.mesh` (absent or "": all devices on "data") the active one. Returns the mesh."""
+    `cfg.mesh` (absent or "": all devices on "data"; cfg None: no config) the active one. Returns
+    the mesh."""
     spec = cfg.get("mesh", "") if hasattr(cfg, "get") else ""
-    return setup(spec or "", coordinator=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
-                 process_id=_PROCESS_ID.value, cpu_collectives=_CPU_COLLECTIVES.value)
+    return setup(spec or "", coordinator=_flag("coordinator"), num_processes=_flag("num_processes"),
+                 process_id=_flag("process_id"), cpu_collectives=_flag("cpu_collectives"))

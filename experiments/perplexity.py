@@ -9,7 +9,10 @@ from __future__ import annotations
 from absl import app, flags
 from ml_collections import config_flags
 
-from multihost import is_primary, setup_mesh  # experiments/multihost.py
+try:  # run as a script (experiments/ on sys.path) or imported as experiments.*
+    from multihost import is_primary, setup_mesh
+except ImportError:
+    from experiments.multihost import is_primary, setup_mesh
 from qjax.checkpoints import load_model
 from qjax.eval.perplexity import perplexity
 from qjax.eval.results import ResultStore, make_row
