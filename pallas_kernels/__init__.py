@@ -15,9 +15,9 @@ through Pallas' interpreter. Imports only jax and numpy; qjax adapts its QArrays
 """
 
 from pallas_kernels.dequant_matmul import dequant_matmul
-from pallas_kernels.int8_matmul import int8_matmul, quantize_rows
-from pallas_kernels.kv_attention import quantized_kv_decode_attention
+from pallas_kernels.int8_matmul import INT_BITS, int8_matmul, quantize_rows
+from pallas_kernels.kv_attention import KV_BITS, quantized_kv_decode_attention, supports_kv
 from pallas_kernels.layout import PLATFORMS, supports_codes
 
 __all__ = ["dequant_matmul", "int8_matmul", "quantize_rows", "quantized_kv_decode_attention",
-           "PLATFORMS", "supports_codes"]
+           "PLATFORMS", "INT_BITS", "KV_BITS", "supports_codes", "supports_kv"]

@@ -28,6 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from qjax.formats.qarray import QArray
 from qjax.models import kv_cache as kv_cache_lib
 from qjax.models.attention import blocked_attention, causal_attention, grouped_attention
 from qjax.models.config import ModelConfig
@@ -52,13 +53,16 @@ class Linear(nn.Module):
     @nn.compact
     def __call__(self, x, runtime_state=None):
         site = "/".join(self.scope.path)
-        x = self.runtime.activation(site, x, runtime_state)
+        x_in, x = x, self.runtime.activation(site, x, runtime_state)
         self.sow("intermediates", "input", x)
         if self.has_variable("params", "kernel"):  # may be a QArray: skip linen's shape check
             kernel = self.get_variable("params", "kernel")
         else:
             kernel = self.param("kernel", nn.initializers.normal(0.02), (x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,)) if self.use_bias else None
+        integer = self.runtime.integer_activation(site)
+        if integer is not None and isinstance(kernel, QArray):  # W8A8: qjax.ops may run it in integers
+            return linear(x_in, kernel, bias, integer=integer)
         return linear(x, kernel, bias)
 
 
