@@ -21,7 +21,7 @@ from absl import app, flags
 
 from qjax import native
 from qjax.checkpoints import load_model, resolve
-from qjax.eval.perplexity import load_windows
+from qjax.data.corpus import load_windows
 from qjax.models import forward
 
 _SEQLEN = flags.DEFINE_integer("seqlen", 2048, "tokens per window")

@@ -3,7 +3,7 @@
 Fields are overridable as `--config.field=value`; the experiment's flags (--model, --tasks, --limit,
 --num_fewshot, --results, --quant_config) override them too. limit / num_fewshot < 0: the task's
 default (all documents; lm-eval's few-shot count). Hub-only tasks (hellaswag, ceval, snli) need the
-hub or a local mirror (see `qjax.data.tasks.hub`).
+hub or a local mirror (see `qjax.data.hub`).
 """
 
 import ml_collections

@@ -17,6 +17,7 @@ import numpy as np
 from absl import app, flags
 
 from qjax.checkpoints import load_model
+from qjax.data.corpus import CalibrationData, calibration_tokens
 from qjax.quant import act_stats
 from qjax.quant.smoothquant import absmax_of, smooth
 
@@ -33,8 +34,8 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "data directory (default: $QJA
 def main(argv):
     del argv
     config, params, tokenizer = load_model(_MODEL.value)
-    windows = act_stats.calibration_windows(tokenizer, num=_WINDOWS.value, seqlen=_SEQLEN.value,
-                                            seed=_SEED.value, data_dir=_DATA_DIR.value)
+    windows = calibration_tokens(tokenizer, CalibrationData(num_windows=_WINDOWS.value, seqlen=_SEQLEN.value,
+                                                            seed=_SEED.value), _DATA_DIR.value)
     batches = [windows[i:i + 4] for i in range(0, len(windows), 4)]
     stats = act_stats.collect(params, config, batches)
     name = Path(_MODEL.value).name

@@ -31,9 +31,9 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from qjax.checkpoints import load_model
-from qjax.eval.perplexity import load_windows
+from qjax.data.corpus import load_windows
 from qjax.eval.results import ResultStore, make_row
-from qjax.models.llama import Decoder, _to_linen
+from qjax.models.llama import Decoder, linen_variables
 from qjax.ops.runtime import Runtime
 from qjax.perturb.activations import FakeQuantActivation, linear_sites, with_activation_rule
 from qjax.perturb.kinds import Clip, Confined, Gaussian, Kind, Proportional, make_kind, relative_l2
@@ -357,7 +357,7 @@ def _split_error(params: dict, rt: GridRoundTrip) -> tuple[float, float, float]:
 
 def _activation_error(ctx: Context, quantizer: FakeQuantActivation) -> tuple[float, float, float]:
     """Global relative L2 of fake-quantizing every linear input of the first window (same split)."""
-    _, inter = Decoder(ctx.config).apply(_to_linen(ctx.params), ctx.windows[:1], mutable=["intermediates"])
+    _, inter = Decoder(ctx.config).apply(linen_variables(ctx.params), ctx.windows[:1], mutable=["intermediates"])
     acc = np.zeros((3, 2))
     for site in linear_sites(ctx.config):
         node = inter["intermediates"]

@@ -317,7 +317,7 @@ def run_suite(cfg, data_dir: Optional[str]) -> ResultStore:
         check_task_name(task)
     transforms = [parse_transform(t, cfg.transform_options.to_dict(), cfg.method_options.to_dict())
                   for t in cfg.transforms]
-    store = ResultStore(cfg.results)
+    store = ResultStore(cfg.results, echo=None)  # rows are journaled on disk before they are appended
     work_dir = Path(cfg.work_dir)
     journal = Journal(work_dir / "journal")
     present = run_keys(store)

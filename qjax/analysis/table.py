@@ -13,7 +13,7 @@ import math
 import os
 from typing import Iterable, Optional, Sequence
 
-from qjax.eval.results import ResultStore
+from qjax.eval.results import read_rows
 
 Config = tuple[str, str]       # (model, transform)
 Measurement = tuple[str, str]  # (task, metric)
@@ -57,7 +57,7 @@ def load_rows(paths: Iterable[str | os.PathLike]) -> list[dict]:
     for path in paths:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"results file {path} does not exist")
-        rows.extend(ResultStore(path).rows())
+        rows.extend(read_rows(path))  # never writes, even to a file with a torn tail
     return rows
 
 

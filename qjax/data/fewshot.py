@@ -45,22 +45,29 @@ def select_examples(spec: TaskSpec, pool: Sequence[Doc], n: int, *, seed: int, d
     return [pool[i] for i in picked]
 
 
+def build_messages(spec: TaskSpec, doc: Doc, examples: Sequence[Doc], question: str) -> list[dict]:
+    """The chat form of a prompt: the description as a system turn (when not blank), each example as
+    a user turn (its question) and an assistant turn (its answer), and `question` as the last user turn."""
+    description = spec.doc_description(doc)
+    messages = [{"role": "system", "content": description.strip()}] if description.strip() else []
+    for ex in examples:
+        messages.append({"role": "user", "content": spec.fewshot_question(ex)})
+        messages.append({"role": "assistant", "content": spec.fewshot_answer(ex)})
+    messages.append({"role": "user", "content": question})
+    return messages
+
+
 def build_context(spec: TaskSpec, doc: Doc, examples: Sequence[Doc], question: str, *,
                   chat_template: bool = False, tokenizer=None) -> str:
     """The full prompt before the scored continuation (see the module docstring).
 
     question: the document's prompt text (for partial-context tasks, one option-filled prefix).
     """
-    description = spec.doc_description(doc)
     if not chat_template:
         shots = "".join(spec.fewshot_question(ex) + spec.target_delimiter + spec.fewshot_answer(ex)
                         + spec.fewshot_delimiter for ex in examples)
-        return description + shots + question
+        return spec.doc_description(doc) + shots + question
     if tokenizer is None or getattr(tokenizer, "chat_template", None) is None:
         raise ValueError(f"{spec.name}: chat_template=True needs a tokenizer with a chat template")
-    messages = [{"role": "system", "content": description.strip()}] if description.strip() else []
-    for ex in examples:
-        messages.append({"role": "user", "content": spec.fewshot_question(ex)})
-        messages.append({"role": "assistant", "content": spec.fewshot_answer(ex)})
-    messages.append({"role": "user", "content": question})
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(build_messages(spec, doc, examples, question), tokenize=False,
+                                         add_generation_prompt=True)

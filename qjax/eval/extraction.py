@@ -18,10 +18,12 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
+from qjax.data.tasks.gsm8k import ANSWER_IS_PATTERN, HASH_ANSWER_PATTERN
+
 INVALID = "[invalid]"
 
-HASH_ANSWER = re.compile(r"#### (\-?[0-9\.\,]+)")  # GSM8K's own marker (lm-eval gsm8k strict-match)
-ANSWER_IS = re.compile(r"The answer is (\-?[0-9\.\,]+)")  # CoT exemplars' marker (gsm8k_cot strict)
+HASH_ANSWER = re.compile(HASH_ANSWER_PATTERN)  # GSM8K's own marker (lm-eval gsm8k strict-match)
+ANSWER_IS = re.compile(ANSWER_IS_PATTERN)  # CoT exemplars' marker (gsm8k_cot strict)
 _STRICT_PATTERNS = (HASH_ANSWER, ANSWER_IS)
 _FLEXIBLE_PATTERN = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
 _IGNORE = (re.compile(r","), re.compile(r"\$"), re.compile(r"(?s).*#### "), re.compile(r"\.$"))
@@ -54,13 +56,6 @@ def normalize_answer(text: str) -> str:
     for pattern in _IGNORE:
         text = pattern.sub("", text)
     return text.strip()
-
-
-def gsm8k_target(answer: str) -> str:
-    """The reference number of a GSM8K `answer` field (the text after its last '#### ')."""
-    if "####" not in answer:
-        raise ValueError(f"GSM8K answer has no '#### ' marker: {answer[-80:]!r}")
-    return normalize_answer(answer.split("####")[-1])
 
 
 def exact_match(prediction: str, target: str) -> bool:

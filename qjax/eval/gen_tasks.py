@@ -1,59 +1,51 @@
-"""Generation-based tasks: GSM8K, IFEval, MT-Bench, XSum / CNN-DailyMail (ROUGE), FLORES-200 (BLEU, chrF).
+"""The generate_until runner: a declared generation task -> prompts -> completions -> metric rows.
 
 Entry point: `run_generation_task(name, params, config, tokenizer, *, limit, num_fewshot, seed,
-runtime, chat_template, data_dir, batch_size, ...) -> list[row dict]`, the signature of
-`qjax.eval.tasks.run_task`, which also dispatches these tasks here (they are registered in its
-registry as kind generate_until on import of this module). Each row is {task, metric, value, stderr,
-items, seconds, config, details} (ready for `qjax.eval.results.make_row(model=..., transform=..., **row)`). `limit` takes the first
-`limit` documents (as lm-eval's --limit); generation is greedy unless a task says otherwise.
+runtime, chat_template, data_dir, batch_size, ...) -> list[row dict]`; `qjax.eval.tasks.run_task`
+dispatches generate_until tasks here too. Each row is {task, metric, value, stderr, items, seconds,
+config, details} (ready for `qjax.eval.results.make_row(model=..., transform=..., **row)`).
 
-Protocols
-- gsm8k (lm-eval `gsm8k`): "Question: {q}\\nAnswer: {full worked answer}" exemplars drawn from the
-  train split (seeded, per document: numpy default_rng([seed, doc_index])), joined by "\\n\\n",
-  then "Question: {q}\\nAnswer:"; stop at "Question:" or "\\n\\n". Metrics `exact_match_strict`
-  ("#### N") and `exact_match_flexible` (last number); see `qjax.eval.extraction`.
-- gsm8k_cot (lm-eval `gsm8k_cot`): the 8 fixed chain-of-thought exemplars of Wei et al. (2022),
-  "Q: {q}\\nA: {rationale} The answer is N."; stop at "Q:" or "\\n\\n"; strict = "The answer is N".
-  With chat_template=True both GSM8K variants put each exemplar in its own user/assistant turn
-  (lm-eval's fewshot_as_multiturn).
-- ifeval: the prompt as is (a single user turn when chat_template=True), up to 1280 new tokens
-  (lm-eval's max_gen_toks); strict/loose prompt- and instruction-level accuracy (`qjax.eval.ifeval`).
-- mt_bench: two turns per question through the chat template, the second turn seeing the first
-  answer; greedy, up to 1024 new tokens per turn (FastChat's default). Answers are returned in the
-  row details and, with `output_dir`, written as FastChat-style `mt_bench_answers.jsonl`. Scoring
-  needs a judge: pass `judge(question, turn_index, answers, reference) -> score (1..10)`; without
-  one the rows report how many turns were answered and the mean answer length (words).
-- xsum / cnn_dailymail: zero-shot "Article: ...\\n\\nSummarize the article above in one sentence /
-  in a few sentences.\\nSummary:" with the article cut to `max_source_tokens` tokens; ROUGE-1/2/L/Lsum
-  F1 (Google's `rouge-score`, Porter stemming, Lsum over sentence-split text), scaled to 0-100.
-- flores200:{src}-{tgt} (e.g. flores200:eng_Latn-fra_Latn): "{Src} sentence: ...\\n{Tgt} sentence:"
-  with `num_fewshot` (default 0) exemplars from the `dev` split, evaluated on `devtest`; stop at
-  "\\n"; corpus BLEU and chrF from `sacrebleu` (0-100).
+Everything a task is made of comes from its declaration in `qjax.data.tasks` (`TaskSpec` with a
+`GenerationSpec`): the documents (the first `limit`, as lm-eval's --limit), the prompt template,
+the few-shot split, count and sampler, the stop strings, the token budget, truncation of a long
+field, multi-turn chat, and the scorer, named in `GenerationSpec.scorer` and found in `SCORERS`
+here. A new generation task is a new declaration; a new way of scoring is one function added to
+`SCORERS`. Generation is greedy.
 
-Data. GSM8K, IFEval and MT-Bench come from the data directory (`gsm8k/`, `ifeval/`, `mt_bench/`).
-XSum, CNN/DailyMail and FLORES-200 are named by their hub ids (`EdinburghNLP/xsum`,
-`abisee/cnn_dailymail` config 3.0.0, `openlanguagedata/flores_plus`): a local copy in the hub's own
-file layout under the data directory (`xsum/`, `cnn_dailymail/`, `flores_plus/`: files whose names
-start with the split, .parquet/.jsonl/.json, found recursively; FLORES as `<split>/<lang>.parquet`)
-is used if present, else `datasets.load_dataset(hub id)` (fails offline with a DataError).
+Prompts: plain prompts are lm-eval's (`qjax.data.fewshot.build_context`: examples joined by the
+task's delimiters, then the document's prompt); with chat_template=True each example is its own
+user/assistant turn (lm-eval's fewshot_as_multiturn) and the generator applies the tokenizer's chat
+template. Multi-turn tasks (`turns_field`) are always chat: each turn sees the earlier answers.
+
+Scorers (per-item values give mean and sample standard error; corpus metrics have no stderr):
+- exact_match: `exact_match_strict` (the declared `answer_pattern`) and `exact_match_flexible`
+  (last number) against the declared `reference` (`qjax.eval.extraction`, lm-eval's GSM8K filters).
+- ifeval: strict/loose prompt- and instruction-level accuracy (`qjax.eval.ifeval`).
+- mt_bench: answers are returned in the row details and, with `output_dir`, written as FastChat-style
+  `mt_bench_answers.jsonl`; with `judge(question, turn_index, answers, reference) -> score (1..10)`
+  a `judge_score` row, and always the turns answered and mean answer length (words).
+- rouge: ROUGE-1/2/L/Lsum F1 x 100 (Google's `rouge-score`, Porter stemming, Lsum over
+  sentence-split text).
+- bleu_chrf: corpus BLEU and chrF from `sacrebleu` (0-100).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-import numpy as np
-
-from qjax.data.paths import DataError, data_dir as resolve_data_dir, data_file
+from qjax.data.fewshot import build_context, build_messages, select_examples
+from qjax.data.tasks import GENERATE_UNTIL, get_task
+from qjax.data.tasks.spec import Doc, TaskSpec, render
 from qjax.eval import extraction
-from qjax.eval.ifeval import load_examples as load_ifeval_examples, score_responses
+from qjax.eval.ifeval import parse_example, score_responses
 from qjax.eval.ifeval.text import split_sentences
+from qjax.eval.task_metrics import MetricValue, mean_stderr
 from qjax.models.config import ModelConfig
 from qjax.ops.runtime import Runtime
 
@@ -64,7 +56,7 @@ Judge = Callable[[dict, int, Sequence[str], Optional[str]], float]
 
 @dataclasses.dataclass(frozen=True)
 class TaskContext:
-    """Everything a task runner needs besides its own options."""
+    """Everything a generation run needs besides the task's declaration."""
 
     params: Any
     config: ModelConfig
@@ -92,51 +84,19 @@ class TaskContext:
                                 batch_size=self.batch_size)
 
 
-# --- helpers --------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    """One scored metric of a task: its value and the details stored in its row."""
 
-def mean_stderr(values: Sequence[float]) -> tuple[float, Optional[float]]:
-    """(mean, standard error of the mean with the n-1 sample deviation); stderr None if n < 2."""
-    arr = np.asarray(values, np.float64)
-    if arr.size == 0:
-        raise ValueError("no values to average")
-    if arr.size < 2:
-        return float(arr.mean()), None
-    return float(arr.mean()), float(arr.std(ddof=1) / math.sqrt(arr.size))
+    name: str
+    value: MetricValue
+    details: dict = dataclasses.field(default_factory=dict)
 
 
-def _row(task: str, metric: str, values: Sequence[float], seconds: float, **details) -> Row:
-    value, stderr = mean_stderr(values)
-    return {"task": task, "metric": metric, "value": value, "stderr": stderr, "items": len(values),
-            "seconds": seconds, "details": details}
+Scorer = Callable[[TaskSpec, Sequence[Doc], Sequence, TaskContext], list[Metric]]
 
 
-def _read_jsonl(path: Path, required: Sequence[str]) -> list[dict]:
-    """Records of a JSONL file, each checked for `required` fields; DataError naming file:line."""
-    if not path.is_file():
-        raise DataError(f"data file {path} is missing")
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON: {e}") from e
-            _check_fields(record, required, f"{path}:{lineno}")
-            records.append(record)
-    if not records:
-        raise DataError(f"{path}: no records")
-    return records
-
-
-def _check_fields(record: Any, required: Sequence[str], where: str) -> None:
-    if not isinstance(record, dict):
-        raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
-    missing = [f for f in required if f not in record]
-    if missing:
-        raise DataError(f"{where}: missing field(s) {missing}")
-
+# --- prompts and generation -----------------------------------------------------------------------
 
 def _take(items: list, limit: Optional[int]) -> list:
     if limit is not None and limit < 1:
@@ -144,189 +104,105 @@ def _take(items: list, limit: Optional[int]) -> list:
     return items if limit is None else items[:limit]
 
 
-def _write_jsonl_atomic(path: Path, records: Sequence[dict]) -> None:
-    """Writes all records to a temp file in the same folder, fsyncs, and renames it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def truncate_tokens(tokenizer, text: str, max_tokens: int) -> str:
+    """`text` cut to its first `max_tokens` tokens (unchanged when it is not longer)."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return text if len(ids) <= max_tokens else tokenizer.decode(ids[:max_tokens])
 
 
-def _save_samples(ctx: TaskContext, task: str, samples: Sequence[dict]) -> Optional[str]:
-    if ctx.output_dir is None:
-        return None
-    path = ctx.output_dir / f"{task.replace(':', '_')}.samples.jsonl"
-    _write_jsonl_atomic(path, samples)
-    return str(path)
+def prompts_for(spec: TaskSpec, docs: Sequence[Doc], ctx: TaskContext) -> list:
+    """The prompt of each document (a string, or chat messages with chat_template=True), few-shot
+    examples drawn per document as the declaration says (seeded by (seed, document index))."""
+    n_shot = spec.num_fewshot if ctx.num_fewshot is None else ctx.num_fewshot
+    if n_shot < 0:
+        raise ValueError(f"num_fewshot must be >= 0, got {n_shot}")
+    pool: list[Doc] = []
+    if n_shot:
+        if spec.fewshot_split is None:
+            raise ValueError(f"task {spec.name!r} has no few-shot split; it runs with num_fewshot=0 only")
+        pool = spec.load(spec.fewshot_split, ctx.data_dir)
+    same_split = spec.fewshot_split == spec.eval_split
+    truncate = spec.generation.truncate
+    prompts = []
+    for i, doc in enumerate(docs):
+        if truncate is not None:
+            doc = {**doc, truncate[0]: truncate_tokens(ctx.tokenizer, doc[truncate[0]], truncate[1])}
+        examples = select_examples(spec, pool, n_shot, seed=ctx.seed, doc_key=i,
+                                   exclude=i if same_split else None)
+        question = spec.doc_text(doc)
+        prompts.append(build_messages(spec, doc, examples, question) if ctx.chat_template
+                       else build_context(spec, doc, examples, question))
+    return prompts
 
 
-def _fewshot_chat(shots: Sequence[tuple[str, str]], query: str) -> list[dict]:
-    messages = []
-    for question, answer in shots:
-        messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
-    return messages + [{"role": "user", "content": query}]
+def generate_turns(spec: TaskSpec, docs: Sequence[Doc], ctx: TaskContext) -> list[list[str]]:
+    """Multi-turn chat: the answers to each document's user turns (`turns_field`), every turn
+    seeing the earlier turns and answers."""
+    gen = spec.generation
+    turns = [doc[gen.turns_field] for doc in docs]
+    conversations: list[list[dict]] = [[] for _ in docs]
+    answers: list[list[str]] = [[] for _ in docs]
+    for turn in range(max(len(t) for t in turns)):
+        active = [i for i, t in enumerate(turns) if turn < len(t)]
+        for i in active:
+            conversations[i].append({"role": "user", "content": turns[i][turn]})
+        outputs = ctx.generate([list(conversations[i]) for i in active], max_new_tokens=gen.max_new_tokens,
+                               stop=gen.until, chat=True)
+        for i, text in zip(active, outputs):
+            conversations[i].append({"role": "assistant", "content": text})
+            answers[i].append(text)
+    return answers
 
 
-# --- GSM8K ----------------------------------------------------------------------------------------
+# --- scorers --------------------------------------------------------------------------------------
 
-GSM8K_COT_EXEMPLARS = (
-    ("There are 15 trees in the grove. Grove workers will plant trees in the grove today. After they "
-     "are done, there will be 21 trees. How many trees did the grove workers plant today?",
-     "There are 15 trees originally. Then there were 21 trees after some more were planted. So there "
-     "must have been 21 - 15 = 6. The answer is 6."),
-    ("If there are 3 cars in the parking lot and 2 more cars arrive, how many cars are in the parking "
-     "lot?", "There are originally 3 cars. 2 more cars arrive. 3 + 2 = 5. The answer is 5."),
-    ("Leah had 32 chocolates and her sister had 42. If they ate 35, how many pieces do they have left "
-     "in total?", "Originally, Leah had 32 chocolates. Her sister had 42. So in total they had 32 + 42 "
-     "= 74. After eating 35, they had 74 - 35 = 39. The answer is 39."),
-    ("Jason had 20 lollipops. He gave Denny some lollipops. Now Jason has 12 lollipops. How many "
-     "lollipops did Jason give to Denny?", "Jason started with 20 lollipops. Then he had 12 after "
-     "giving some to Denny. So he gave Denny 20 - 12 = 8. The answer is 8."),
-    ("Shawn has five toys. For Christmas, he got two toys each from his mom and dad. How many toys "
-     "does he have now?", "Shawn started with 5 toys. If he got 2 toys each from his mom and dad, then "
-     "that is 4 more toys. 5 + 4 = 9. The answer is 9."),
-    ("There were nine computers in the server room. Five more computers were installed each day, "
-     "from monday to thursday. How many computers are now in the server room?", "There were "
-     "originally 9 computers. For each of 4 days, 5 more computers were added. So 5 * 4 = 20 "
-     "computers were added. 9 + 20 is 29. The answer is 29."),
-    ("Michael had 58 golf balls. On tuesday, he lost 23 golf balls. On wednesday, he lost 2 more. How "
-     "many golf balls did he have at the end of wednesday?", "Michael started with 58 golf balls. "
-     "After losing 23 on tuesday, he had 58 - 23 = 35. After losing 2 more, he had 35 - 2 = 33 golf "
-     "balls. The answer is 33."),
-    ("Olivia has $23. She bought five bagels for $3 each. How much money does she have left?",
-     "Olivia had 23 dollars. 5 bagels for 3 dollars each will be 5 x 3 = 15 dollars. So she has 23 - "
-     "15 dollars left. 23 - 15 is 8. The answer is 8."),
-)
-
-
-GSM8K_TEXT = "Question: {question}\nAnswer:"
-GSM8K_COT_TEXT = "Q: {question}\nA:"
-
-
-def load_gsm8k(split: str, data_dir: Optional[str] = None) -> list[dict]:
-    """GSM8K records {question, answer} of `split` ("train" or "test")."""
-    if split not in ("train", "test"):
-        raise DataError(f"GSM8K split must be 'train' or 'test', got {split!r}")
-    records = _read_jsonl(data_file(f"gsm8k/{split}.jsonl", data_dir), ("question", "answer"))
-    for i, r in enumerate(records):
-        if "####" not in r["answer"]:
-            raise DataError(f"gsm8k/{split}.jsonl record {i + 1}: answer has no '#### ' marker")
-    return records
-
-
-def gsm8k_shots(train: Sequence[dict], k: int, seed: int, doc_index: int) -> list[tuple[str, str]]:
-    """k distinct train exemplars for test document `doc_index`, drawn with rng([seed, doc_index])."""
-    if k > len(train):
-        raise ValueError(f"num_fewshot={k} exceeds the {len(train)} train exemplars")
-    rng = np.random.default_rng([seed, doc_index])
-    picks = rng.choice(len(train), size=k, replace=False)
-    return [(GSM8K_TEXT.format(**train[i]), train[i]["answer"]) for i in picks]
-
-
-def _gsm8k_prompt(shots: Sequence[tuple[str, str]], query: str, chat: bool):
-    if chat:
-        return _fewshot_chat(shots, query)
-    return "".join(f"{q} {a}\n\n" for q, a in shots) + query
-
-
-def _run_gsm8k(ctx: TaskContext, task: str, cot: bool) -> list[Row]:
-    start = time.perf_counter()
-    docs = _take(load_gsm8k("test", ctx.data_dir), ctx.limit)
-    k = 8 if ctx.num_fewshot is None else ctx.num_fewshot
-    if cot:
-        if k > len(GSM8K_COT_EXEMPLARS):
-            raise ValueError(f"gsm8k_cot has {len(GSM8K_COT_EXEMPLARS)} exemplars, num_fewshot={k}")
-        shots = [(GSM8K_COT_TEXT.format(question=q), a) for q, a in GSM8K_COT_EXEMPLARS[:k]]
-        prompts = [_gsm8k_prompt(shots, GSM8K_COT_TEXT.format(**d), ctx.chat_template) for d in docs]
-        stop = ("Q:", "\n\n")
-        strict_patterns = (extraction.ANSWER_IS,)
-    else:
-        train = load_gsm8k("train", ctx.data_dir)
-        prompts = [_gsm8k_prompt(gsm8k_shots(train, k, ctx.seed, i), GSM8K_TEXT.format(**d), ctx.chat_template)
-                   for i, d in enumerate(docs)]
-        stop = ("Question:", "\n\n")
-        strict_patterns = (extraction.HASH_ANSWER,)
-    completions = ctx.generate(prompts, max_new_tokens=256, stop=stop)
+def _exact_match(spec: TaskSpec, docs, completions, ctx) -> list[Metric]:
+    gen = spec.generation
+    strict_patterns = () if gen.answer_pattern is None else (re.compile(gen.answer_pattern),)
     strict, flexible, samples = [], [], []
     for d, completion in zip(docs, completions):
-        target = extraction.gsm8k_target(d["answer"])
+        target = render(gen.reference, d)
         s_pred = extraction.extract_strict(completion, strict_patterns)
         f_pred = extraction.extract_flexible(completion)
         strict.append(float(extraction.exact_match(s_pred, target)))
         flexible.append(float(extraction.exact_match(f_pred, target)))
-        samples.append({"question": d["question"], "target": target, "completion": completion,
+        samples.append({"question": d.get("question"), "target": target, "completion": completion,
                         "strict": s_pred, "flexible": f_pred})
-    seconds = time.perf_counter() - start
-    info = {"num_fewshot": k, "chat_template": ctx.chat_template, "samples": _save_samples(ctx, task, samples)}
-    return [_row(task, "exact_match_strict", strict, seconds, **info),
-            _row(task, "exact_match_flexible", flexible, seconds, **info)]
+    info = {"samples": save_samples(ctx, spec.name, samples)}
+    metrics = [Metric("exact_match_flexible", mean_stderr(flexible), info)]
+    if strict_patterns:
+        metrics.insert(0, Metric("exact_match_strict", mean_stderr(strict), info))
+    return metrics
 
 
-# --- IFEval ---------------------------------------------------------------------------------------
-
-def _run_ifeval(ctx: TaskContext, task: str) -> list[Row]:
-    start = time.perf_counter()
-    examples = _take(load_ifeval_examples(ctx.data_dir), ctx.limit)
-    responses = ctx.generate([e.prompt for e in examples], max_new_tokens=1280)
-    result = score_responses(examples, responses)
-    seconds = time.perf_counter() - start
-    per_prompt = result["per_prompt"]
+def _ifeval(spec: TaskSpec, docs, responses, ctx) -> list[Metric]:
+    examples = [parse_example(d, f"{spec.name} record {i + 1}") for i, d in enumerate(docs)]
+    per_prompt = score_responses(examples, responses)["per_prompt"]
     samples = [{"key": e.key, "prompt": e.prompt, "response": r, **p}
                for e, r, p in zip(examples, responses, per_prompt)]
-    info = {"chat_template": ctx.chat_template, "samples": _save_samples(ctx, task, samples)}
-    rows = []
+    info = {"samples": save_samples(ctx, spec.name, samples)}
+    metrics = []
     for level in ("strict", "loose"):
-        prompt_flags = [float(all(p[level])) for p in per_prompt]
-        inst_flags = [float(f) for p in per_prompt for f in p[level]]
-        rows.append(_row(task, f"prompt_level_{level}_acc", prompt_flags, seconds, **info))
-        rows.append(_row(task, f"inst_level_{level}_acc", inst_flags, seconds, **info))
-    return rows
+        metrics.append(Metric(f"prompt_level_{level}_acc",
+                              mean_stderr([float(all(p[level])) for p in per_prompt]), info))
+        metrics.append(Metric(f"inst_level_{level}_acc",
+                              mean_stderr([float(f) for p in per_prompt for f in p[level]]), info))
+    return metrics
 
 
-# --- MT-Bench -------------------------------------------------------------------------------------
-
-def load_mt_bench(data_dir: Optional[str] = None) -> list[dict]:
-    """MT-Bench questions {question_id, category, turns (2 strings), reference?}."""
-    path = data_file("mt_bench/question.jsonl", data_dir)
-    records = _read_jsonl(path, ("question_id", "category", "turns"))
-    for r in records:
-        turns = r["turns"]
-        if not isinstance(turns, list) or not turns or not all(isinstance(t, str) for t in turns):
-            raise DataError(f"{path}: question {r['question_id']}: turns must be a list of strings")
-    return records
-
-
-def _run_mt_bench(ctx: TaskContext, task: str, model_id: str = "qjax") -> list[Row]:
-    start = time.perf_counter()
-    questions = _take(load_mt_bench(ctx.data_dir), ctx.limit)
-    conversations: list[list[dict]] = [[] for _ in questions]
-    answers: list[list[str]] = [[] for _ in questions]
-    n_turns = max(len(q["turns"]) for q in questions)
-    for turn in range(n_turns):
-        active = [i for i, q in enumerate(questions) if turn < len(q["turns"])]
-        for i in active:
-            conversations[i].append({"role": "user", "content": questions[i]["turns"][turn]})
-        outputs = ctx.generate([list(conversations[i]) for i in active], max_new_tokens=1024, chat=True)
-        for i, text in zip(active, outputs):
-            conversations[i].append({"role": "assistant", "content": text})
-            answers[i].append(text)
-    seconds = time.perf_counter() - start
+def _mt_bench(spec: TaskSpec, questions, answers, ctx, model_id: str = "qjax") -> list[Metric]:
     records = [{"question_id": q["question_id"], "category": q["category"], "model_id": model_id,
                 "choices": [{"index": 0, "turns": a}], "tstamp": time.time()}
                for q, a in zip(questions, answers)]
     answers_file = None
     if ctx.output_dir is not None:
         answers_file = ctx.output_dir / "mt_bench_answers.jsonl"
-        _write_jsonl_atomic(answers_file, records)
+        write_jsonl_atomic(answers_file, records)
     info = {"answers_file": None if answers_file is None else str(answers_file),
             "answers": [{"question_id": r["question_id"], "turns": a} for r, a in zip(records, answers)]}
     flat = [t for a in answers for t in a]
-    rows = [_row(task, "turns_answered", [float(bool(t.strip())) for t in flat], seconds, **info),
-            _row(task, "answer_words", [float(len(t.split())) for t in flat], seconds)]
+    metrics = [Metric("turns_answered", mean_stderr([float(bool(t.strip())) for t in flat]), info),
+               Metric("answer_words", mean_stderr([float(len(t.split())) for t in flat]))]
     if ctx.judge is not None:
         scores = []
         for q, a in zip(questions, answers):
@@ -338,86 +214,9 @@ def _run_mt_bench(ctx: TaskContext, task: str, model_id: str = "qjax") -> list[R
                     raise ValueError(f"judge returned {score} for question {q['question_id']} turn "
                                      f"{turn + 1}; scores must lie in [1, 10]")
                 scores.append(score)
-        rows.append(_row(task, "judge_score", scores, time.perf_counter() - start))
-    return rows
+        metrics.append(Metric("judge_score", mean_stderr(scores)))
+    return metrics
 
-
-# --- hub datasets (summarization, translation) ----------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class HubDataset:
-    """A hub dataset: its id, optional config, local folder name and required fields."""
-
-    hub_id: str
-    local_dir: str
-    fields: tuple[str, ...]
-    config: Optional[str] = None
-
-
-XSUM = HubDataset("EdinburghNLP/xsum", "xsum", ("document", "summary"))
-CNN_DAILYMAIL = HubDataset("abisee/cnn_dailymail", "cnn_dailymail", ("article", "highlights"), "3.0.0")
-FLORES_PLUS = HubDataset("openlanguagedata/flores_plus", "flores_plus", ("id", "text"))
-
-
-def _read_records(path: Path) -> list[dict]:
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            return pq.read_table(path).to_pylist()
-        except Exception as e:
-            raise DataError(f"{path}: not a readable parquet file: {e}") from e
-    if path.suffix == ".jsonl":
-        return _read_jsonl(path, ())
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON: {e}") from e
-    if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON list of records")
-    return data
-
-
-def _local_files(root: Path, prefix: str) -> list[Path]:
-    return sorted(p for p in root.rglob(f"{prefix}*")
-                  if p.is_file() and p.suffix in (".parquet", ".jsonl", ".json"))
-
-
-def _hub_load(dataset: HubDataset, split: str, config: Optional[str] = None) -> list[dict]:
-    import datasets
-
-    try:
-        ds = datasets.load_dataset(dataset.hub_id, config or dataset.config, split=split)
-    except Exception as e:
-        raise DataError(f"{dataset.hub_id} ({split}): no local copy, and loading it from the hub "
-                        f"failed: {type(e).__name__}: {e}") from e
-    return [dict(r) for r in ds]
-
-
-def load_hub_split(dataset: HubDataset, split: str, data_dir: Optional[str] = None) -> list[dict]:
-    """Records of `split`: from `<data_dir>/<local_dir>/**/<split>*.(parquet|jsonl|json)` if such files
-    exist, else from the hub. Every record must have `dataset.fields` (DataError otherwise)."""
-    root = None
-    try:
-        root = resolve_data_dir(data_dir) / dataset.local_dir
-    except DataError:
-        pass
-    if root is not None and root.is_dir():
-        files = _local_files(root, split)
-        if not files:
-            raise DataError(f"{root}: no file for split {split!r} (expected names starting with it)")
-        records = [r for f in files for r in _read_records(f)]
-        where = str(root)
-    else:
-        records, where = _hub_load(dataset, split), dataset.hub_id
-    if not records:
-        raise DataError(f"{where}: split {split!r} is empty")
-    for i, r in enumerate(records):
-        _check_fields(r, dataset.fields, f"{where} ({split}) record {i + 1}")
-    return records
-
-
-# --- summarization (ROUGE) ------------------------------------------------------------------------
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
@@ -436,146 +235,86 @@ def rouge_scores(predictions: Sequence[str], references: Sequence[str]) -> dict[
     return out
 
 
-XSUM_INSTRUCTION = "Summarize the article above in one sentence."
-CNN_DAILYMAIL_INSTRUCTION = "Summarize the article above in a few sentences."
+def _rouge(spec: TaskSpec, docs, predictions, ctx) -> list[Metric]:
+    references = [render(spec.generation.reference, d) for d in docs]
+    scores = rouge_scores(predictions, references)
+    samples = [{"id": d.get("id"), "reference": r, "prediction": p}
+               for d, r, p in zip(docs, references, predictions)]
+    info = {"hub_id": spec.hub, "samples": save_samples(ctx, spec.name, samples)}
+    return [Metric(t, mean_stderr(scores[t]), info) for t in ROUGE_TYPES]
 
 
-def summarization_prompt(article: str, instruction: str) -> str:
-    return f"Article: {article}\n\n{instruction}\nSummary:"
-
-
-def _truncate_tokens(tokenizer, text: str, max_tokens: int) -> str:
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return text if len(ids) <= max_tokens else tokenizer.decode(ids[:max_tokens])
-
-
-def _run_summarization(ctx: TaskContext, task: str, dataset: HubDataset, instruction: str,
-                       max_new_tokens: int, max_source_tokens: int = 1536) -> list[Row]:
-    start = time.perf_counter()
-    docs = _take(load_hub_split(dataset, "test", ctx.data_dir), ctx.limit)
-    source, target = dataset.fields
-    prompts = [summarization_prompt(_truncate_tokens(ctx.tokenizer, d[source], max_source_tokens), instruction)
-               for d in docs]
-    preds = [p.strip() for p in ctx.generate(prompts, max_new_tokens=max_new_tokens, stop=("\n\n",))]
-    scores = rouge_scores(preds, [d[target] for d in docs])
-    seconds = time.perf_counter() - start
-    samples = [{"id": d.get("id"), "reference": d[target], "prediction": p} for d, p in zip(docs, preds)]
-    info = {"hub_id": dataset.hub_id, "samples": _save_samples(ctx, task, samples)}
-    return [_row(task, t, scores[t], seconds, **info) for t in ROUGE_TYPES]
-
-
-# --- translation (BLEU, chrF) ---------------------------------------------------------------------
-
-FLORES_LANGUAGE_NAMES = {
-    "eng_Latn": "English", "fra_Latn": "French", "deu_Latn": "German", "spa_Latn": "Spanish",
-    "ita_Latn": "Italian", "por_Latn": "Portuguese", "nld_Latn": "Dutch", "rus_Cyrl": "Russian",
-    "zho_Hans": "Chinese", "jpn_Jpan": "Japanese", "kor_Hang": "Korean", "arb_Arab": "Arabic",
-    "hin_Deva": "Hindi", "tur_Latn": "Turkish", "pol_Latn": "Polish", "ukr_Cyrl": "Ukrainian",
-    "ces_Latn": "Czech", "swe_Latn": "Swedish", "fin_Latn": "Finnish", "vie_Latn": "Vietnamese",
-    "ind_Latn": "Indonesian", "swh_Latn": "Swahili", "ben_Beng": "Bengali", "heb_Hebr": "Hebrew",
-}
-
-
-def load_flores(lang: str, split: str, data_dir: Optional[str] = None) -> dict[int | str, str]:
-    """FLORES+ sentences of one language code (e.g. "fra_Latn") and split ("dev"/"devtest"), by id."""
-    root = None
-    try:
-        root = resolve_data_dir(data_dir) / FLORES_PLUS.local_dir
-    except DataError:
-        pass
-    if root is not None and root.is_dir():
-        files = [p for p in (root / split).glob(f"{lang}.*") if p.suffix in (".parquet", ".jsonl", ".json")]
-        if not files:
-            raise DataError(f"{root / split}: no file for language {lang!r}")
-        records, where = _read_records(files[0]), str(files[0])
-    else:
-        records, where = _hub_load(FLORES_PLUS, split, config=lang), FLORES_PLUS.hub_id
-    if not records:
-        raise DataError(f"{where}: no sentences")
-    for i, r in enumerate(records):
-        _check_fields(r, FLORES_PLUS.fields, f"{where} record {i + 1}")
-    return {r["id"]: r["text"] for r in records}
-
-
-def _parallel(src: str, tgt: str, split: str, data_dir: Optional[str]) -> list[tuple[str, str]]:
-    a, b = load_flores(src, split, data_dir), load_flores(tgt, split, data_dir)
-    ids = sorted(set(a) & set(b))
-    if not ids:
-        raise DataError(f"FLORES {split}: {src} and {tgt} share no sentence ids")
-    return [(a[i], b[i]) for i in ids]
-
-
-def _run_flores(ctx: TaskContext, task: str, src: str, tgt: str) -> list[Row]:
+def _bleu_chrf(spec: TaskSpec, docs, predictions, ctx) -> list[Metric]:
     import sacrebleu
 
-    start = time.perf_counter()
-    pairs = _take(_parallel(src, tgt, "devtest", ctx.data_dir), ctx.limit)
-    k = ctx.num_fewshot or 0
-    shots = []
-    if k:
-        dev = _parallel(src, tgt, "dev", ctx.data_dir)
-        if k > len(dev):
-            raise ValueError(f"num_fewshot={k} exceeds the {len(dev)} FLORES dev pairs")
-        shots = [dev[i] for i in np.random.default_rng(ctx.seed).choice(len(dev), size=k, replace=False)]
-    src_name = FLORES_LANGUAGE_NAMES.get(src, src)
-    tgt_name = FLORES_LANGUAGE_NAMES.get(tgt, tgt)
-
-    def block(s: str, t: Optional[str] = None) -> str:
-        return f"{src_name} sentence: {s}\n{tgt_name} sentence:" + ("" if t is None else f" {t}")
-
-    if ctx.chat_template:
-        prompts = [_fewshot_chat([(block(s), t) for s, t in shots], block(s)) for s, _ in pairs]
-    else:
-        prefix = "".join(block(s, t) + "\n\n" for s, t in shots)
-        prompts = [prefix + block(s) for s, _ in pairs]
-    preds = [p.strip() for p in ctx.generate(prompts, max_new_tokens=256, stop=("\n",))]
-    refs = [t for _, t in pairs]
-    bleu = sacrebleu.corpus_bleu(preds, [refs])
-    chrf = sacrebleu.corpus_chrf(preds, [refs])
-    seconds = time.perf_counter() - start
-    samples = [{"source": s, "reference": t, "prediction": p} for (s, t), p in zip(pairs, preds)]
-    info = {"hub_id": FLORES_PLUS.hub_id, "num_fewshot": k, "samples": _save_samples(ctx, task, samples)}
-    return [{"task": task, "metric": "bleu", "value": float(bleu.score), "stderr": None,
-             "items": len(pairs), "seconds": seconds, "details": {**info, "signature": str(bleu)}},
-            {"task": task, "metric": "chrf", "value": float(chrf.score), "stderr": None,
-             "items": len(pairs), "seconds": seconds, "details": {**info, "signature": str(chrf)}}]
+    references = [render(spec.generation.reference, d) for d in docs]
+    bleu = sacrebleu.corpus_bleu(list(predictions), [references])
+    chrf = sacrebleu.corpus_chrf(list(predictions), [references])
+    samples = [{"source": d.get("source"), "reference": r, "prediction": p}
+               for d, r, p in zip(docs, references, predictions)]
+    info = {"hub_id": spec.hub, "samples": save_samples(ctx, spec.name, samples)}
+    n = len(docs)
+    return [Metric("bleu", MetricValue(float(bleu.score), None, n), {**info, "signature": str(bleu)}),
+            Metric("chrf", MetricValue(float(chrf.score), None, n), {**info, "signature": str(chrf)})]
 
 
-# --- registry -------------------------------------------------------------------------------------
-
-GEN_TASKS: dict[str, Callable[[TaskContext, str], list[Row]]] = {
-    "gsm8k": lambda ctx, name: _run_gsm8k(ctx, name, cot=False),
-    "gsm8k_cot": lambda ctx, name: _run_gsm8k(ctx, name, cot=True),
-    "ifeval": _run_ifeval,
-    "mt_bench": _run_mt_bench,
-    "xsum": lambda ctx, name: _run_summarization(ctx, name, XSUM, XSUM_INSTRUCTION, max_new_tokens=64),
-    "cnn_dailymail": lambda ctx, name: _run_summarization(ctx, name, CNN_DAILYMAIL, CNN_DAILYMAIL_INSTRUCTION,
-                                                          max_new_tokens=128),
+SCORERS: dict[str, Scorer] = {
+    "exact_match": _exact_match,
+    "ifeval": _ifeval,
+    "mt_bench": _mt_bench,
+    "rouge": _rouge,
+    "bleu_chrf": _bleu_chrf,
 }
-FLORES_PREFIX = "flores200:"
 
 
-def _flores_pair(name: str) -> Optional[list[str]]:
-    pair = name[len(FLORES_PREFIX):].split("-")
-    return pair if len(pair) == 2 and all(pair) else None
+def register_scorer(name: str, scorer: Scorer) -> None:
+    """Adds a scorer that declarations can name in `GenerationSpec.scorer`."""
+    if name in SCORERS and SCORERS[name] is not scorer:
+        raise ValueError(f"a scorer named {name!r} is already registered")
+    SCORERS[name] = scorer
+
+
+# --- samples --------------------------------------------------------------------------------------
+
+def write_jsonl_atomic(path: Path, records: Sequence[dict]) -> None:
+    """Writes all records to a temp file in the same folder, fsyncs, and renames it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_samples(ctx: TaskContext, task: str, samples: Sequence[dict]) -> Optional[str]:
+    """With an output_dir, the per-item samples as `<task>.samples.jsonl` there; returns the path."""
+    if ctx.output_dir is None:
+        return None
+    path = ctx.output_dir / f"{task.replace(':', '_')}.samples.jsonl"
+    write_jsonl_atomic(path, samples)
+    return str(path)
+
+
+# --- running --------------------------------------------------------------------------------------
+
+def generation_spec(name: str) -> TaskSpec:
+    """The declaration of generation task `name`; ValueError if unknown or not a generation task."""
+    spec = get_task(name)
+    if spec.kind != GENERATE_UNTIL:
+        raise ValueError(f"task {name!r} is a {spec.kind} task, not a generation task")
+    if spec.generation.scorer not in SCORERS:
+        raise ValueError(f"task {name!r} names scorer {spec.generation.scorer!r}; known: {sorted(SCORERS)}")
+    return spec
 
 
 def is_generation_task(name: str) -> bool:
-    """Whether `name` is a generation task: a GEN_TASKS key or flores200:<src>-<tgt>."""
-    return name in GEN_TASKS or (name.startswith(FLORES_PREFIX) and _flores_pair(name) is not None)
-
-
-def _resolve(name: str) -> Callable[[TaskContext, str], list[Row]]:
-    if name in GEN_TASKS:
-        return GEN_TASKS[name]
-    if name.startswith(FLORES_PREFIX):
-        pair = _flores_pair(name)
-        if pair is None:
-            raise KeyError(f"FLORES task {name!r} must be flores200:<src>-<tgt>, "
-                           f"e.g. flores200:eng_Latn-fra_Latn")
-        return lambda ctx, task: _run_flores(ctx, task, pair[0], pair[1])
-    raise KeyError(f"unknown generation task {name!r}; known: {sorted(GEN_TASKS)} and "
-                   f"{FLORES_PREFIX}<src>-<tgt>")
+    """Whether `name` is a declared generation task (a registered name or a family's, e.g. flores200:...)."""
+    try:
+        return get_task(name).kind == GENERATE_UNTIL
+    except ValueError:
+        return False
 
 
 def run_generation_task(name: str, params, config: ModelConfig, tokenizer, *, limit: Optional[int] = None,
@@ -588,10 +327,10 @@ def run_generation_task(name: str, params, config: ModelConfig, tokenizer, *, li
     `config` holds the options it ran with.
 
     generate_fn: defaults to `qjax.eval.generate.generate` (same signature); max_new_tokens
-    overrides the task's own budget; output_dir receives per-item samples (and MT-Bench answers).
-    Raises KeyError for an unknown task name, DataError for missing or malformed data.
+    overrides the task's declared budget; output_dir receives per-item samples (and MT-Bench answers).
+    Raises ValueError for an unknown task name, DataError for missing or malformed data.
     """
-    runner = _resolve(name)
+    spec = generation_spec(name)
     if generate_fn is None:
         from qjax.eval.generate import generate as generate_fn
     ctx = TaskContext(params=params, config=config, tokenizer=tokenizer, limit=limit,
@@ -599,62 +338,22 @@ def run_generation_task(name: str, params, config: ModelConfig, tokenizer, *, li
                       chat_template=chat_template, data_dir=data_dir, batch_size=batch_size,
                       output_dir=None if output_dir is None else Path(output_dir),
                       generate_fn=generate_fn, max_new_tokens=max_new_tokens, judge=judge)
+    gen = spec.generation
+    start = time.perf_counter()
+    docs = _take(spec.load(spec.eval_split, data_dir), limit)
+    if gen.turns_field is not None:
+        outputs = generate_turns(spec, docs, ctx)
+        shots = 0
+    else:
+        outputs = ctx.generate(prompts_for(spec, docs, ctx), max_new_tokens=gen.max_new_tokens, stop=gen.until)
+        if gen.strip:
+            outputs = [o.strip() for o in outputs]
+        shots = spec.num_fewshot if num_fewshot is None else num_fewshot
+    metrics = SCORERS[gen.scorer](spec, docs, outputs, ctx)
+    seconds = time.perf_counter() - start
     options = {"limit": limit, "num_fewshot": num_fewshot, "seed": seed, "chat_template": chat_template,
                "max_new_tokens": max_new_tokens}
-    return [{**row, "config": options} for row in runner(ctx, name)]
-
-
-# --- the task registry of qjax.eval.tasks ---------------------------------------------------------
-
-def _registry_runner(spec, params, config, tokenizer, options) -> list[Row]:
-    return run_generation_task(spec.name, params, config, tokenizer, limit=options.limit,
-                               num_fewshot=options.num_fewshot, seed=options.seed, runtime=options.runtime,
-                               runtime_state=options.runtime_state, chat_template=options.chat_template,
-                               data_dir=options.data_dir, batch_size=options.batch_size)
-
-
-def _register() -> None:
-    """Declares the GEN_TASKS in `qjax.data.tasks.TASKS` (kind generate_until, real loaders, the
-    prompt of a document, decoding spec, metrics) and registers the generate_until runner, so
-    `qjax.eval.tasks.run_task(name, ...)` dispatches them here. FLORES pairs are open-ended names
-    and stay reachable through `run_generation_task` only."""
-    from qjax.data.tasks import GENERATE_UNTIL, GenerationSpec, TaskSpec, register_task
-    from qjax.eval.tasks import register_runner
-
-    def ifeval_docs(split, data_dir):
-        return [dataclasses.asdict(e) for e in load_ifeval_examples(None if data_dir is None else str(data_dir))]
-
-    def hub_docs(dataset):
-        return lambda split, data_dir: load_hub_split(dataset, split, None if data_dir is None else str(data_dir))
-
-    def dir_arg(fn):
-        return lambda split, data_dir: fn(split, None if data_dir is None else str(data_dir))
-
-    rouge = tuple(ROUGE_TYPES)
-    specs = [
-        TaskSpec("gsm8k", GENERATE_UNTIL, dir_arg(load_gsm8k), "test", fewshot_split="train",
-                 text=GSM8K_TEXT, target="{answer}", num_fewshot=8, hub="openai/gsm8k",
-                 metrics=("exact_match_strict", "exact_match_flexible"),
-                 generation=GenerationSpec(("Question:", "\n\n"), 256, extraction.HASH_ANSWER.pattern)),
-        TaskSpec("gsm8k_cot", GENERATE_UNTIL, dir_arg(load_gsm8k), "test", text=GSM8K_COT_TEXT,
-                 num_fewshot=8, hub="openai/gsm8k", metrics=("exact_match_strict", "exact_match_flexible"),
-                 generation=GenerationSpec(("Q:", "\n\n"), 256, extraction.ANSWER_IS.pattern)),
-        TaskSpec("ifeval", GENERATE_UNTIL, ifeval_docs, "train", text="{prompt}", hub="google/IFEval",
-                 metrics=("prompt_level_strict_acc", "inst_level_strict_acc", "prompt_level_loose_acc",
-                          "inst_level_loose_acc"), generation=GenerationSpec((), 1280)),
-        TaskSpec("mt_bench", GENERATE_UNTIL, lambda split, data_dir: load_mt_bench(
-                     None if data_dir is None else str(data_dir)), "train", text=lambda d: d["turns"][0],
-                 metrics=("turns_answered", "answer_words"), generation=GenerationSpec((), 1024)),
-        TaskSpec("xsum", GENERATE_UNTIL, hub_docs(XSUM), "test", hub=XSUM.hub_id, metrics=rouge,
-                 text=lambda d: summarization_prompt(d["document"], XSUM_INSTRUCTION),
-                 generation=GenerationSpec(("\n\n",), 64)),
-        TaskSpec("cnn_dailymail", GENERATE_UNTIL, hub_docs(CNN_DAILYMAIL), "test", hub=CNN_DAILYMAIL.hub_id,
-                 text=lambda d: summarization_prompt(d["article"], CNN_DAILYMAIL_INSTRUCTION), metrics=rouge,
-                 generation=GenerationSpec(("\n\n",), 128)),
-    ]
-    for spec in specs:
-        register_task(spec, replace=True)
-    register_runner(GENERATE_UNTIL, _registry_runner)
-
-
-_register()
+    shared = {"num_fewshot": shots, "chat_template": chat_template}
+    return [{"task": name, "metric": m.name, "value": m.value.value, "stderr": m.value.stderr,
+             "items": m.value.items, "seconds": seconds, "config": options,
+             "details": {**shared, **m.details}} for m in metrics]

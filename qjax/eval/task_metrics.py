@@ -50,8 +50,11 @@ class MetricValue:
 
 
 def mean_stderr(values: Sequence[float]) -> MetricValue:
+    """Mean of per-item values, sample standard error (ddof=1) / sqrt(n) (None if n < 2), and n."""
     values = np.asarray(values, np.float64)
     n = values.size
+    if n == 0:
+        raise ValueError("no values to average")
     stderr = float(np.std(values, ddof=1) / math.sqrt(n)) if n > 1 else None
     return MetricValue(float(values.mean()), stderr, n)
 

@@ -10,8 +10,8 @@ Tasks with subjects (MMLU) give one row per subject and metric (task "mmlu/<subj
 row (macro average over subjects, stderr sqrt(sum se_s^2) / S; ECE pooled over all items); tasks with
 a breakdown field (BBQ) add rows "bbq/<value>". `limit` is per subject where there are subjects.
 
-Runners are chosen by the task's kind (`RUNNERS`); the generate_until runner is registered by the
-generation package with `register_runner`. `prepare_prompts` is shared by every runner.
+Runners are chosen by the task's kind (`RUNNERS`); generate_until tasks run in `qjax.eval.gen_tasks`.
+`prepare_prompts` is shared by the log-likelihood runners.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ import numpy as np
 from qjax.data.fewshot import available_examples, build_context, select_examples
 from qjax.data.tasks import TASKS, get_task
 from qjax.data.tasks.sampling import stratified_indices
-from qjax.data.tasks.spec import LOGLIKELIHOOD, MULTIPLE_CHOICE, ROLLING, Doc, TaskSpec
+from qjax.data.tasks.spec import GENERATE_UNTIL, LOGLIKELIHOOD, MULTIPLE_CHOICE, ROLLING, Doc, TaskSpec
+from qjax.eval.gen_tasks import run_generation_task
 from qjax.eval.loglikelihood import encode_pair, prefix_token_id, rolling_windows, score_requests
 from qjax.eval.task_metrics import METRICS, MetricValue, ScoredItem, metric_fn
 from qjax.ops.runtime import Runtime
@@ -214,9 +215,18 @@ def run_rolling(spec: TaskSpec, params, config, tokenizer, options: TaskOptions)
     return metric_rows(spec, items, options, time.perf_counter() - start)
 
 
+def run_generate_until(spec: TaskSpec, params, config, tokenizer, options: TaskOptions) -> list[dict]:
+    """Generation tasks: `qjax.eval.gen_tasks.run_generation_task` with these options."""
+    return run_generation_task(spec.name, params, config, tokenizer, limit=options.limit,
+                               num_fewshot=options.num_fewshot, seed=options.seed, runtime=options.runtime,
+                               runtime_state=options.runtime_state, chat_template=options.chat_template,
+                               data_dir=options.data_dir, batch_size=options.batch_size)
+
+
 register_runner(MULTIPLE_CHOICE, run_multiple_choice)
 register_runner(LOGLIKELIHOOD, run_loglikelihood)
 register_runner(ROLLING, run_rolling)
+register_runner(GENERATE_UNTIL, run_generate_until)
 
 
 # -- rows ----------------------------------------------------------------------------------------------

@@ -14,10 +14,13 @@ metadata (a few hundred bytes per array leaf plus a few KiB per checkpoint).
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -133,8 +136,78 @@ def disk_bytes(path: Union[str, os.PathLike]) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
+class StoredParamsError(ValueError):
+    """A saved params checkpoint cannot be restored, or does not fit the model it is restored for.
+
+    The message names the checkpoint directory and the problem (missing or truncated metadata,
+    missing or damaged array files, or parameters whose paths or shapes differ from the model's).
+    """
+
+
+class _QuietOrbax(logging.Filter):
+    """Drops Orbax's INFO / DEBUG records (about 25 per save) unless absl verbosity asks for debug
+    output (`-v 1`); warnings and errors pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING or "orbax" not in record.pathname:
+            return True
+        from absl import logging as absl_logging
+
+        return absl_logging.get_verbosity() >= absl_logging.DEBUG
+
+
+logging.getLogger("absl").addFilter(_QuietOrbax())
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swaps the directories `a` and `b` (Linux renameat2 RENAME_EXCHANGE); False where
+    the platform or file system cannot."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Removes `.<name>.tmp-<pid>-*` / `.<name>.old-<pid>-*` siblings left by killed saves."""
+    for stale in path.parent.glob(f".{path.name}.*-*-*"):
+        kind, _, rest = stale.name[len(path.name) + 2:].partition("-")
+        pid = rest.split("-")[0]
+        if kind in ("tmp", "old") and pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
 def save_params(path: Union[str, os.PathLike], params: Mapping, *, overwrite: bool = False) -> dict:
     """Save params (arrays and QArray leaves) to the directory `path` (see the module docstring).
+
+    The checkpoint is written whole into a temporary sibling directory and then renamed into place,
+    so `path` always holds either the complete old checkpoint or the complete new one, even if the
+    process is killed during the save (with overwrite=True the two are exchanged atomically on Linux;
+    elsewhere a kill between the two renames leaves the old one at `.<name>.old-<pid>-*`).
+    Temporaries of killed saves are removed by the next save to the same path.
 
     Returns {"path", "disk_bytes", "nbytes"} (bytes on disk and `params_nbytes`).
     Raises FileExistsError if `path` exists and overwrite is False.
@@ -142,37 +215,134 @@ def save_params(path: Union[str, os.PathLike], params: Mapping, *, overwrite: bo
     import orbax.checkpoint as ocp
 
     path = Path(path).absolute()
-    if path.exists():
-        if not overwrite:
-            raise FileExistsError(f"save_params: {path} exists (pass overwrite=True to replace it)")
-        import shutil
-
-        shutil.rmtree(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"save_params: {path} exists (pass overwrite=True to replace it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path)
     meta: dict = {}
     tree = _split(params, "", meta)
     tree = jax.tree_util.tree_map(np.asarray, tree)
-    path.mkdir(parents=True)
-    with ocp.PyTreeCheckpointer(use_compression=False) as ckptr:
-        ckptr.save(path / ARRAYS_DIR, tree)
-    (path / META_FILE).write_text(json.dumps({"format": FORMAT_VERSION, "qarrays": meta}, indent=1))
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = path.with_name(f".{path.name}.tmp-{tag}")
+    tmp.mkdir()
+    try:
+        with ocp.PyTreeCheckpointer(use_compression=False) as ckptr:
+            ckptr.save(tmp / ARRAYS_DIR, tree)
+        with open(tmp / META_FILE, "w", encoding="utf-8") as f:
+            f.write(json.dumps({"format": FORMAT_VERSION, "qarrays": meta}, indent=1))
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_dir(tmp)
+        if path.exists():
+            if _exchange(tmp, path):  # tmp now holds the old checkpoint
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                old = path.with_name(f".{path.name}.old-{tag}")
+                os.rename(path, old)
+                os.rename(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
     return {"path": str(path), "disk_bytes": disk_bytes(path), "nbytes": params_nbytes(params)}
 
 
-def restore_params(path: Union[str, os.PathLike]) -> dict:
-    """Restore what `save_params` wrote: nested dicts of jax arrays and QArrays, bit-exact."""
+def _read_meta(path: Path) -> dict:
+    meta_file = path / META_FILE
+    if not path.is_dir():
+        raise StoredParamsError(f"{path}: no such checkpoint directory")
+    if not meta_file.is_file():
+        raise StoredParamsError(f"{path}: not a qjax params checkpoint (no {META_FILE})")
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise StoredParamsError(f"{path}: {META_FILE} is truncated or corrupt ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise StoredParamsError(f"{path}: {META_FILE} has format {found}, expected {FORMAT_VERSION}")
+    if not isinstance(meta.get("qarrays"), dict):
+        raise StoredParamsError(f"{path}: {META_FILE} has no 'qarrays' table")
+    return meta
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    line = text[0] if text else type(e).__name__
+    return line if len(line) <= 300 else line[:300] + " ..."
+
+
+def restore_params(path: Union[str, os.PathLike], *, like: Optional[Mapping] = None) -> dict:
+    """Restore what `save_params` wrote: nested dicts of jax arrays and QArrays, bit-exact.
+
+    With `like` (the model's params, e.g. the float params of `load_model`), the restored tree must
+    have the same parameter paths, and each leaf the same shape (a QArray's `shape` is the float
+    weight's), so a checkpoint of another model is refused here rather than deep in a forward.
+    Every failure (missing or truncated metadata, missing or damaged Orbax files, mismatched tree)
+    raises StoredParamsError naming `path` and the problem.
+    """
     import orbax.checkpoint as ocp
 
     path = Path(path).absolute()
-    meta_file = path / META_FILE
-    if not meta_file.is_file():
-        raise FileNotFoundError(f"restore_params: {path} is not a qjax params checkpoint (no {META_FILE})")
-    meta = json.loads(meta_file.read_text())
-    if meta.get("format") != FORMAT_VERSION:
-        raise ValueError(f"restore_params: {meta_file} has format {meta.get('format')}, expected {FORMAT_VERSION}")
-    with ocp.PyTreeCheckpointer() as ckptr:
-        tree = ckptr.restore(path / ARRAYS_DIR)
-    return _join(tree, "", meta["qarrays"])
+    meta = _read_meta(path)
+    arrays = path / ARRAYS_DIR
+    if not arrays.is_dir():
+        raise StoredParamsError(f"{path}: the array directory {ARRAYS_DIR}/ is missing")
+    asyncio_log = logging.getLogger("asyncio")
+    level = asyncio_log.level
+    asyncio_log.setLevel(logging.CRITICAL)  # Orbax's failed reads log "Event loop is closed" per array
+    try:
+        with ocp.PyTreeCheckpointer() as ckptr:
+            tree = ckptr.restore(arrays)
+        params = _join(tree, "", meta["qarrays"])
+    except Exception as e:  # Orbax / TensorStore raise many types; name the checkpoint and the first line
+        raise StoredParamsError(f"{path}: the saved arrays cannot be read ({type(e).__name__}: "
+                                f"{_first_line(e)})") from e
+    finally:
+        asyncio_log.setLevel(level)
+    if like is not None:
+        check_tree_matches(params, like, where=str(path))
+    return params
 
 
-__all__ = ["save_params", "restore_params", "params_nbytes", "params_numel", "params_bits_per_param",
+def _shapes(tree: Any, prefix: str = "") -> dict:
+    """{path: shape} of a params tree; a QArray (or an object with a QArray `int8`, or the dict
+    `int8_outliers.to_storable` makes of one) counts as the float weight it stands for."""
+    if isinstance(tree, QArray):
+        return {prefix: tuple(tree.shape)}
+    if isinstance(tree, Mapping) and "int8" in tree and "quantize_activations" in tree:
+        return _shapes(tree["int8"], prefix)
+    if isinstance(tree, Mapping):
+        out = {}
+        for key, value in tree.items():
+            out.update(_shapes(value, f"{prefix}/{key}" if prefix else str(key)))
+        return out
+    if isinstance(getattr(tree, "int8", None), QArray):
+        return {prefix: tuple(tree.int8.shape)}
+    return {prefix: tuple(np.shape(tree))}
+
+
+def check_tree_matches(params: Mapping, like: Mapping, *, where: str) -> None:
+    """StoredParamsError unless `params` has the parameter paths of `like` and each leaf its shape
+    (a quantized weight counts by the shape of the float weight it stands for)."""
+    got, want = _shapes(params), _shapes(like)
+    missing = sorted(set(want) - set(got))
+    extra = sorted(set(got) - set(want))
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} parameters missing (e.g. {missing[0]})")
+        if extra:
+            parts.append(f"{len(extra)} unexpected (e.g. {extra[0]})")
+        raise StoredParamsError(f"{where}: not a checkpoint of this model: {'; '.join(parts)}")
+    wrong = [(p, got[p], want[p]) for p in sorted(want) if got[p] != want[p]]
+    if wrong:
+        p, g, w = wrong[0]
+        raise StoredParamsError(f"{where}: not a checkpoint of this model: {len(wrong)} parameters have "
+                                f"other shapes (e.g. {p}: {g}, the model's is {w})")
+
+
+__all__ = ["save_params", "restore_params", "StoredParamsError", "check_tree_matches", "params_nbytes", "params_numel", "params_bits_per_param",
            "disk_bytes"]

@@ -145,5 +145,5 @@ def test_fewshot_for_a_task_without_fewshot_split(data_dir):
 def test_hub_dataset_without_mirror_or_hub(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(DataError, match="hub dataset stanfordnlp/snli split 'validation' could not be loaded"):
+    with pytest.raises(DataError, match="hub dataset stanfordnlp/snli split 'validation': no local copy"):
         get_task("snli").load("validation", str(tmp_path))

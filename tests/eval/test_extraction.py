@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from qjax.eval.extraction import (ANSWER_IS, HASH_ANSWER, INVALID, exact_match, extract_flexible,
-                                  extract_strict, gsm8k_target, normalize_answer)
+                                  extract_strict, normalize_answer)
 
 
 @pytest.mark.parametrize("completion,expected", [
@@ -56,7 +56,9 @@ def test_exact_match_after_normalisation():
     assert not exact_match(INVALID, INVALID)
 
 
-def test_gsm8k_target():
-    assert gsm8k_target("Work.\n#### 1,000") == "1000"
-    with pytest.raises(ValueError, match="no '#### ' marker"):
-        gsm8k_target("no marker")
+def test_gsm8k_reference_is_the_number_after_the_last_marker():
+    from qjax.data.tasks import get_task
+
+    reference = get_task("gsm8k").generation.reference
+    assert normalize_answer(reference({"answer": "Work #### 3.\n#### 1,000"})) == "1000"
+    assert exact_match("$1,000.", reference({"answer": "Work.\n#### 1,000"}))

@@ -137,9 +137,10 @@ def test_ifeval_rows(tmp_path):
     ]
     _jsonl(tmp_path / "ifeval/input_data.jsonl", examples)
     responses = {"No commas please.": "Fine, here.", "Quote it, no commas.": "Sure\n\"quoted text\""}
-    gen = ScriptedGenerator(responses.get)
+    gen = ScriptedGenerator(lambda messages: responses[messages[-1]["content"]])
     rows = _by_metric(_run("ifeval", tmp_path, gen, chat_template=True))
     assert gen.calls[0]["max_new_tokens"] == 1280 and gen.calls[0]["chat"] is True
+    assert gen.calls[0]["prompts"][0] == [{"role": "user", "content": "No commas please."}]
     # strict: ex1 [F], ex2 [F, T]; loose: ex1 [F], ex2 [T, T] (first line dropped)
     assert rows["prompt_level_strict_acc"]["value"] == 0.0
     assert rows["inst_level_strict_acc"]["value"] == pytest.approx(1 / 3)
@@ -249,16 +250,18 @@ def test_flores_bleu_chrf_and_fewshot(tmp_path):
 
 def test_unknown_task_and_bad_data(tmp_path, gsm_dir):
     gen = ScriptedGenerator(lambda p: "")
-    with pytest.raises(KeyError, match="unknown generation task 'gsm9k'"):
+    with pytest.raises(ValueError, match="unknown task 'gsm9k'"):
         _run("gsm9k", tmp_path, gen)
-    with pytest.raises(KeyError, match="flores200:<src>-<tgt>"):
+    with pytest.raises(ValueError, match="not a generation task"):
+        _run("arc_easy", tmp_path, gen)
+    with pytest.raises(ValueError, match="flores200:<src>-<tgt>"):
         _run("flores200:eng_Latn", tmp_path, gen)
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(DataError, match="gsm8k/test.jsonl is missing"):
         _run("gsm8k", empty, gen)
     (gsm_dir / "gsm8k/test.jsonl").write_text('{"question": "q", "answer": "#### 1"}\nnot json\n')
-    with pytest.raises(DataError, match="test.jsonl:2: not valid JSON"):
+    with pytest.raises(DataError, match="test.jsonl:2: malformed JSON line"):
         _run("gsm8k", gsm_dir, gen)
     (gsm_dir / "gsm8k/test.jsonl").write_text('{"question": "q"}\n')
     with pytest.raises(DataError, match="missing field\\(s\\) \\['answer'\\]"):
@@ -280,7 +283,7 @@ def test_unknown_task_and_bad_data(tmp_path, gsm_dir):
 def test_hub_dataset_without_local_copy_fails_clearly(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(DataError, match="EdinburghNLP/xsum \\(test\\): no local copy"):
+    with pytest.raises(DataError, match="hub dataset EdinburghNLP/xsum split 'test': no local copy"):
         _run("xsum", tmp_path, ScriptedGenerator(lambda p: ""))
 
 
@@ -339,3 +342,27 @@ def test_smollm2_gsm8k_and_ifeval(smollm2, data_dir, tmp_path):
     rows = run_generation_task("ifeval", params, config, tokenizer, limit=4, data_dir=str(data_dir),
                                batch_size=4, chat_template=True, max_new_tokens=128, output_dir=tmp_path)
     assert len(rows) == 4
+
+
+def test_a_new_task_runs_from_its_declaration_alone(monkeypatch):
+    """Stop strings, budget, shots, templates and scoring all come from the TaskSpec."""
+    from qjax.data.tasks import TASKS, GenerationSpec, TaskSpec
+
+    splits = {"train": [{"q": "1+1", "a": "2"}, {"q": "2+2", "a": "4"}],
+              "test": [{"q": "3+3", "a": "6"}, {"q": "5+5", "a": "10"}]}
+    spec = TaskSpec("toy_sums", "generate_until", lambda split, data_dir: splits[split], "test",
+                    fewshot_split="train", num_fewshot=2, fewshot_sampler="first_n", text="Sum {q} =",
+                    target="{a}", fewshot_delimiter="\n", metrics=("exact_match_strict", "exact_match_flexible"),
+                    generation=GenerationSpec(until=("\nSum",), max_new_tokens=5, scorer="exact_match",
+                                              answer_pattern=r"ANSWER (\d+)", reference="{a}"))
+    monkeypatch.setitem(TASKS, "toy_sums", spec)
+    gen = ScriptedGenerator(lambda p: " ANSWER 6" if p.endswith("3+3 =") else " 9 or 10")
+    rows = _by_metric(run_generation_task("toy_sums", None, None, None, generate_fn=gen))
+    (call,) = gen.calls
+    assert call["stop"] == ("\nSum",) and call["max_new_tokens"] == 5
+    assert call["prompts"][0] == "Sum 1+1 = 2\nSum 2+2 = 4\nSum 3+3 ="
+    assert rows["exact_match_strict"]["value"] == 0.5 and rows["exact_match_flexible"]["value"] == 1.0
+    assert rows["exact_match_strict"]["details"]["num_fewshot"] == 2
+    gen = ScriptedGenerator(lambda p: "")
+    run_generation_task("toy_sums", None, None, None, generate_fn=gen, num_fewshot=0, max_new_tokens=3)
+    assert gen.calls[0]["prompts"][0] == "Sum 3+3 =" and gen.calls[0]["max_new_tokens"] == 3

@@ -152,10 +152,10 @@ def test_bad_input_files(tmp_path):
         load_examples(path=tmp_path / "nope.jsonl")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"key": 1, "prompt": "p", "instruction_id_list": [], "kwargs": []}\n{oops\n')
-    with pytest.raises(DataError, match="bad.jsonl:2: not valid JSON"):
+    with pytest.raises(DataError, match="bad.jsonl:2: malformed JSON line"):
         load_examples(path=bad)
     bad.write_text(json.dumps({"key": 1, "prompt": "p", "instruction_id_list": ["a:b"], "kwargs": [{}]}))
-    with pytest.raises(DataError, match="bad.jsonl:1: unknown IFEval instruction id 'a:b'"):
+    with pytest.raises(DataError, match="bad.jsonl record 1: unknown IFEval instruction id 'a:b'"):
         load_examples(path=bad)
     bad.write_text(json.dumps({"key": 1, "prompt": "p", "instruction_id_list": []}))
     with pytest.raises(DataError, match="missing field 'kwargs'"):

@@ -12,7 +12,7 @@ import pytest
 
 from pallas_helpers import assert_close, exported_calls, lowered_kernel
 from pallas_kernels import quantized_kv_decode_attention, reference
-from qjax.models.attention import grouped_attention
+from qjax.ops.attention import grouped_attention
 from qjax.quant.kv import QuantKVSpec
 
 

@@ -8,7 +8,7 @@ import pytest
 from qjax.formats.qarray import QArray, SecondLevelSpec
 from qjax.quant.rtn import quantize_rtn
 from qjax.formats.spec import WeightQuantSpec
-from qjax.quant.storage import (params_bits_per_param, params_nbytes, params_numel, restore_params,
+from qjax.quant.storage import (StoredParamsError, params_bits_per_param, params_nbytes, params_numel, restore_params,
                                 save_params)
 
 # Measured on this format (orbax-checkpoint 0.12.8, uncompressed OCDBT): about 2.2 KiB per checkpoint
@@ -75,5 +75,5 @@ def test_errors(tmp_path):
     with pytest.raises(FileExistsError, match="exists"):
         save_params(tmp_path / "c", params)
     save_params(tmp_path / "c", params, overwrite=True)
-    with pytest.raises(FileNotFoundError, match="not a qjax params checkpoint"):
+    with pytest.raises(StoredParamsError, match="not a qjax params checkpoint"):
         restore_params(tmp_path)

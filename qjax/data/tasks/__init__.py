@@ -1,17 +1,21 @@
 """Task declarations (`TaskSpec`) and their loaders, one module per data family; the registry.
 
-`TASKS` maps a task name to its spec. Other packages add tasks with `register_task` (e.g. the
-generation tasks); `get_task(name)` raises one clear error for an unknown name.
+`TASKS` maps a task name to its spec. Other packages add tasks with `register_task`. Open-ended task
+families (FLORES-200 language pairs, "flores200:eng_Latn-fra_Latn") register a factory for a name
+prefix with `register_family`. `get_task(name)` returns a spec or raises one clear error.
 """
 
 from __future__ import annotations
 
-from qjax.data.tasks import (arc, bbq, boolq, ceval, hellaswag, lambada, mmlu, piqa, snli, truthfulqa,
-                             wikitext, winogrande)
+from typing import Callable
+
+from qjax.data.tasks import (arc, bbq, boolq, ceval, flores, gsm8k, hellaswag, ifeval, lambada, mmlu,
+                             mt_bench, piqa, snli, summarization, truthfulqa, wikitext, winogrande)
 from qjax.data.tasks.spec import (GENERATE_UNTIL, KINDS, LOGLIKELIHOOD, MULTIPLE_CHOICE, ROLLING, Doc,
                                   GenerationSpec, TaskSpec)
 
 TASKS: dict[str, TaskSpec] = {}
+FAMILIES: dict[str, Callable[[str], TaskSpec]] = {}
 
 
 def register_task(spec: TaskSpec, *, replace: bool = False) -> TaskSpec:
@@ -22,16 +26,29 @@ def register_task(spec: TaskSpec, *, replace: bool = False) -> TaskSpec:
     return spec
 
 
+def register_family(prefix: str, factory: Callable[[str], TaskSpec]) -> None:
+    """Names starting with `prefix` (e.g. "flores200:") are declared by `factory(name)`, which
+    raises ValueError naming the expected form for a malformed name."""
+    if prefix in FAMILIES and FAMILIES[prefix] is not factory:
+        raise ValueError(f"a task family with prefix {prefix!r} is already registered")
+    FAMILIES[prefix] = factory
+
+
 def get_task(name: str) -> TaskSpec:
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
-    return TASKS[name]
+    if name in TASKS:
+        return TASKS[name]
+    for prefix, factory in FAMILIES.items():
+        if name.startswith(prefix):
+            return factory(name)
+    families = "".join(f", {p}..." for p in sorted(FAMILIES))
+    raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}{families}")
 
 
 for _family in (mmlu, arc, piqa, boolq, winogrande, lambada, hellaswag, truthfulqa, bbq, ceval, snli,
-                wikitext):
+                wikitext, gsm8k, ifeval, mt_bench, summarization):
     for _spec in _family.TASKS:
         register_task(_spec)
+register_family(flores.PREFIX, flores.task)
 
-__all__ = ["TASKS", "TaskSpec", "GenerationSpec", "Doc", "register_task", "get_task", "KINDS",
-           "MULTIPLE_CHOICE", "LOGLIKELIHOOD", "ROLLING", "GENERATE_UNTIL"]
+__all__ = ["TASKS", "FAMILIES", "TaskSpec", "GenerationSpec", "Doc", "register_task", "register_family",
+           "get_task", "KINDS", "MULTIPLE_CHOICE", "LOGLIKELIHOOD", "ROLLING", "GENERATE_UNTIL"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 
 from qjax.data.paths import DataError
-from qjax.data.tasks.io import field, read_jsonl, task_file
+from qjax.data.io import field, read_jsonl, task_file
 from qjax.data.tasks.spec import MULTIPLE_CHOICE, TaskSpec
 
 _SPLITS = {"test": "Test", "dev": "Dev", "validation": "Dev"}

@@ -13,7 +13,7 @@ For the bias scores every document also records (as the paper's analysis code de
 from __future__ import annotations
 
 from qjax.data.paths import DataError
-from qjax.data.tasks.io import field, read_jsonl, task_file
+from qjax.data.io import field, read_jsonl, task_file
 from qjax.data.tasks.spec import MULTIPLE_CHOICE, TaskSpec
 
 CATEGORIES = ("Age", "Disability_status", "Nationality", "Physical_appearance", "Religion",

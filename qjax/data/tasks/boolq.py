@@ -6,7 +6,7 @@ lm-eval's `boolq`: "{passage}\\nQuestion: {question}?\\nAnswer:" + " no" / " yes
 from __future__ import annotations
 
 from qjax.data.paths import DataError
-from qjax.data.tasks.io import field, read_jsonl, task_file
+from qjax.data.io import field, read_jsonl, task_file
 from qjax.data.tasks.spec import MULTIPLE_CHOICE, TaskSpec
 
 _LABELS = {"false": 0, "true": 1, False: 0, True: 1}

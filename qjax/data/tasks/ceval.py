@@ -8,8 +8,8 @@ choices " A".." D", few-shot from the subject's dev split in order (first_n).
 from __future__ import annotations
 
 from qjax.data.paths import DataError
-from qjax.data.tasks.hub import hub_rows
-from qjax.data.tasks.io import field
+from qjax.data.hub import hub_rows
+from qjax.data.io import field
 from qjax.data.tasks.spec import MULTIPLE_CHOICE, TaskSpec
 
 HUB = "ceval/ceval-exam"

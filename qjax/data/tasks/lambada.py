@@ -8,7 +8,7 @@ is " " + that word (target delimiter ""); metrics: perplexity of the target and 
 from __future__ import annotations
 
 from qjax.data.paths import DataError
-from qjax.data.tasks.io import field, read_jsonl, task_file
+from qjax.data.io import field, read_jsonl, task_file
 from qjax.data.tasks.spec import LOGLIKELIHOOD, TaskSpec
 
 

@@ -7,7 +7,7 @@ lm-eval's `mmlu` default: subject header, "{question}\\nA. ..\\nD. ..\\nAnswer:"
 from __future__ import annotations
 
 from qjax.data.paths import DataError
-from qjax.data.tasks.io import read_csv, task_file
+from qjax.data.io import read_csv, task_file
 from qjax.data.tasks.spec import MULTIPLE_CHOICE, TaskSpec
 
 SUBJECTS = (

@@ -7,7 +7,7 @@ so few-shot examples come from it too (never the document itself).
 from __future__ import annotations
 
 from qjax.data.paths import DataError
-from qjax.data.tasks.io import field, read_jsonl, task_file
+from qjax.data.io import field, read_jsonl, task_file
 from qjax.data.tasks.spec import MULTIPLE_CHOICE, TaskSpec
 
 

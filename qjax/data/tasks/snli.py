@@ -9,8 +9,8 @@ for entailment / neutral / contradiction.
 from __future__ import annotations
 
 from qjax.data.paths import DataError
-from qjax.data.tasks.hub import hub_rows
-from qjax.data.tasks.io import field
+from qjax.data.hub import hub_rows
+from qjax.data.io import field
 from qjax.data.tasks.spec import MULTIPLE_CHOICE, TaskSpec
 
 HUB = "stanfordnlp/snli"

@@ -13,8 +13,11 @@ Kinds (`TaskSpec.kind`):
   rolling          log-likelihood of a whole document (`target`) in rolling windows; words and bytes
                    for word/byte perplexity are counted on `text` (lm-eval's wikitext counts the
                    page before detokenization).
-  generate_until   generate until a stop string and extract an answer (`GenerationSpec`); executed by
-                   the runner registered for this kind (`qjax.eval.tasks.register_runner`).
+  generate_until   generate until a stop string and score the completion as its `GenerationSpec`
+                   says (stop strings, token budget, scorer); `text` is the prompt, `target` the
+                   answer shown in few-shot examples; the first `limit` documents are evaluated (as
+                   lm-eval's --limit). Executed by the runner registered for this kind
+                   (`qjax.eval.tasks.register_runner`).
 
 Documents of multiple-choice tasks carry `gold`: the index of the correct choice, or a list of indices
 when several choices are correct (TruthfulQA MC2). Few-shot examples show the first correct choice.
@@ -40,15 +43,37 @@ SAMPLERS = ("random", "first_n")
 
 @dataclasses.dataclass(frozen=True)
 class GenerationSpec:
-    """How a generate_until task decodes and reads its answer (executed outside this package).
+    """How a generate_until task decodes and is scored (run by the generate_until runner,
+    `qjax.eval.gen_tasks`). Like an lm-eval YAML's `generation_kwargs`, `filter_list` and `metric_list`.
 
-    until: stop strings; max_new_tokens: decoding budget; answer_pattern: regex whose first group is
-    the answer in the generated text (None: the whole stripped text).
+    until: stop strings; a completion is cut before the first one.
+    max_new_tokens: decoding budget of one completion (of each turn for multi-turn tasks).
+    scorer: how completions become metrics, by name (`qjax.eval.gen_tasks.SCORERS`): "exact_match"
+      (strict `answer_pattern` and flexible last-number extraction against `reference`), "ifeval",
+      "rouge", "bleu_chrf", "mt_bench".
+    answer_pattern: regex whose group 1 is the answer (strict extraction); None: no strict metric.
+    reference: template of a document's reference answer.
+    truncate: (field, max_tokens): the document field is cut to its first max_tokens tokens
+      before the prompt is rendered (long articles).
+    turns_field: multi-turn tasks: the document field holding the user turns; each turn is a chat
+      turn seeing the model's earlier answers (always through the chat template).
+    strip: strip surrounding whitespace off completions before scoring.
     """
 
     until: tuple[str, ...] = ("\n\n",)
     max_new_tokens: int = 256
+    scorer: str = "exact_match"
     answer_pattern: Optional[str] = None
+    reference: Template = ""
+    truncate: Optional[tuple[str, int]] = None
+    turns_field: Optional[str] = None
+    strip: bool = False
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if isinstance(self.until, str):
+            raise ValueError(f"until must be a tuple of stop strings, got the string {self.until!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,7 +9,7 @@ answers.
 from __future__ import annotations
 
 from qjax.data.paths import DataError
-from qjax.data.tasks.io import read_json, task_file
+from qjax.data.io import read_json, task_file
 from qjax.data.tasks.spec import MULTIPLE_CHOICE, TaskSpec
 
 QA_PROMPT = (

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 from qjax.data.paths import DataError
-from qjax.data.tasks.io import task_file
+from qjax.data.io import task_file
 from qjax.data.tasks.spec import ROLLING, TaskSpec
 
 _HEADING = re.compile(r"^ = [^=].* = $")

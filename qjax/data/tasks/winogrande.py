@@ -9,7 +9,7 @@ continuation is scored after each of them.
 from __future__ import annotations
 
 from qjax.data.paths import DataError
-from qjax.data.tasks.io import field, read_jsonl, task_file
+from qjax.data.io import field, read_jsonl, task_file
 from qjax.data.tasks.spec import MULTIPLE_CHOICE, TaskSpec
 
 

@@ -12,14 +12,13 @@ Protocol (google-research `instruction_following_eval/evaluation_lib.py`):
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from qjax.data.paths import DataError, data_file
+from qjax.data.io import read_jsonl, task_file
+from qjax.data.paths import DataError
+from qjax.data.tasks.ifeval import INPUT_FILE
 from qjax.eval.ifeval.instructions import check_instruction, instruction_arguments
-
-INPUT_FILE = "ifeval/input_data.jsonl"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,22 +56,8 @@ def load_examples(data_dir: Optional[str] = None, path: Optional[str | Path] = N
     Raises DataError for a missing file, a line that is not JSON, or a malformed record (the
     message names the file and line).
     """
-    path = Path(path) if path is not None else data_file(INPUT_FILE, data_dir)
-    if not path.is_file():
-        raise DataError(f"IFEval input file {path} is missing")
-    examples = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON: {e}") from e
-            examples.append(parse_example(record, f"{path}:{lineno}"))
-    if not examples:
-        raise DataError(f"{path}: no IFEval examples")
-    return examples
+    path = Path(path) if path is not None else task_file(INPUT_FILE, data_dir)
+    return [parse_example(record, f"{path} record {i}") for i, record in enumerate(read_jsonl(path), 1)]
 
 
 def loose_variants(response: str) -> list[str]:

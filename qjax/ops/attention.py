@@ -1,5 +1,6 @@
-"""Softmax attention with grouped KV heads: the plain form, two that skip masked work, and the
-dispatch of cache-free causal forwards to the fused CPU kernel (`qjax.native.attention`).
+"""Softmax attention with grouped KV heads (the kernel seam's attention): the plain form, two that
+skip masked work, and the choice of kernel for cache-free causal forwards (`causal_attention`: the
+fused C++ kernel of `qjax.native.attention` on CPU, else the pure-XLA `causal_chunked_attention`).
 
 Shapes everywhere: q (B, T, H, D); k, v (B, S, KVH, D) with H a multiple of KVH; mask (B, 1, T, S)
 bool, True where query t may attend key slot s. Outputs (B, T, H, D) in q's dtype; scores and
