@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from qjax.eval.perplexity import window_nll
+from qjax.models.nll import window_nll
 from qjax.ops import kernels
 from qjax.quant.activations import apply_setting, parse_setting
 
