@@ -11,6 +11,11 @@ compile-and-warm-up call, each a jitted function of x with the weight as an argu
   pallas_w4   the same QArray through `pallas_kernels.dequant_matmul` (via `qjax.ops.quantized.pallas_matmul`)
   xla_w8a8    W8 per channel with per-token int8 activations, simulated in float (fake quant + dequantize)
   pallas_w8a8 the same through the integer kernel `pallas_kernels.int8_matmul`
+and, for decode attention over a KV4 cache (SmolLM2: 9 heads on 3 KV heads of 64; Llama-2-7B: 32 of
+128; 2048 cached slots, batch 1 and 16):
+  bf16_kv     `grouped_attention` over a bfloat16 cache
+  xla_kv4     the packed KV4 cache decoded by XLA (`QuantKVSpec.read_layer`), then `grouped_attention`
+  pallas_kv4  `pallas_kernels.quantized_kv_decode_attention` on the packed cache
 and prints time, bytes moved (weight storage + x + y), achieved bandwidth and its share of the
 device's peak (PEAK_BANDWIDTH by device kind; "n/a" for unknown devices and in interpret mode), and
 each kernel's speed-up over bf16 and over its XLA twin, and its agreement with the twin (max
@@ -28,7 +33,9 @@ import numpy as np
 from absl import app, flags
 
 from qjax.formats import WeightQuantSpec
-from qjax.ops import act_quant, kernels, quantized
+from qjax.ops import act_quant, kernels, kv_attention, quantized
+from qjax.ops.attention import grouped_attention
+from qjax.quant.kv import QuantKVSpec
 from qjax.quant.rtn import quantize_rtn
 
 _SMOKE = flags.DEFINE_bool("smoke", False, "CPU smoke run: interpret mode, tiny shapes, batch 1 and 16")
@@ -39,6 +46,7 @@ _BATCHES = flags.DEFINE_list("batches", ["1", "16", "256"], "batch sizes (rows o
 SHAPES = {"smollm2-135m": [(576, 576), (576, 1536), (1536, 576)],
           "llama-2-7b": [(4096, 4096), (4096, 11008), (11008, 4096)],
           "smoke": [(256, 128)]}
+KV_SHAPES = {"smollm2-135m": (9, 3, 64), "llama-2-7b": (32, 32, 128), "smoke": (4, 2, 64)}  # heads, KV heads, head_dim
 
 # Peak HBM bandwidth (bytes/s) by `device.device_kind` (vendor data sheets).
 PEAK_BANDWIDTH = {
@@ -118,6 +126,51 @@ def measure(k: int, n: int, batch: int, reps: int, peak) -> list[dict]:
     return rows
 
 
+def measure_kv(heads: int, kv_heads: int, head_dim: int, slots: int, batch: int, reps: int, peak) -> list[dict]:
+    rng = np.random.default_rng(1)
+    spec = QuantKVSpec(4, 32)
+    shape = (batch, slots, kv_heads, head_dim)
+    k = jnp.asarray(rng.standard_normal(shape), jnp.bfloat16)
+    v = jnp.asarray(rng.standard_normal(shape), jnp.bfloat16)
+    layer = spec.write_layer(spec.init_layer(batch, slots, kv_heads, head_dim, jnp.bfloat16), k, v, 0)
+    q = jnp.asarray(rng.standard_normal((batch, 1, heads, head_dim)), jnp.bfloat16)
+    mask = jnp.ones((batch, 1, 1, slots), bool)
+    platform, interpret = kernel_platform()
+    mode = "interpret" if interpret else platform
+    runs = {
+        "bf16_kv": (jax.jit(grouped_attention), (q, k, v, mask)),
+        "xla_kv4": (jax.jit(lambda q, layer, mask: grouped_attention(q, *spec.read_layer(layer, q.dtype), mask)),
+                    (q, layer, mask)),
+    }
+    with kernels.use_kernels(mode):
+        fn = jax.jit(lambda q, layer, mask: kv_attention.quantized_cache_attention(q, layer, spec, mask, slots))
+        if fn.eval_shape(q, layer, mask) is not None:
+            runs["pallas_kv4"] = (fn, (q, layer, mask))
+        rows, outputs = [], {}
+        for name, (f, args) in runs.items():
+            outputs[name] = np.asarray(f(*args), np.float32)
+            seconds = timed(f, *args, reps=reps)
+            moved = nbytes(args) + nbytes(q)
+            rows.append(dict(shape=f"kv{heads}/{kv_heads}x{head_dim}", batch=batch, kernel=name, ms=seconds * 1e3,
+                             gbps=moved / seconds / 1e9, peak=None if (peak is None or interpret) else moved / seconds / peak))
+    base = {r["kernel"]: r["ms"] for r in rows}
+    for r in rows:
+        r["vs_bf16"] = base["bf16_kv"] / r["ms"]
+        twin = "xla_kv4" if r["kernel"] == "pallas_kv4" else None
+        r["vs_xla"] = base[twin] / r["ms"] if twin else None
+        r["err"] = (float(np.max(np.abs(outputs[r["kernel"]] - outputs[twin])) / np.max(np.abs(outputs[twin])))
+                    if twin else None)
+    return rows
+
+
+def print_row(r):
+    pk = "n/a" if r["peak"] is None else f"{100 * r['peak']:.0f}"
+    vx = "" if r["vs_xla"] is None else f"{r['vs_xla']:.2f}"
+    err = "" if r["err"] is None else f"{r['err']:.1e}"
+    print(f"{r['shape']:>12} {r['batch']:>5} {r['kernel']:>12} {r['ms']:>9.3f} {r['gbps']:>8.1f} "
+          f"{pk:>6} {r['vs_bf16']:>7.2f} {vx:>6} {err:>8}")
+
+
 def main(_):
     device = jax.devices()[0]
     peak = peak_bandwidth(device)
@@ -132,11 +185,11 @@ def main(_):
         for k, n in SHAPES[model]:
             for batch in batches:
                 for r in measure(k, n, batch, reps, peak):
-                    pk = "n/a" if r["peak"] is None else f"{100 * r['peak']:.0f}"
-                    vx = "" if r["vs_xla"] is None else f"{r['vs_xla']:.2f}"
-                    err = "" if r["err"] is None else f"{r['err']:.1e}"
-                    print(f"{r['shape']:>12} {r['batch']:>5} {r['kernel']:>12} {r['ms']:>9.3f} {r['gbps']:>8.1f} "
-                          f"{pk:>6} {r['vs_bf16']:>7.2f} {vx:>6} {err:>8}")
+                    print_row(r)
+        slots = 64 if _SMOKE.value else 2048
+        for batch in ([1] if _SMOKE.value else [1, 16]):
+            for r in measure_kv(*KV_SHAPES[model], slots, batch, reps, peak):
+                print_row(r)
 
 
 if __name__ == "__main__":

@@ -31,8 +31,9 @@ KV_BITS = (2, 4, 8)
 MASK_VALUE = -1e30
 
 
-def supports_kv(bits: int, head_dim: int, group_size: int, platform: str) -> bool:
-    """Whether the kernel reads a cache of `bits`-bit codes in groups of `group_size` on `platform`."""
+def supports_kv(bits: int, head_dim: int, group_size: int, platform: str, cache_len: int = 0) -> bool:
+    """Whether the kernel reads a cache of `bits`-bit codes in groups of `group_size` on `platform`
+    (on GPU the cache length must also be a multiple of 16: Triton's blocks are unmasked)."""
     layout.check_platform(platform)
     if bits not in KV_BITS or head_dim % group_size:
         return False
@@ -40,7 +41,8 @@ def supports_kv(bits: int, head_dim: int, group_size: int, platform: str) -> boo
     if group_size % c:
         return False
     gu = group_size // c
-    return platform == "tpu" or (gu >= layout.MIN_GPU_DOT and gu & (gu - 1) == 0)
+    return platform == "tpu" or (gu >= layout.MIN_GPU_DOT and gu & (gu - 1) == 0
+                                 and cache_len % layout.MIN_GPU_DOT == 0)
 
 
 def _block_update(carry, q_ref, qsum_ref, load_codes, load_stat, valid, *, kvh, c, n_groups, gu, bits,
@@ -97,7 +99,7 @@ def quantized_kv_decode_attention(q: jax.Array, k_codes: jax.Array, k_scale: jax
     b, h, d = q.shape
     _, s, kvh, dp = k_codes.shape
     asymmetric = k_min is not None
-    if not supports_kv(bits, d, group_size, platform):
+    if not supports_kv(bits, d, group_size, platform, s):
         raise ValueError(f"quantized_kv_decode_attention: {bits}-bit KV in groups of {group_size} over "
                          f"head_dim {d} is not supported on {platform}")
     if h % kvh or dp != d * bits // 8 or k_scale.shape != (b, s, kvh, d // group_size):
@@ -199,43 +201,49 @@ def quantized_kv_decode_attention(q: jax.Array, k_codes: jax.Array, k_scale: jax
                               compiler_params=layout.compiler_params("tpu", ("parallel", "parallel", "arbitrary")),
                               name=f"kv{bits}_decode_attention")
         acc, ml = call(num_keys, q_planes, q_sums, mask3, k_codes, v_codes, *stats.values())
-    else:
+    else:  # one program per (sequence, KV head, split): the KV heads are grid axes, not unrolled
+        gkw = dict(kw, kvh=1)
+
         def kernel(nk_ref, q_ref, qs_ref, mask_ref, kc_ref, vc_ref, *rest):
             stat_refs = dict(zip(names, rest[:len(names)]))
             o_ref, ml_ref = rest[len(names):]
-            split = pl.program_id(1)
+            split = pl.program_id(2)
             codes = {"k": kc_ref, "v": vc_ref}
             nk = nk_ref[0]
+            per = 2 + c * n_groups
 
-            def body(kb, carry):
+            def body(kb, flat):
                 start = (split * per_split + kb) * bs
                 slots = start + jax.lax.broadcasted_iota(jnp.int32, (bs, 1), 0)
                 valid = (mask_ref[pl.ds(start, bs), :] != 0) & (slots < nk)
-                flat = _block_update(
-                    _unflatten(carry), q_ref, qs_ref,
-                    lambda name, hh, lo, size: codes[name][pl.ds(start, bs), hh, pl.ds(lo, size)].astype(jnp.int32),
-                    lambda name, hh, g: stat_refs[name][pl.ds(start, bs), hh, pl.ds(g, 1)].astype(jnp.float32),
-                    valid, **kw)
-                return _flatten(flat)
+                (m, l, acc), = _block_update(
+                    [(flat[0], flat[1], list(flat[2:]))], q_ref, qs_ref,
+                    lambda name, hh, lo, size: codes[name][pl.ds(start, bs), 0, pl.ds(lo, size)].astype(jnp.int32),
+                    lambda name, hh, g: stat_refs[name][pl.ds(start, bs), 0, pl.ds(g, 1)].astype(jnp.float32),
+                    valid, **gkw)
+                return (m, l, *acc)
 
-            def _flatten(carry):
-                return tuple(x for m, l, acc in carry for x in (m, l, *acc))
-
-            def _unflatten(flat):
-                per = 2 + c * n_groups
-                return [(flat[i * per], flat[i * per + 1], list(flat[i * per + 2:(i + 1) * per])) for i in range(kvh)]
-
+            (m0, l0, acc0), = [init()[0]]
             blocks = jnp.clip(jax.lax.div(nk + bs - 1, bs) - split * per_split, 0, per_split)
-            carry = jax.lax.fori_loop(0, blocks, body, _flatten(init()))
-            finish(_unflatten(carry), o_ref, ml_ref)
+            flat = jax.lax.fori_loop(0, blocks, body, (m0, l0, *acc0))
+            assert len(flat) == per
+            finish([(flat[0], flat[1], list(flat[2:]))], o_ref, ml_ref)
 
-        full = lambda shape: pl.BlockSpec((None,) + shape, lambda bb, sp: (bb,) + (0,) * len(shape))  # noqa: E731
+        def seq(shape):
+            return pl.BlockSpec((None,) + shape, lambda bb, hh, sp: (bb,) + (0,) * len(shape))
+
+        def head(shape):  # a (B, KVH, ...) array: this program's KV head
+            return pl.BlockSpec((None, 1) + shape, lambda bb, hh, sp: (bb, hh) + (0,) * len(shape))
+
+        def cache(width):  # (B, S, KVH, width): every slot of this program's KV head
+            return pl.BlockSpec((None, s, 1, width), lambda bb, hh, sp: (bb, 0, hh, 0))
+
         call = pl.pallas_call(
-            kernel, out_shape=out_shapes, grid=(b, s_splits),
-            in_specs=[pl.BlockSpec((1,), lambda bb, sp: (0,)), full((kvh, c, d // c, gp)), full((kvh, n_groups, gp)),
-                      full((s, 1)), full((s, kvh, dp)), full((s, kvh, dp))] + [full((s, kvh, n_groups))] * len(names),
-            out_specs=[pl.BlockSpec((None, None, kvh, c, d // c, gp), lambda bb, sp: (bb, sp, 0, 0, 0, 0)),
-                       pl.BlockSpec((None, None, kvh, 2, gp), lambda bb, sp: (bb, sp, 0, 0, 0))],
+            kernel, out_shape=out_shapes, grid=(b, kvh, s_splits),
+            in_specs=[pl.BlockSpec((1,), lambda bb, hh, sp: (0,)), head((c, d // c, gp)), head((n_groups, gp)),
+                      seq((s, 1)), cache(dp), cache(dp)] + [cache(n_groups)] * len(names),
+            out_specs=[pl.BlockSpec((None, None, 1, c, d // c, gp), lambda bb, hh, sp: (bb, sp, hh, 0, 0, 0)),
+                       pl.BlockSpec((None, None, 1, 2, gp), lambda bb, hh, sp: (bb, sp, hh, 0, 0))],
             compiler_params=layout.compiler_params("gpu", ()), interpret=interpret,
             name=f"kv{bits}_decode_attention")
         acc, ml = call(num_keys, q_planes, q_sums, mask3, k_codes, v_codes, *stats.values())

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 
 from qjax.formats.qarray import QArray
 from qjax.models import kv_cache as kv_cache_lib
+from qjax.ops.kv_attention import quantized_cache_attention
 from qjax.ops.attention import blocked_attention, causal_attention, grouped_attention
 from qjax.models.config import ModelConfig
 from qjax.models.rope import apply_rope, inverse_frequencies
@@ -139,11 +140,14 @@ class Attention(nn.Module):
         if layer_cache is not None:
             spec = kv_cache_lib.resolve_spec(rt.kv_cache)
             layer_cache = spec.write_layer(layer_cache, k, v, cache_start)
-            k, v = spec.read_layer(layer_cache, x.dtype)
-            if t >= BLOCKED_MIN_QUERIES:  # a prefill chunk: only the slots written so far
-                out = blocked_attention(q, k, v, mask, num_keys=cache_start + t)
-            else:
-                out = grouped_attention(q, k, v, mask)
+            # a decode step over a packed quantized cache: a Pallas kernel where one is in force
+            out = quantized_cache_attention(q, layer_cache, spec, mask, cache_start + t)
+            if out is None:
+                k, v = spec.read_layer(layer_cache, x.dtype)
+                if t >= BLOCKED_MIN_QUERIES:  # a prefill chunk: only the slots written so far
+                    out = blocked_attention(q, k, v, mask, num_keys=cache_start + t)
+                else:
+                    out = grouped_attention(q, k, v, mask)
         else:
             out = causal_attention(q, k, v, mask)
         out = Linear(cfg.hidden_size, rt, name="o_proj")(out.reshape(b, t, cfg.q_size), runtime_state)

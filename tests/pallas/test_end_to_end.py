@@ -45,3 +45,35 @@ def test_smollm2_perplexity_through_kernels(smollm2, name):
     ids = np.asarray(tokenizer("The quick brown fox jumps over the lazy dog. " * 4)["input_ids"])[:32]
     nll = nll_both_ways(params, config, ids[None], parse_setting(name))
     np.testing.assert_allclose(nll["interpret"], nll["xla"], rtol=1e-4)
+
+
+def test_tiny_model_decode_step_through_kv_kernel():
+    """A KV4 decode step (prefill of 11 tokens, then one token) reads the packed cache through the
+    flash-decoding kernel in interpret mode and gives the XLA path's logits (which reads the cache
+    back and attends in float)."""
+    import jax
+
+    from qjax.models import forward
+    from qjax.models.kv_cache import init_cache
+    from qjax.ops import Runtime
+    from qjax.quant.kv import kv_spec
+    from runtime_tiny import tiny_config, tiny_params
+
+    config = tiny_config(num_layers=1, head_dim=32, hidden_size=128)
+    params = tiny_params(config)
+    runtime = Runtime(kv_cache=kv_spec(4, group_size=16))
+    tokens = jnp.asarray(np.random.default_rng(1).integers(4, config.vocab_size, (2, 12)))
+
+    def step(params, tokens):
+        cache = init_cache(config, 2, 32, spec=runtime.kv_cache)
+        _, cache = forward(params, tokens[:, :-1], config, runtime, cache=cache)
+        logits, _ = forward(params, tokens[:, -1:], config, runtime, cache=cache)
+        return logits
+
+    out = {}
+    for mode in ("xla", "interpret"):
+        with kernels.use_kernels(mode):
+            out[mode] = np.asarray(jax.jit(step)(params, tokens))
+            if mode == "interpret":
+                assert "kv4_decode_attention" in str(jax.make_jaxpr(step)(params, tokens))
+    np.testing.assert_allclose(out["interpret"], out["xla"], rtol=2e-5, atol=2e-5)
