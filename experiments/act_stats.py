@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from absl import app, flags
 
+from qjax.analysis.table import markdown_table
 from qjax.checkpoints import load_model
 from qjax.data.corpus import CalibrationData, calibration_tokens
 from qjax.quant import act_stats
@@ -48,7 +49,7 @@ def main(argv):
     out.mkdir(parents=True, exist_ok=True)
     title = (f"{name}: linear inputs over {len(windows)} x {_SEQLEN.value} WikiText-2 valid tokens "
              f"(seed {_SEED.value})")
-    (out / f"{name}.md").write_text(f"# {title}\n\n{act_stats.markdown_table(rows)}\n")
+    (out / f"{name}.md").write_text(f"# {title}\n\n{markdown_table(*act_stats.summary_cells(rows))}\n")
     act_stats.plot(rows, str(out / f"{name}.png"), title)
     print(f"{'family':<10} {'max |x| (max over layers)':>26} {'median kurtosis':>16} {'mean share >6':>14}")
     for family in dict.fromkeys(r["family"] for r in rows):

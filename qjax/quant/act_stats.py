@@ -135,11 +135,12 @@ _PLOT_LABELS = {"q_proj": "q/k/v input", "o_proj": "o_proj input", "gate_proj": 
                 "down_proj": "down_proj input", "lm_head": "lm_head input"}
 
 
-def markdown_table(rows: list[dict]) -> str:
-    lines = [f"| site | max abs | kurtosis | share abs>{OUTLIER_THRESHOLD:g} |", "|---|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['site']} | {r['max_abs']:.2f} | {r['kurtosis']:.1f} | {r['outlier_share']:.2e} |")
-    return "\n".join(lines)
+def summary_cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """(header, body) of the report table of `summary` rows: site, max |x|, kurtosis, outlier share
+    (render with `qjax.analysis.table.markdown_table`)."""
+    header = ["site", "max abs", "kurtosis", f"share abs>{OUTLIER_THRESHOLD:g}"]
+    return header, [[r["site"], f"{r['max_abs']:.2f}", f"{r['kurtosis']:.1f}", f"{r['outlier_share']:.2e}"]
+                    for r in rows]
 
 
 def plot(rows: list[dict], path: str, title: str = "") -> None:
