@@ -8,9 +8,10 @@ Modes (environment `QJAX_KERNELS`, or `use_kernels(mode)` for a block of code; d
   pallas     Pallas kernels for the platform the computation is lowered for (`lax.platform_dependent`:
              tpu -> Mosaic, cuda / rocm -> Triton, any other -> Pallas' interpreter); else XLA
   interpret  Pallas kernels run by Pallas' interpreter on any backend (tests and debugging)
-The C++ kernels are consulted only in the modes that name CPU and when the backend is CPU, so a GPU
-or TPU host never compiles them. The choice is made while tracing: a function already compiled keeps
-its path, so `use_kernels` clears JAX's compilation caches when it changes the mode.
+The C++ kernels (quantized and float products, fused attention) are consulted only in auto / native
+mode and when the backend is CPU (`native_allowed`), so a GPU or TPU host never compiles them. The
+choice is made while tracing: a function already compiled keeps its path, so `use_kernels` clears
+JAX's compilation caches when it changes the mode.
 """
 
 from __future__ import annotations
@@ -72,3 +73,9 @@ def kernel_platform() -> Optional[str]:
     if m in ("pallas", "interpret"):
         return m
     return backend_platform()
+
+
+def native_allowed() -> bool:
+    """Whether `qjax.ops` may consult the C++ CPU kernels now: the backend is CPU and the mode is
+    auto or native (asking builds them on first use, so nothing else may ask)."""
+    return kernel_platform() == "cpu"

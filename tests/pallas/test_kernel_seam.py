@@ -12,7 +12,8 @@ import pytest
 from pallas_helpers import assert_close, exported_calls, lowered_kernel, random_qarray, xla_product
 from qjax import native
 from qjax.formats import Outliers
-from qjax.ops import act_quant, kernels, linear, quantized
+from qjax.ops import act_quant, float_matmul, kernels, linear, quantized
+from qjax.ops.attention import causal_attention
 
 
 @pytest.fixture
@@ -50,12 +51,16 @@ def test_table_picks_by_platform_and_weight_type(qa, monkeypatch):
 
 
 def test_cpu_kernels_are_not_consulted_off_cpu(qa, monkeypatch):
-    """On a GPU backend, auto picks Pallas (Triton) and native mode falls back to XLA without ever
-    asking the C++ kernels (which would compile them at trace time)."""
+    """On a GPU backend, auto picks Pallas (Triton) for quantized products and XLA for float ones and
+    attention, and native mode falls back to XLA, without ever asking the C++ kernels (asking would
+    compile them at trace time)."""
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     monkeypatch.setattr(native, "available", lambda: pytest.fail("C++ kernels consulted off CPU"))
     x = jnp.ones((1, 576))
     assert kernels.kernel_platform() == "gpu" and quantized.select_kernel(x, qa).name == "pallas_gpu"
+    jax.make_jaxpr(float_matmul)(x, jnp.ones((576, 64)))  # float products and attention ask nothing either
+    q = jnp.ones((1, 8, 4, 64))
+    jax.make_jaxpr(causal_attention)(q, q, q, jnp.tril(jnp.ones((8, 8), bool))[None, None])
     with kernels.use_kernels("native"):
         assert kernels.kernel_platform() is None and quantized.select_kernel(x, qa).name == "xla"
 
