@@ -14,8 +14,12 @@ echo "== kernels benchmark (native Pallas) =="
 timeout 300 $PY benchmarks/kernels.py --reps=20 2>&1 | tee "$OUT/kernels.txt"
 echo "== Pallas tests (interpret + lowering; seam under QJAX_KERNELS=auto) =="
 timeout 240 $PY -m pytest -q -x tests/pallas -p no:cacheprovider 2>&1 | tail -15 | tee "$OUT/tests_pallas.txt"
-if [ -d tests/parallel ]; then
-  echo "== 8-device tests (host devices) =="
-  JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8 \
-    timeout 240 $PY -m pytest -q -x tests/parallel -p no:cacheprovider 2>&1 | tail -15 | tee "$OUT/tests_parallel.txt"
+N=$($PY -c 'import jax; print(jax.device_count())')
+if [ "$N" -ge 8 ]; then
+  echo "== 8-device tests on the $N accelerators (tests/parallel/run_on_accelerator.sh) =="
+  timeout 300 bash tests/parallel/run_on_accelerator.sh "$OUT/parallel" 2>&1 | tail -20
+else
+  echo "== 8-device tests on 8 host devices ($N accelerator(s) here) =="
+  QJAX_TEST_MESH=1 JAX_PLATFORMS=cpu QJAX_NATIVE=0 XLA_FLAGS=--xla_force_host_platform_device_count=8 \
+    timeout 240 $PY -m pytest -q -x tests/parallel/on_mesh -p no:cacheprovider 2>&1 | tail -15 | tee "$OUT/tests_parallel.txt"
 fi
