@@ -16,6 +16,7 @@ from qjax.data.corpus import CalibrationData
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
+    config.mesh = ""  # "data:4,model:2" (qjax.parallel.mesh); "" = every device on data
     config.model = "smollm2-135m"
     config.recipe = "float"  # qjax.quant.recipe text, e.g. gptq:w4g128,a8,kv4
     config.calibration = ml_collections.ConfigDict(  # for recipes that calibrate
@@ -28,6 +29,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.seed = 0
     config.batch_size = 16
     config.chat_template = False
+    config.judge = ""  # judge model name for judged generation tasks (mt_bench_judged, followbench)
     config.compute_dtype = "float32"
     config.results = "results/knowledge.jsonl"
     if variant == "quick":

@@ -21,6 +21,7 @@ from qjax.data.corpus import CalibrationData
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
+    c.mesh = ""  # "data:4,model:2" (qjax.parallel.mesh); "" = every device on data
     c.model = "smollm2-135m"
     # the base model the studies perturb: a weight-only recipe (qjax.quant.recipe), "float" = as loaded
     c.recipe = "float"

@@ -20,6 +20,7 @@ from qjax.data.corpus import CalibrationData
 def get_config(recipe: str = "gptq:w4g128") -> ml_collections.ConfigDict:
     """`recipe` as in the module docstring ("float": no quantization)."""
     config = ml_collections.ConfigDict()
+    config.mesh = ""  # "data:4,model:2" (qjax.parallel.mesh); "" = every device on data
     config.recipe = recipe
     config.name = ""  # row label and checkpoint directory; "" = the recipe's text form
     config.model = "smollm2-135m"

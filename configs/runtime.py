@@ -15,6 +15,7 @@ from qjax.data.corpus import CalibrationData
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
+    config.mesh = ""  # "data:4,model:2" (qjax.parallel.mesh); "" = every device on data
     config.model = "smollm2-135m"
     config.recipes = ("float", "w8sym,a8", "w8sym,a8,sq", "w4g128,a8", "w4g128,a4", "w4g128", "w8sym",
                       "kv8", "kv4", "kv3", "kv2")

@@ -6,6 +6,8 @@
   --config=configs/suite.py:matrix     the qllm-eval matrix: float / W4 / W8A8 / W4A8 / KV4 / W4A8KV4
                                        x MMLU, ARC, GSM8K, TruthfulQA, passkey (small limits)
   --config=configs/suite.py:tiny       a random tiny model (tests: resume after kill -9)
+  --config=configs/suite.py:paper      full test sets of every local benchmark, float / RTN W4 g128 /
+                                       GPTQ W4 g128 / W8A8, task by task; prints a wall-time plan
 
 Recipes are `qjax.quant.recipe` text forms ("float", "rtn:w4g128", "gptq:w4g128,a8,kv4", ...; grammar
 and defaults there): the weights are quantized once per recipe (and cached), the forward of every
@@ -25,6 +27,17 @@ def _task(limit=None, num_fewshot=None, chat_template=False, max_new_tokens=None
     return ml_collections.ConfigDict({"limit": limit, "num_fewshot": num_fewshot,
                                       "chat_template": chat_template, "max_new_tokens": max_new_tokens,
                                       "batch_size": batch_size}, type_safe=False)
+
+
+# The paper grid: full test sets of the benchmarks whose data is local (cheapest first).
+PAPER_TASKS = ("wikitext2", "ptb", "arc_challenge", "arc_easy", "piqa", "winogrande", "boolq", "lambada",
+               "truthfulqa_mc1", "truthfulqa_mc2", "adv_glue", "bbq", "truthfulqa_gen", "longeval_topics",
+               "longeval_lines", "litm_kv_75", "litm_qa_20", "mmlu", "ifeval", "followbench", "mt_bench_judged",
+               "gsm8k")
+# Seconds per cost unit of `qjax.eval.task_sizes` for SmolLM2-135M float32 on a shared 2-core CPU at
+# low priority (rough; the run replaces them with measured times after each task's first transform).
+PAPER_SECONDS_PER_ITEM = {"window": 6.0, "choice": 0.08, "choice_fewshot": 0.6, "generation": 6.0,
+                          "efficiency": 60.0}
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
@@ -60,6 +73,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     # every configuration); "efficiency" always runs the stored params.
     c.score_dequantized = True
     c.seed = 0
+    c.mesh = ""  # "data:4,model:2" (qjax.parallel.mesh); "" = every device on data
+    c.judge = ""  # judge model for judged generation tasks (mt_bench_judged, followbench); "" = none
+    c.order = "transform_major"  # or "task_major": every transform on a task before the next task
+    # seconds per cost unit of qjax.eval.task_sizes (kind -> seconds) for the wall-time plan; empty: none
+    c.seconds_per_item = ml_collections.ConfigDict()
     c.results = "results/suite.jsonl"
     c.work_dir = "results/suite_work"  # journal of finished tasks, quantized params cache, samples
     if variant == "quick":
@@ -112,6 +130,19 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         c.calibration.num_windows = 16
         c.results = "results/suite_matrix.jsonl"
         c.work_dir = "results/suite_matrix_work"
+    elif variant == "paper":
+        c.recipes = ("float", "rtn:w4g128", "gptq:w4g128", "w8sym,a8")
+        # cheapest first; every recipe on a task before the next task (order = task_major), so a
+        # partial run still compares all recipes on the tasks it finished
+        c.tasks = PAPER_TASKS
+        c.order = "task_major"
+        c.task_options = ml_collections.ConfigDict({"gsm8k": _task(num_fewshot=8),
+                                                    "ifeval": _task(chat_template=True)})
+        c.judge = "smollm2-135m"  # weak: the model judging itself; reports name the judge
+        c.perplexity.max_windows = -1
+        c.seconds_per_item = ml_collections.ConfigDict(dict(PAPER_SECONDS_PER_ITEM))
+        c.results = "results/paper/suite.jsonl"
+        c.work_dir = "results/paper/work"
     elif variant:
-        raise ValueError(f"unknown suite config variant {variant!r} (known: quick, demo, matrix, tiny)")
+        raise ValueError(f"unknown suite config variant {variant!r} (known: quick, demo, matrix, tiny, paper)")
     return c

@@ -1,12 +1,18 @@
-"""Passkey and line-retrieval accuracy by prompt length and needle depth, float vs quantized KV cache.
+"""Long-context retrieval per recipe (`qjax.quant.recipe`: KV cache, weights, activations): LongEval topic and line retrieval (the
+default line test), "lost in the middle" multi-document QA and key-value retrieval by gold position,
+and the synthetic passkey (and home-made line) tests by prompt length and needle depth.
 
   nice -n 10 python experiments/longcontext.py --config=configs/longcontext.py > results/longcontext.log 2>&1 &
   python experiments/longcontext.py --config=configs/longcontext.py:quick
 
-One result row per (recipe, task, length, depth) cell (transform = the recipe text, with `recipe` and
-`recipe_hash`) (metric exact_match, with the completions);
-cells already in the store are skipped, so a killed run resumes. Cells run length by length (all
-recipes at one length before the next), so a partial run still compares the recipes. Ends with a
+LongEval and multi-document tasks (`longeval_*`, `litm_*`, see `qjax.eval.longeval` /
+`qjax.eval.multidoc_qa`) write their rows (accuracy and `fits` per size or gold position) per
+recipe, `config.benchmark_limit` cases per size / position; a recipe whose task row is in the store
+is skipped. Synthetic tasks (passkey, lines) write one row per (recipe, task, length, depth) cell
+(metric exact_match, with the completions); cells already in the store are skipped, so a killed run
+resumes. Cells run length by length (all
+recipes at one length before the next), so a partial run still compares the recipes. Rows carry the
+recipe text (also their transform) and hash. Ends with a
 markdown table of accuracy by length (averaged over depths) per task, also written next to the
 results file as `<results>.md`.
 """
@@ -18,8 +24,14 @@ from pathlib import Path
 from absl import app, flags
 from ml_collections import config_flags
 
+try:  # run as a script (experiments/ on sys.path) or imported as experiments.*
+    from multihost import setup_mesh
+except ImportError:
+    from experiments.multihost import setup_mesh
 from qjax.checkpoints import load_model
-from qjax.analysis.table import markdown_table
+from qjax.analysis.table import format_value, markdown_table
+from qjax.data.longcontext import TASKS as SYNTHETIC_TASKS
+from qjax.eval.gen_tasks import run_generation_task
 from qjax.eval.longcontext import accuracy_grid, evaluate_cell, usable_length
 from qjax.eval.results import ResultStore, make_row
 from qjax.quant.recipe import Recipe, apply_recipe
@@ -31,18 +43,31 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "data directory (default: $QJA
 def main(argv):
     del argv
     cfg = _CONFIG.value
-    config, params, tokenizer = load_model(cfg.model)
+    mesh = setup_mesh(cfg)
+    config, params, tokenizer = load_model(cfg.model, mesh=mesh)
     store = ResultStore(cfg.results)
-    settings = {}
+    settings, recipes = {}, {}
     for text in ((cfg.recipe,) if cfg.recipe else cfg.recipes):
         recipe = Recipe.parse(text)
         applied = apply_recipe(recipe, params, config, tokenizer, cfg.calibration, data_dir=_DATA_DIR.value,
                                compute_dtype=cfg.compute_dtype)
-        settings[str(recipe)] = (applied.params, applied.runtime, applied.runtime_state, recipe.hash)
+        settings[str(recipe)] = (applied.params, applied.runtime, applied.runtime_state)
+        recipes[str(recipe)] = {"recipe": str(recipe), "recipe_hash": recipe.hash}
+    for task in [t for t in cfg.tasks if t not in SYNTHETIC_TASKS]:
+        for name, (qparams, runtime, state) in settings.items():
+            if store.has((cfg.model, name, task, "accuracy")):
+                continue
+            rows = run_generation_task(task, qparams, config, tokenizer, limit=cfg.benchmark_limit, seed=cfg.seed,
+                                       runtime=runtime, runtime_state=state, batch_size=cfg.batch_size)
+            for row in rows:
+                store.append(make_row(model=cfg.model, transform=name, **{**row, "config": {
+                    **cfg.to_dict(), **row["config"]}}, **recipes[name]))
+            summary = [f"{r['task']}={r['value']:.3f}" for r in rows if r["metric"] == "accuracy"]
+            print(f"{name:<6} {task}: {' '.join(summary)}", flush=True)
     for length in cfg.lengths:
-        for task in cfg.tasks:
+        for task in [t for t in cfg.tasks if t in SYNTHETIC_TASKS]:
             for depth in cfg.depths:
-                for name, (qparams, runtime, state, recipe_hash) in settings.items():
+                for name, (qparams, runtime, state) in settings.items():
                     target = usable_length(config, length, cfg.max_new_tokens)
                     task_key = f"{task}/len{target}/depth{depth:.2f}"
                     if store.has((cfg.model, name, task_key, "exact_match")):
@@ -53,11 +78,12 @@ def main(argv):
                     store.append(make_row(model=cfg.model, transform=name, task=task_key,
                                           metric="exact_match", value=r["accuracy"], items=r["samples"],
                                           seconds=r["seconds"], config=cfg.to_dict(), details=r,
-                                          recipe=name, recipe_hash=recipe_hash))
+                                          **recipes[name]))
                     print(f"{name:<6} {task:<8} len {target:>5} depth {depth:.2f}: {r['correct']}/{r['samples']}"
                           f"  ({r['seconds']:.0f} s) {r['completions']}", flush=True)
-    report = []
-    for task in cfg.tasks:
+    report = [_benchmark_table(store, cfg, task, list(settings)) for task in cfg.tasks
+              if task not in SYNTHETIC_TASKS]
+    for task in [t for t in cfg.tasks if t in SYNTHETIC_TASKS]:
         rows = [{"config": row["transform"], **row["details"]} for row in store.rows()
                 if row["model"] == cfg.model and row["task"].startswith(f"{task}/")]
         report.append(f"### {task}: exact match by length (mean over depths {list(cfg.depths)}, "
@@ -65,6 +91,18 @@ def main(argv):
     text = "\n\n".join(report)
     Path(cfg.results).with_suffix(".md").write_text(text + "\n")
     print(text)
+
+
+def _benchmark_table(store: ResultStore, cfg, task: str, names: list) -> str:
+    """Markdown: accuracy per size / gold position (rows) and recipe (columns) of one benchmark task."""
+    cells = {}
+    for row in store.rows():
+        if row["model"] == cfg.model and row["metric"] == "accuracy" and row["task"].startswith(task):
+            cells[row["task"], row["transform"]] = format_value(row["value"], row.get("stderr"))
+    parts = sorted({t for t, _ in cells}, key=lambda t: (t != task, t))
+    body = [[p] + [cells.get((p, s), "-") for s in names] for p in parts]
+    return f"### {task}: accuracy ({cfg.benchmark_limit} cases per size / position)\n\n" + markdown_table(
+        ["part"] + names, body)
 
 
 if __name__ == "__main__":

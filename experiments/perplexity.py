@@ -1,6 +1,7 @@
 """Perplexity of a model on WikiText-2 / PTB / C4 by the GPTQ protocol; one result row per dataset.
 
   python experiments/perplexity.py --config=configs/perplexity.py:quick --config.seqlen=1024
+  python experiments/perplexity.py --config.mesh=data:4,model:2     # weights over "model", windows over "data"
   python experiments/perplexity.py --config=configs/perplexity.py:quick --config.recipe=gptq:w4g128,kv4
 
 Rows: transform = the recipe text, with `recipe` and `recipe_hash`.
@@ -11,9 +12,14 @@ from __future__ import annotations
 from absl import app, flags
 from ml_collections import config_flags
 
+try:  # run as a script (experiments/ on sys.path) or imported as experiments.*
+    from multihost import is_primary, setup_mesh
+except ImportError:
+    from experiments.multihost import is_primary, setup_mesh
 from qjax.checkpoints import load_model
 from qjax.eval.perplexity import perplexity
 from qjax.eval.results import ResultStore, make_row
+from qjax.parallel import describe
 from qjax.quant.recipe import Recipe, apply_recipe
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/perplexity.py", "experiment config")
@@ -23,25 +29,30 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "data directory (default: $QJA
 def main(argv):
     del argv
     cfg = _CONFIG.value
+    mesh = setup_mesh(cfg)
     recipe = Recipe.parse(cfg.recipe)
-    config, params, tokenizer = load_model(cfg.model)
+    config, params, tokenizer = load_model(cfg.model, mesh=mesh)
     applied = apply_recipe(recipe, params, config, tokenizer, cfg.calibration, data_dir=_DATA_DIR.value,
                            compute_dtype=cfg.compute_dtype)
     store = ResultStore(cfg.results)
     max_windows = None if cfg.max_windows < 0 else cfg.max_windows
-    print(f"{'dataset':<10} {'windows':>7} {'tokens':>8} {'ppl':>9} {'seconds':>8} {'tok/s':>8}")
+    say = print if is_primary() else (lambda *a, **k: None)
+    say(f"mesh {describe(mesh)}")
+    say(f"{'dataset':<10} {'windows':>7} {'tokens':>8} {'ppl':>9} {'seconds':>8} {'tok/s':>8}")
     for dataset in cfg.datasets:
         result = perplexity(applied.params, config, tokenizer, dataset=dataset, split=cfg.split,
                             seqlen=cfg.seqlen, max_windows=max_windows, batch_size=cfg.batch_size,
                             runtime=applied.runtime, runtime_state=applied.runtime_state,
-                            data_dir=_DATA_DIR.value)
-        store.append(make_row(model=cfg.model, transform=str(recipe), task=f"{dataset}/{cfg.split}",
-                              metric="perplexity", value=result["ppl"], items=result["tokens"],
-                              seconds=result["seconds"], config=cfg.to_dict(), details=result,
-                              recipe=str(recipe), recipe_hash=recipe.hash))
-        print(f"{dataset:<10} {result['windows']:>7} {result['tokens']:>8} {result['ppl']:>9.3f} "
-              f"{result['seconds']:>8.1f} {result['tokens_per_s']:>8.0f}")
-    print(f"rows appended to {cfg.results}")
+                            data_dir=_DATA_DIR.value, progress=is_primary())
+        if is_primary():
+            store.append(make_row(model=cfg.model, transform=str(recipe), task=f"{dataset}/{cfg.split}",
+                                  metric="perplexity", value=result["ppl"], items=result["tokens"],
+                                  seconds=result["seconds"], config=cfg.to_dict(),
+                                  details={**result, "mesh": describe(mesh)}, recipe=str(recipe),
+                                  recipe_hash=recipe.hash))
+        say(f"{dataset:<10} {result['windows']:>7} {result['tokens']:>8} {result['ppl']:>9.6f} "
+            f"{result['seconds']:>8.1f} {result['tokens_per_s']:>8.0f}")
+    say(f"rows appended to {cfg.results}")
 
 
 if __name__ == "__main__":

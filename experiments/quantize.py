@@ -25,6 +25,10 @@ from pathlib import Path
 from absl import app, flags
 from ml_collections import config_flags
 
+try:  # run as a script (experiments/ on sys.path) or imported as experiments.*
+    from multihost import setup_mesh
+except ImportError:
+    from experiments.multihost import setup_mesh
 from qjax.checkpoints import load_model
 from qjax.eval.perplexity import perplexity
 from qjax.eval.results import ResultStore, make_row
@@ -49,7 +53,7 @@ def main(argv):
     if store.has(key) and not cfg.overwrite:
         print(f"{key} already in {cfg.results}; skipping (--config.overwrite=True to recompute)")
         return
-    config, params, tokenizer = load_model(cfg.model)
+    config, params, tokenizer = load_model(cfg.model, mesh=setup_mesh(cfg))
     applied = apply_recipe(recipe, params, config, tokenizer, cfg.calibration, data_dir=_DATA_DIR.value,
                            progress=True)
     params, report = applied.params, applied.report

@@ -9,12 +9,12 @@ Crash safety (a `kill -9` at any instant loses nothing finished and repeats noth
   * a task's rows are first written to a journal file `<work_dir>/journal/<key>.json` (temp file,
     fsync, rename: the file exists whole or not at all), then appended to the store one row at a
     time, skipping (key, run id) pairs already there (the store drops a torn trailing line when
-    opened). The run id digests the task's options, the transform's settings and its calibration:
+    opened). The run id digests the task's options, the recipe and its calibration:
     a task whose settings changed runs again, its rows appended after the old ones (readers keep
     the later row of a key), and its old journal file is removed;
   * at start, every journal file is replayed into the store, oldest first (rows a kill cut off get
     appended), and a task whose journal file exists is done: it is never run again;
-  * quantized params are cached per (model, recipe) under `<work_dir>/params/` with Orbax
+  * quantized params are cached per (model, weight part of the recipe) under `<work_dir>/params/` with Orbax
     (`qjax.quant.storage.save_params`) into a temp directory renamed into place when complete, so
     a resumed run restores them instead of quantizing again; leftover temp directories are removed.
 Scores: with `score_dequantized` (the default) every task but "efficiency" runs on the quantized
@@ -22,6 +22,11 @@ params' dequantized float weights, which is the same arithmetic as the QArray le
 dequantize-then-matmul path (x @ dequantize()), so the float configuration's compiled forwards are
 reused instead of compiling every task's shapes again per bit width and storage layout;
 "efficiency" always measures the stored (packed) params.
+Multi-host (`--config.mesh`, `--coordinator` ... or a TPU slice, see experiments/multihost.py): every
+item of the grid runs on the whole mesh, all processes together (weights over "model", batches over
+"data"); process 0 alone owns the journal and the store: it replays, decides which tasks are done
+(its answer broadcast to every process, so all run the same items) and appends the rows, each once.
+Quantized params are saved and restored by every process (Orbax writes each process's shards).
 Progress lines: "[run] model transform task" when a task starts, "[done] ..." when its rows are in
 the store, "[skip] ..." for tasks already done.
 """
@@ -42,12 +47,17 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
+try:  # run as a script (experiments/ on sys.path) or imported as experiments.*
+    from multihost import setup_mesh
+except ImportError:
+    from experiments.multihost import setup_mesh
 from qjax.data.longcontext import TASKS as LONGCONTEXT_TASKS
 from qjax.data.text import DATASETS as PERPLEXITY_DATASETS
 from qjax.eval.gen_tasks import is_generation_task, run_generation_task
 from qjax.eval.results import ResultStore, make_row, row_key
 from qjax.models.config import ModelConfig
 from qjax.ops.runtime import Runtime
+from qjax.parallel import active_mesh, is_primary, primary_value, shard_params, sync
 from qjax.quant.calibration import dequantized
 from qjax.quant.int8_outliers import from_storable, to_storable
 from qjax.quant.recipe import Recipe, apply_recipe
@@ -70,14 +80,17 @@ def load_suite_model(name: str):
         from qjax.checkpoints.tokenizer import tokenizer_from_gguf
         from qjax.models import init_params
 
-        return RANDOM_TINY, init_params(RANDOM_TINY, jax.random.PRNGKey(0)), tokenizer_from_gguf(
+        params = init_params(RANDOM_TINY, jax.random.PRNGKey(0))
+        if active_mesh() is not None:
+            params = shard_params(params, active_mesh())
+        return RANDOM_TINY, params, tokenizer_from_gguf(
             resolve("smollm2-135m"))
     from qjax.checkpoints import load_model
 
-    return load_model(name)
+    return load_model(name, mesh=active_mesh())
 
 
-# --- recipes ----------------------------------------------------------------------------------------
+# --- recipes --------------------------------------------------------------------------------------
 
 def recipe_fingerprint(recipe: Recipe, calibration: dict) -> str:
     """Digest of what a recipe's rows depend on: its text and, when it calibrates, the calibration."""
@@ -89,6 +102,20 @@ def recipe_fingerprint(recipe: Recipe, calibration: dict) -> str:
 def recipe_info(recipe: Recipe) -> dict:
     """The row's config["transform"]: name (the recipe text) and `Recipe.info()` (method, bits, ...)."""
     return {"name": str(recipe), **recipe.info()}
+
+
+def suite_recipes(cfg) -> list[Recipe]:
+    """The grid's recipes (`qjax.quant.recipe` texts); `cfg.weight_method` (when set) replaces the
+    method, with its default options, of every recipe that quantizes weights. Two texts naming the
+    same recipe are an error."""
+    recipes = [Recipe.parse(text) for text in cfg.recipes]
+    if cfg.get("weight_method"):
+        recipes = [dataclasses.replace(r, method=cfg.weight_method, method_config=None)
+                   if any(rule.weight is not None for rule in r.rules) else r for r in recipes]
+    names = [str(r) for r in recipes]
+    if len(set(names)) != len(names):
+        raise ValueError(f"suite: recipes {list(cfg.recipes)} name the same recipe twice ({names})")
+    return recipes
 
 
 def transformed_params(model: str, params, config: ModelConfig, tokenizer, recipe: Recipe,
@@ -109,9 +136,9 @@ def transformed_params(model: str, params, config: ModelConfig, tokenizer, recip
     weights = recipe.weights_only()  # recipes differing only in activations / KV share their params
     folder = work_dir / "params" / _slug(model)
     final = folder / f"{_slug(str(weights))}-{recipe_fingerprint(weights, calibration)}"
-    for stale in folder.glob(f".{_slug(str(weights))}-*.tmp*"):
+    for stale in folder.glob(f".{_slug(str(weights))}-*.tmp*") if is_primary() else ():
         shutil.rmtree(stale, ignore_errors=True)  # a run killed while saving
-    if final.is_dir():
+    if primary_value(final.is_dir()):
         start = time.perf_counter()
         restored = from_storable(restore_params(final))
         return restored, runtime, None, {"cache": str(final), "restored_seconds": time.perf_counter() - start}
@@ -120,11 +147,13 @@ def transformed_params(model: str, params, config: ModelConfig, tokenizer, recip
                            compute_dtype=compute_dtype)
     seconds = time.perf_counter() - start
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{final.name}.tmp{os.getpid()}"
+    tmp = folder / f".{final.name}.tmp{primary_value(os.getpid())}"  # one name on every process
     save_params(tmp, to_storable(applied.params))
-    (tmp / "quantize_report.json").write_text(json.dumps(
-        {"seconds": seconds, "report": applied.report}, default=str, indent=1))
-    os.replace(tmp, final)
+    if is_primary():
+        (tmp / "quantize_report.json").write_text(json.dumps(
+            {"seconds": seconds, "report": applied.report}, default=str, indent=1))
+        os.replace(tmp, final)
+    sync(f"saved {final.name}")
     return applied.params, runtime, None, {"cache": str(final), "quantize_seconds": seconds}
 
 
@@ -221,12 +250,17 @@ def task_run_id(model: str, recipe: Recipe, task: str, cfg, calibration: dict) -
         settings["perplexity"] = cfg.perplexity.to_dict()
     if task == "efficiency":
         settings["efficiency"] = cfg.efficiency.to_dict()
+    if task in JUDGED_TASKS:
+        settings["judge"] = cfg.get("judge", "")
     if task in LONGCONTEXT_TASKS:
         settings["longcontext"] = cfg.longcontext.to_dict()
     settings["options"].pop("batch_size", None)  # batching does not change results
     blob = json.dumps([model, str(recipe), recipe_fingerprint(recipe, calibration), task, settings],
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+JUDGED_TASKS = ("mt_bench_judged", "followbench")  # their rows depend on the judge model
 
 
 def check_task_name(task: str) -> None:
@@ -239,8 +273,9 @@ def check_task_name(task: str) -> None:
 
 
 def run_task_rows(task: str, params, config: ModelConfig, tokenizer, cfg, runtime: Runtime,
-                  data_dir: Optional[str], samples_dir: Path, runtime_state=None) -> list[dict]:
-    """Metric rows of one task (without model / transform)."""
+                  data_dir: Optional[str], samples_dir: Path, judge=None, runtime_state=None) -> list[dict]:
+    """Metric rows of one task (without model / transform); `judge` grades judged generation tasks;
+    `runtime_state` is the recipe's (static activation scales)."""
     opts = _options(cfg, task)
     if task in PERPLEXITY_DATASETS:
         from qjax.eval.perplexity import perplexity
@@ -261,8 +296,9 @@ def run_task_rows(task: str, params, config: ModelConfig, tokenizer, cfg, runtim
         return run_generation_task(
             task, params, config, tokenizer, limit=opts["limit"], num_fewshot=opts["num_fewshot"],
             seed=cfg.seed, runtime=runtime, runtime_state=runtime_state, chat_template=opts["chat_template"],
-            data_dir=data_dir, batch_size=opts["batch_size"] or cfg.gen_batch_size, max_new_tokens=opts["max_new_tokens"],
-            output_dir=samples_dir)
+            data_dir=data_dir, batch_size=opts["batch_size"] or cfg.gen_batch_size,
+            max_new_tokens=opts["max_new_tokens"], output_dir=samples_dir,
+            judge=judge if task in JUDGED_TASKS else None)
     from qjax.eval.tasks import run_task
 
     return run_task(task, params, config, tokenizer, limit=opts["limit"], num_fewshot=opts["num_fewshot"],
@@ -323,72 +359,148 @@ def full_rows(rows: list[dict], model: str, recipe: Recipe, cfg, run_id: str, ex
     return out
 
 
-def suite_recipes(cfg) -> list[Recipe]:
-    """The grid's recipes; `cfg.weight_method` (when set) replaces the method, with its default
-    options, of every recipe that quantizes weights."""
-    recipes = [Recipe.parse(text) for text in cfg.recipes]
-    if cfg.get("weight_method"):
-        recipes = [dataclasses.replace(r, method=cfg.weight_method, method_config=None)
-                   if any(rule.weight is not None for rule in r.rules) else r for r in recipes]
-    return recipes
+def prepare_recipe(model: str, params, config: ModelConfig, tokenizer, recipe: Recipe, cfg, calibration: dict,
+                   work_dir: Path, data_dir: Optional[str]):
+    """(stored params, scored params, runtime, runtime state, cache info) of `recipe` (see `run_suite`)."""
+    tparams, runtime, state, cache_info = transformed_params(model, params, config, tokenizer, recipe, calibration,
+                                                             work_dir, data_dir, cfg.compute_dtype)
+    scored = dequantized(tparams) if cfg.score_dequantized else tparams
+    return tparams, scored, runtime, state, cache_info
+
+
+def suite_judge(cfg, model: str, config: ModelConfig, params, tokenizer):
+    """The judge model of `cfg.judge` (a model name; "" = none) in float, as a `qjax.eval.judge.Judge`;
+    the model under test's own float params when it judges itself."""
+    name = cfg.get("judge", "")
+    if not name:
+        return None
+    from qjax.eval.judge import Judge
+
+    if name == model:
+        return Judge(f"{name} (float; the model under test judging itself)", params, config, tokenizer)
+    jconfig, jparams, jtokenizer = load_suite_model(name)
+    return Judge(name, jparams, jconfig, jtokenizer)
+
+
+def task_size_estimates(cfg, tokenizer, data_dir: Optional[str], tasks) -> dict[str, float]:
+    """Estimated seconds of each task on one transform: its item count (`qjax.eval.task_sizes`)
+    times `cfg.seconds_per_item[kind]` (absent: no estimate, the plan says so)."""
+    rates = cfg.get("seconds_per_item")
+    if rates is None:
+        return {}
+    from qjax.eval.task_sizes import task_size
+
+    out = {}
+    for task in dict.fromkeys(tasks):
+        opts = _options(cfg, task)
+        size = task_size(task, tokenizer, data_dir, limit=opts["limit"], perplexity=cfg.perplexity.to_dict())
+        if size.kind in rates:
+            out[task] = size.items * rates[size.kind]
+    return out
+
+
+class GridProgress:
+    """Wall-time plan and per-task progress of a suite run: estimates per task (seconds on one
+    transform), replaced by the measured time of the same task on an earlier transform."""
+
+    def __init__(self, todo, estimates: dict[str, float]):
+        self.todo = list(todo)
+        self.estimates = dict(estimates)
+        self.measured: dict[str, float] = {}
+        self.done = 0
+        self.start = time.perf_counter()
+
+    def _remaining(self) -> tuple[float, int]:
+        total, unknown = 0.0, 0
+        for t, task in self.todo[self.done:]:
+            guess = self.measured.get(task, self.estimates.get(task))
+            if guess is None:
+                unknown += 1
+            else:
+                total += guess
+        return total, unknown
+
+    def plan(self) -> str:
+        remaining, unknown = self._remaining()
+        lines = [f"[plan] {len(self.todo)} (recipe, task) runs; estimated wall time {remaining / 3600:.1f} h"
+                 + (f" plus {unknown} runs without an estimate" if unknown else "")]
+        for task, seconds in self.estimates.items():
+            lines.append(f"[plan]   {task}: ~{seconds / 60:.1f} min per transform")
+        return "\n".join(lines)
+
+    def step(self, transform: str, task: str, seconds: float) -> str:
+        self.done += 1
+        self.measured.setdefault(task, seconds)
+        remaining, unknown = self._remaining()
+        elapsed = time.perf_counter() - self.start
+        extra = f" (+{unknown} unestimated)" if unknown else ""
+        return (f"progress {self.done}/{len(self.todo)}, elapsed {elapsed / 60:.1f} min, "
+                f"~{remaining / 60:.0f} min left{extra}")
 
 
 def run_suite(cfg, data_dir: Optional[str]) -> ResultStore:
     for task in cfg.tasks:
         check_task_name(task)
-    recipes = suite_recipes(cfg)
-    names = [str(r) for r in recipes]
-    if len(set(names)) != len(names):
-        raise ValueError(f"suite: recipes {list(cfg.recipes)} name the same recipe twice ({names})")
+    transforms = suite_recipes(cfg)
     store = ResultStore(cfg.results, echo=None)  # rows are journaled on disk before they are appended
     work_dir = Path(cfg.work_dir)
     journal = Journal(work_dir / "journal")
     present = run_keys(store)
-    replayed = journal.replay(store, present)
+    replayed = journal.replay(store, present) if is_primary() else 0
     if replayed:
         print(f"[replay] {replayed} journaled rows appended to {cfg.results}", flush=True)
     calibration = cfg.calibration.to_dict()
     for model in cfg.models:
-        run_ids = {(str(r), task): task_run_id(model, r, task, cfg, calibration)
-                   for r in recipes for task in cfg.tasks}
-        todo = [(str(r), task) for r in recipes for task in cfg.tasks
-                if not journal.done(model, str(r), task, run_ids[str(r), task])]
-        for r in recipes:
+        run_ids = {(str(t), task): task_run_id(model, t, task, cfg, calibration)
+                   for t in transforms for task in cfg.tasks}
+        todo = [(t, task) for t in transforms for task in cfg.tasks
+                if not primary_value(journal.done(model, str(t), task, run_ids[str(t), task]))]
+        for t in transforms:
             for task in cfg.tasks:
-                if (str(r), task) not in todo:
-                    print(f"[skip] {model} {r} {task}", flush=True)
+                if (t, task) not in todo:
+                    print(f"[skip] {model} {t} {task}", flush=True)
         if not todo:
             continue
         config, params, tokenizer = load_suite_model(model)
-        for recipe in recipes:
-            name = str(recipe)
-            tasks = [task for rname, task in todo if rname == name]
-            if not tasks:
-                continue
-            tparams, runtime, state, cache_info = transformed_params(
-                model, params, config, tokenizer, recipe, calibration, work_dir, data_dir, cfg.compute_dtype)
-            scored = dequantized(tparams) if cfg.score_dequantized else tparams
-            for task in tasks:
-                print(f"[run] {model} {name} {task}", flush=True)
-                start = time.perf_counter()
-                samples_dir = work_dir / "samples" / _slug(model) / _slug(name)
-                rows = run_task_rows(task, tparams if task == "efficiency" else scored, config, tokenizer, cfg,
-                                     runtime, data_dir, samples_dir, runtime_state=state)
-                run_id = run_ids[name, task]
-                extra = {"params_cache": cache_info} if cache_info else {}
-                rows = full_rows(rows, model, recipe, cfg, run_id, extra)
+        order = cfg.get("order", "transform_major")
+        if order not in ("transform_major", "task_major"):
+            raise ValueError(f"suite order must be 'transform_major' or 'task_major', got {order!r}")
+        if order == "task_major":  # every transform on one task before the next task
+            todo.sort(key=lambda pair: cfg.tasks.index(pair[1]))
+        judge = suite_judge(cfg, model, config, params, tokenizer)
+        progress = GridProgress(todo, task_size_estimates(cfg, tokenizer, data_dir, [tk for _, tk in todo]))
+        print(progress.plan(), flush=True)
+        loaded: dict[str, tuple] = {}
+        for t, task in todo:
+            name = str(t)
+            if name not in loaded:
+                loaded.clear()  # one recipe's params in memory at a time
+                loaded[name] = prepare_recipe(model, params, config, tokenizer, t, cfg, calibration, work_dir,
+                                              data_dir)
+            tparams, scored, runtime_t, state_t, cache_info = loaded[name]
+            print(f"[run] {model} {name} {task}", flush=True)
+            start = time.perf_counter()
+            samples_dir = work_dir / "samples" / _slug(model) / _slug(name)
+            rows = run_task_rows(task, tparams if task == "efficiency" else scored, config, tokenizer, cfg,
+                                 runtime_t, data_dir, samples_dir, judge, runtime_state=state_t)
+            run_id = run_ids[name, task]
+            extra = {"params_cache": cache_info} if cache_info else {}
+            rows = full_rows(rows, model, t, cfg, run_id, extra)
+            if is_primary():
                 journal.write(model, name, task, run_id, rows)
                 append_missing(store, rows, present)
-                summary = ", ".join(f"{r['task']} {r['metric']}={r['value']:.4g}" for r in rows[-4:])
-                print(f"[done] {model} {name} {task} ({time.perf_counter() - start:.0f} s): {summary}",
-                      flush=True)
-            del tparams, scored
+            seconds = time.perf_counter() - start
+            summary = ", ".join(f"{r['task']} {r['metric']}={r['value']:.4g}" for r in rows[-4:])
+            print(f"[done] {model} {name} {task} ({seconds:.0f} s): {summary} | {progress.step(name, task, seconds)}",
+                  flush=True)
+        loaded.clear()
     return store
 
 
 def main(argv):
     del argv
     cfg = _CONFIG.value
+    setup_mesh(cfg)
     store = run_suite(cfg, _DATA_DIR.value)
     print(f"{len(list(store.rows()))} rows in {cfg.results}", flush=True)
 

@@ -27,6 +27,10 @@ from typing import Any, Callable, Optional
 from absl import app, flags
 from ml_collections import config_flags
 
+try:  # run as a script (experiments/ on sys.path) or imported as experiments.*
+    from multihost import setup_mesh
+except ImportError:
+    from experiments.multihost import setup_mesh
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,13 +76,15 @@ def run_experiment(cfg, data_dir: Optional[str] = None, log: Callable[[str], Non
     """The task experiment: load `cfg.model` (float, or the quantized checkpoint at
     `cfg.quant_config` restored with `qjax.quant.storage`), apply `cfg.recipe` (`qjax.quant.recipe`),
     run `cfg.tasks` into `cfg.results`, skipping tasks already there. cfg fields: see
-    configs/knowledge.py. Returns rows appended."""
+    configs/knowledge.py; `judge` (a model name, "" = none) loads a float judge model for judged
+    generation tasks (mt_bench_judged, followbench). Returns rows appended. Runs on the mesh of
+    `cfg.mesh` (`setup_mesh`: the script's one set-up)."""
     from qjax.checkpoints import load_model
     from qjax.eval.results import ResultStore
     from qjax.eval.tasks import run_tasks_into_store
     from qjax.quant.recipe import Recipe, apply_recipe
 
-    config, params, tokenizer = load_model(cfg.model)
+    config, params, tokenizer = load_model(cfg.model, mesh=setup_mesh(cfg))
     recipe = Recipe.parse(cfg.recipe)
     transform = cfg.transform or str(recipe)
     if cfg.quant_config:
@@ -91,6 +97,12 @@ def run_experiment(cfg, data_dir: Optional[str] = None, log: Callable[[str], Non
         transform = cfg.transform or Path(cfg.quant_config).name
     applied = apply_recipe(recipe, params, config, tokenizer, cfg.calibration, data_dir=data_dir,
                            compute_dtype=cfg.compute_dtype)
+    judge = None
+    if cfg.get("judge"):
+        from qjax.eval.judge import Judge
+
+        jconfig, jparams, jtokenizer = load_model(cfg.judge)  # in float
+        judge = Judge(cfg.judge + (" (judging itself)" if cfg.judge == cfg.model else ""), jparams, jconfig, jtokenizer)
     store = ResultStore(cfg.results)
     experiment_config = {k: v for k, v in cfg.to_dict().items() if k not in ("tasks", "results")}
     appended = run_tasks_into_store(
@@ -99,7 +111,7 @@ def run_experiment(cfg, data_dir: Optional[str] = None, log: Callable[[str], Non
         num_fewshot=None if cfg.num_fewshot < 0 else cfg.num_fewshot, seed=cfg.seed,
         runtime=applied.runtime, runtime_state=applied.runtime_state, chat_template=cfg.chat_template,
         row_fields={"recipe": str(recipe), "recipe_hash": recipe.hash},
-        data_dir=data_dir, batch_size=cfg.batch_size)
+        data_dir=data_dir, batch_size=cfg.batch_size, judge=judge)
     log(f"{appended} rows appended to {cfg.results}")
     return appended
 

@@ -13,13 +13,17 @@ from typing import Callable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
+from qjax import native
 from qjax.native import gemm as native_gemm
 from qjax.native import matvec as native_matvec
+from qjax.ops import kernels
 
 
 def _native_kernels(x: jax.Array, ws: Sequence[jax.Array]) -> Optional[tuple[Callable, Callable]]:
     """(products, transposed product) of the CPU kernels that suit x (..., K) with every w in ws:
     `products(x, ws) -> [x @ w]` and `transposed(x, w) -> x @ w.T`; None when neither applies."""
+    if not kernels.native_allowed():
+        return None
     if all(native_matvec.supports(x, w) for w in ws):
         return native_matvec.matvec_many, native_matvec.matvec_nt
     if all(native_gemm.supports(x, w) for w in ws):
@@ -63,3 +67,9 @@ def tied_logits(x: jax.Array, embedding: jax.Array) -> jax.Array:
 
 def _einsum_logits(x, embedding):
     return jnp.einsum("...d,vd->...v", x, embedding, preferred_element_type=jnp.float32)
+
+
+def cpu_kernels() -> dict:
+    """What computes float products on CPU: {"native": whether qjax's C++ kernels are built and
+    loaded, "blas": the BLAS behind the many-row products ("mkl", "openblas") or None (XLA's dots)}."""
+    return {"native": native.available(), "blas": native.blas_name()}

@@ -73,16 +73,18 @@ from qjax.data.corpus import CalibrationData, calibration_tokens
 from qjax.formats.spec import WeightQuantSpec
 from qjax.models.config import ModelConfig
 from qjax.ops.runtime import Runtime
-from qjax.quant.activations import FAMILIES, ActQuant, calibrate_static
+from qjax.quant.activations import ActQuant, calibrate_static
 from qjax.quant.kv import QuantKVSpec
 from qjax.quant.quantize import quantize as quantize_with_report
 from qjax.quant.registry import get_method
-from qjax.quant.rules import flatten_params
+from qjax.quant.rules import DEFAULT_WEIGHT_PATTERN, flatten_params
 from qjax.quant.smoothquant import SmoothQuantConfig
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SITES = FAMILIES["all"]  # every linear of the decoder blocks: layers_i/(attn|mlp)/*_proj
+# every linear of the decoder blocks (attention, MLP, MoE experts, Mamba mixer): the sites of the
+# quantization rules' default weight pattern
+DEFAULT_SITES = DEFAULT_WEIGHT_PATTERN[:-len("/kernel")]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -143,6 +143,9 @@ def test_bad_recipe_and_task_names(tmp_path):
     cfg.recipes = ("gptq4",)
     with pytest.raises(ValueError, match="cannot read item 'gptq4'"):
         run_suite(cfg, None)
+    cfg.recipes = ("w8,a5",)  # an unsupported activation width
+    with pytest.raises(ValueError, match="activation bits"):
+        run_suite(cfg, None)
     cfg.recipes = ("float",)
     cfg.tasks = ("wikitext2", "mmlu_pro")
     with pytest.raises(ValueError, match="unknown task 'mmlu_pro'"):
