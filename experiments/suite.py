@@ -392,6 +392,8 @@ def task_size_estimates(cfg, tokenizer, data_dir: Optional[str], tasks) -> dict[
 
     out = {}
     for task in dict.fromkeys(tasks):
+        if task in LONGCONTEXT_TASKS:
+            continue  # no size model: the plan counts it as unestimated
         opts = _options(cfg, task)
         size = task_size(task, tokenizer, data_dir, limit=opts["limit"], perplexity=cfg.perplexity.to_dict())
         if size.kind in rates:
