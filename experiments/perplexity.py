@@ -11,6 +11,7 @@ from ml_collections import config_flags
 from qjax.checkpoints import load_model
 from qjax.eval.perplexity import perplexity
 from qjax.eval.results import ResultStore, make_row
+from qjax.models import model_facts
 from qjax.ops import Runtime
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/perplexity.py", "experiment config")
@@ -21,6 +22,7 @@ def main(argv):
     del argv
     cfg = _CONFIG.value
     config, params, tokenizer = load_model(cfg.model)
+    facts = model_facts(config, params)
     runtime = Runtime(compute_dtype=cfg.compute_dtype)
     store = ResultStore(cfg.results)
     max_windows = None if cfg.max_windows < 0 else cfg.max_windows
@@ -31,7 +33,7 @@ def main(argv):
                             data_dir=_DATA_DIR.value)
         store.append(make_row(model=cfg.model, transform="float", task=f"{dataset}/{cfg.split}",
                               metric="perplexity", value=result["ppl"], items=result["tokens"],
-                              seconds=result["seconds"], config=cfg.to_dict(), details=result))
+                              seconds=result["seconds"], config=cfg.to_dict(), details=result, **facts))
         print(f"{dataset:<10} {result['windows']:>7} {result['tokens']:>8} {result['ppl']:>9.3f} "
               f"{result['seconds']:>8.1f} {result['tokens_per_s']:>8.0f}")
     print(f"rows appended to {cfg.results}")

@@ -44,6 +44,7 @@ from ml_collections import config_flags
 from qjax.data.text import DATASETS as PERPLEXITY_DATASETS
 from qjax.eval.gen_tasks import is_generation_task, run_generation_task
 from qjax.eval.results import ResultStore, make_row, row_key
+from qjax.models import model_facts
 from qjax.models.config import ModelConfig
 from qjax.ops.runtime import Runtime
 from qjax.quant.calibration import dequantized
@@ -338,6 +339,7 @@ def run_suite(cfg, data_dir: Optional[str]) -> ResultStore:
         if not todo:
             continue
         config, params, tokenizer = load_suite_model(model)
+        facts = model_facts(config, params)  # family and parameter count, on every row
         for t in transforms:
             tasks = [task for tt, task in todo if tt == t]
             if not tasks:
@@ -353,7 +355,7 @@ def run_suite(cfg, data_dir: Optional[str]) -> ResultStore:
                                      runtime, data_dir, samples_dir)
                 run_id = run_ids[t.name, task]
                 extra = {"params_cache": cache_info} if cache_info else {}
-                rows = full_rows(rows, model, t, cfg, run_id, extra)
+                rows = [{**r, **facts} for r in full_rows(rows, model, t, cfg, run_id, extra)]
                 journal.write(model, t.name, task, run_id, rows)
                 append_missing(store, rows, present)
                 summary = ", ".join(f"{r['task']} {r['metric']}={r['value']:.4g}" for r in rows[-4:])

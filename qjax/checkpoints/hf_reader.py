@@ -35,6 +35,8 @@ def read_config(directory: Path) -> ModelConfig:
         raise CheckpointError(f"{path}: not valid JSON: {e}") from e
     family = family_of(raw, path)
     try:
+        if family.make_config is not None:
+            return family.make_config(raw, path)
         parts = family.parts(raw, path)
         heads = parts.get("num_heads") or raw["num_attention_heads"]
         hidden = parts.get("hidden_size") or raw["hidden_size"]
@@ -121,7 +123,7 @@ def load_hf_dir(directory: str | Path) -> tuple[ModelConfig, dict]:
     config = read_config(directory)
     raw = json.loads((directory / "config.json").read_text())
     family = family_of(raw, directory)
-    reorder = family.qkv(raw, dataclasses.asdict(config)) if family.qkv else None
+    reorder = family.qkv(raw, dataclasses.asdict(config)) if family.qkv else None  # fused q/k/v rows
     flat: dict[str, np.ndarray] = {}
     for file in _safetensors_files(directory):
         tensors = _read_tensors(file)
@@ -133,6 +135,8 @@ def load_hf_dir(directory: str | Path) -> tuple[ModelConfig, dict]:
                 except ValueError as e:
                     raise CheckpointError(f"{file}: tensor {name} has shape {tuple(w.shape)}, which does not split "
                                           f"into the config's q/k/v heads: {e}") from e
+            if path.endswith("conv1d/kernel") and w.ndim == 3:  # torch depthwise (C, 1, k) -> (C, k)
+                w = w[:, 0, :]
             flat[path] = w.T if path.endswith("/kernel") else w
     if config.tie_word_embeddings:
         flat.pop("lm_head/kernel", None)

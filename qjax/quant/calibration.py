@@ -50,6 +50,7 @@ import numpy as np
 from qjax.data.corpus import CalibrationData, calibration_tokens  # noqa: F401  (re-exported)
 from qjax.models.config import ModelConfig
 from qjax.models.decoder import DecoderLayer, causal_mask, embed_inputs, layer_kind
+from qjax.models.mamba import MambaBlock, MambaConfig
 from qjax.ops.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,8 @@ class _NamedBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, positions, mask):
+        if isinstance(self.config, MambaConfig):  # a recurrent block: every token of a window is valid
+            return MambaBlock(self.config, self.runtime, name=self.block_name)(x, jnp.ones(x.shape[:2], bool))
         sliding, moe = self.kind
         return DecoderLayer(self.config, self.runtime, sliding, moe, name=self.block_name)(x, positions, mask)
 

@@ -15,7 +15,7 @@ from qjax.models import forward
 from family_tiny import FAMILIES, VOCAB, save_family
 
 # default suite: one family per distinct attention / positional / residual part; the rest under -m slow
-FAST_GENERATE = ("gemma2", "falcon", "bloom", "opt", "mixtral")
+FAST_GENERATE = ("gemma2", "falcon", "bloom", "opt", "mixtral", "mamba")
 
 
 @pytest.fixture(scope="module")
