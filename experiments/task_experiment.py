@@ -69,7 +69,9 @@ def define_task_flags(default_config: str) -> TaskFlags:
 def run_experiment(cfg, data_dir: Optional[str] = None, log: Callable[[str], None] = print) -> int:
     """The task experiment: load `cfg.model` (float, or the quantized checkpoint at
     `cfg.quant_config` restored with `qjax.quant.storage`), run `cfg.tasks` into `cfg.results`,
-    skipping tasks already there. cfg fields: see configs/knowledge.py. Returns rows appended."""
+    skipping tasks already there. cfg fields: see configs/knowledge.py; `judge` (a model name, "" =
+    none) loads a float judge model for judged generation tasks (mt_bench_judged, followbench).
+    Returns rows appended."""
     from qjax.checkpoints import load_model
     from qjax.eval.results import ResultStore
     from qjax.eval.tasks import run_tasks_into_store
@@ -81,6 +83,12 @@ def run_experiment(cfg, data_dir: Optional[str] = None, log: Callable[[str], Non
 
         params = restore_params(cfg.quant_config)
         transform = cfg.transform or Path(cfg.quant_config).name
+    judge = None
+    if cfg.get("judge"):
+        from qjax.eval.judge import Judge
+
+        jconfig, jparams, jtokenizer = load_model(cfg.judge)  # in float
+        judge = Judge(cfg.judge + (" (judging itself)" if cfg.judge == cfg.model else ""), jparams, jconfig, jtokenizer)
     store = ResultStore(cfg.results)
     experiment_config = {k: v for k, v in cfg.to_dict().items() if k not in ("tasks", "results")}
     appended = run_tasks_into_store(
@@ -88,7 +96,7 @@ def run_experiment(cfg, data_dir: Optional[str] = None, log: Callable[[str], Non
         experiment_config=experiment_config, log=log, limit=None if cfg.limit < 0 else cfg.limit,
         num_fewshot=None if cfg.num_fewshot < 0 else cfg.num_fewshot, seed=cfg.seed,
         runtime=Runtime(compute_dtype=cfg.compute_dtype), chat_template=cfg.chat_template,
-        data_dir=data_dir, batch_size=cfg.batch_size)
+        data_dir=data_dir, batch_size=cfg.batch_size, judge=judge)
     log(f"{appended} rows appended to {cfg.results}")
     return appended
 
