@@ -11,7 +11,7 @@ from qjax.models import model_facts
 from family_tiny import save_family
 
 
-@pytest.mark.parametrize("name", ["gemma2", "mamba"])
+@pytest.mark.parametrize("name", ["gemma2", pytest.param("mamba", marks=pytest.mark.slow)])
 def test_facts_count_transformers_parameters(tmp_path, name):
     model = save_family(name, tmp_path)
     config, params, _ = load_model(str(tmp_path))

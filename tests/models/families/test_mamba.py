@@ -50,3 +50,21 @@ def test_rules_address_projections_and_conv(mamba):
     got, _ = forward(new, tokens, config)
     err = np.abs(np.asarray(got) - np.asarray(ref)).max()
     assert 0 < err < 0.05 * np.abs(np.asarray(ref)).max()
+
+
+def test_calibration_capture_of_a_mamba_block(mamba):
+    """Block 0's in_proj Hessian is X^T X / n of the RMS-normed embeddings (numpy reference); every
+    projection of the mixer is a calibration site, the conv is not a linear."""
+    from qjax.quant.calibration import BlockCapture, embed
+
+    config, params, _ = mamba
+    tokens = np.random.default_rng(2).integers(0, VOCAB, size=(2, 8)).astype(np.int32)
+    x = embed(params, tokens, config)
+    capture = BlockCapture(0, params["layers_0"], x, config)
+    assert set(capture.sites()) == {f"mixer/{p}" for p in ("in_proj", "x_proj", "dt_proj", "out_proj")}
+    e = np.asarray(params["embed"]["embedding"], np.float64)[tokens].reshape(-1, config.hidden_size)
+    normed = e / np.sqrt(np.mean(e * e, axis=-1, keepdims=True) + config.rms_norm_eps)
+    normed = normed * np.asarray(params["layers_0"]["input_norm"]["scale"], np.float64)
+    np.testing.assert_allclose(np.asarray(capture.hessians()["mixer/in_proj"]), normed.T @ normed / len(normed),
+                               rtol=1e-4, atol=1e-6)
+    assert capture.token_counts()["mixer/x_proj"] == tokens.size
