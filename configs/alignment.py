@@ -12,6 +12,7 @@ import ml_collections
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
+    config.mesh = ""  # "data:4,model:2" (qjax.parallel.mesh); "" = every device on data
     config.model = "smollm2-135m"
     config.quant_config = ""
     config.transform = ""

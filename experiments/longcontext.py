@@ -23,6 +23,10 @@ from pathlib import Path
 from absl import app
 from ml_collections import config_flags
 
+try:  # run as a script (experiments/ on sys.path) or imported as experiments.*
+    from multihost import setup_mesh
+except ImportError:
+    from experiments.multihost import setup_mesh
 from qjax.checkpoints import load_model
 from qjax.analysis.table import format_value, markdown_table
 from qjax.data.longcontext import TASKS as SYNTHETIC_TASKS
@@ -37,7 +41,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", "configs/longcontext.py", "e
 def main(argv):
     del argv
     cfg = _CONFIG.value
-    config, params, tokenizer = load_model(cfg.model)
+    mesh = setup_mesh(cfg)
+    config, params, tokenizer = load_model(cfg.model, mesh=mesh)
     store = ResultStore(cfg.results)
     settings = {}
     for name in cfg.settings:

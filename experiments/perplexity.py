@@ -1,6 +1,7 @@
 """Perplexity of a model on WikiText-2 / PTB / C4 by the GPTQ protocol; one result row per dataset.
 
   python experiments/perplexity.py --config=configs/perplexity.py:quick --config.seqlen=1024
+  python experiments/perplexity.py --config.mesh=data:4,model:2     # weights over "model", windows over "data"
 """
 
 from __future__ import annotations
@@ -8,11 +9,16 @@ from __future__ import annotations
 from absl import app, flags
 from ml_collections import config_flags
 
+try:  # run as a script (experiments/ on sys.path) or imported as experiments.*
+    from multihost import is_primary, setup_mesh
+except ImportError:
+    from experiments.multihost import is_primary, setup_mesh
 from qjax.checkpoints import load_model
 from qjax.eval.perplexity import perplexity
 from qjax.eval.results import ResultStore, make_row
 from qjax.models import model_facts
 from qjax.ops import Runtime
+from qjax.parallel import describe
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/perplexity.py", "experiment config")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "data directory (default: $QJAX_DATA_DIR)")
@@ -21,22 +27,27 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "data directory (default: $QJA
 def main(argv):
     del argv
     cfg = _CONFIG.value
-    config, params, tokenizer = load_model(cfg.model)
+    mesh = setup_mesh(cfg)
+    config, params, tokenizer = load_model(cfg.model, mesh=mesh)
     facts = model_facts(config, params)
     runtime = Runtime(compute_dtype=cfg.compute_dtype)
     store = ResultStore(cfg.results)
     max_windows = None if cfg.max_windows < 0 else cfg.max_windows
-    print(f"{'dataset':<10} {'windows':>7} {'tokens':>8} {'ppl':>9} {'seconds':>8} {'tok/s':>8}")
+    say = print if is_primary() else (lambda *a, **k: None)
+    say(f"mesh {describe(mesh)}")
+    say(f"{'dataset':<10} {'windows':>7} {'tokens':>8} {'ppl':>9} {'seconds':>8} {'tok/s':>8}")
     for dataset in cfg.datasets:
         result = perplexity(params, config, tokenizer, dataset=dataset, split=cfg.split, seqlen=cfg.seqlen,
                             max_windows=max_windows, batch_size=cfg.batch_size, runtime=runtime,
-                            data_dir=_DATA_DIR.value)
-        store.append(make_row(model=cfg.model, transform="float", task=f"{dataset}/{cfg.split}",
-                              metric="perplexity", value=result["ppl"], items=result["tokens"],
-                              seconds=result["seconds"], config=cfg.to_dict(), details=result, **facts))
-        print(f"{dataset:<10} {result['windows']:>7} {result['tokens']:>8} {result['ppl']:>9.3f} "
-              f"{result['seconds']:>8.1f} {result['tokens_per_s']:>8.0f}")
-    print(f"rows appended to {cfg.results}")
+                            data_dir=_DATA_DIR.value, progress=is_primary())
+        if is_primary():
+            store.append(make_row(model=cfg.model, transform="float", task=f"{dataset}/{cfg.split}",
+                                  metric="perplexity", value=result["ppl"], items=result["tokens"],
+                                  seconds=result["seconds"], config=cfg.to_dict(),
+                                  details={**result, "mesh": describe(mesh)}, **facts))
+        say(f"{dataset:<10} {result['windows']:>7} {result['tokens']:>8} {result['ppl']:>9.6f} "
+            f"{result['seconds']:>8.1f} {result['tokens_per_s']:>8.0f}")
+    say(f"rows appended to {cfg.results}")
 
 
 if __name__ == "__main__":

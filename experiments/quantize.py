@@ -22,6 +22,10 @@ from pathlib import Path
 from absl import app, flags
 from ml_collections import config_flags
 
+try:  # run as a script (experiments/ on sys.path) or imported as experiments.*
+    from multihost import setup_mesh
+except ImportError:
+    from experiments.multihost import setup_mesh
 from qjax.checkpoints import load_model
 from qjax.eval.perplexity import perplexity
 from qjax.eval.results import ResultStore, make_row
@@ -45,7 +49,7 @@ def main(argv):
     if store.has(key) and not cfg.overwrite:
         print(f"{key} already in {cfg.results}; skipping (--config.overwrite=True to recompute)")
         return
-    config, params, tokenizer = load_model(cfg.model)
+    config, params, tokenizer = load_model(cfg.model, mesh=setup_mesh(cfg))
     facts = model_facts(config, params)
     report = {"method": "float", "bits": None, "group_size": None, "bits_per_param": None,
               "quantized_bytes": None, "model_bytes": None, "weight_rel_error": None, "seconds": 0.0}

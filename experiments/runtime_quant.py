@@ -15,6 +15,10 @@ from __future__ import annotations
 from absl import app, flags
 from ml_collections import config_flags
 
+try:  # run as a script (experiments/ on sys.path) or imported as experiments.*
+    from multihost import setup_mesh
+except ImportError:
+    from experiments.multihost import setup_mesh
 from qjax.checkpoints import load_model
 from qjax.data.corpus import CalibrationData, calibration_tokens, load_windows
 from qjax.eval.perplexity import perplexity_of_windows
@@ -44,7 +48,7 @@ def settings(cfg) -> list[QuantSetting]:
 def main(argv):
     del argv
     cfg = _CONFIG.value
-    config, params, tokenizer = load_model(cfg.model)
+    config, params, tokenizer = load_model(cfg.model, mesh=setup_mesh(cfg))
     facts = model_facts(config, params)
     windows = load_windows(tokenizer, cfg.dataset, cfg.split, cfg.seqlen, cfg.max_windows, _DATA_DIR.value)
     task = f"{cfg.dataset}/{cfg.split}[:{len(windows)}x{cfg.seqlen}]"

@@ -26,6 +26,10 @@ from typing import Any, Callable, Optional
 from absl import app, flags
 from ml_collections import config_flags
 
+try:  # run as a script (experiments/ on sys.path) or imported as experiments.*
+    from multihost import setup_mesh
+except ImportError:
+    from experiments.multihost import setup_mesh
 from qjax.ops.runtime import Runtime
 
 
@@ -71,12 +75,12 @@ def run_experiment(cfg, data_dir: Optional[str] = None, log: Callable[[str], Non
     `cfg.quant_config` restored with `qjax.quant.storage`), run `cfg.tasks` into `cfg.results`,
     skipping tasks already there. cfg fields: see configs/knowledge.py; `judge` (a model name, "" =
     none) loads a float judge model for judged generation tasks (mt_bench_judged, followbench).
-    Returns rows appended."""
+    Returns rows appended. Runs on the mesh of `cfg.mesh` (`setup_mesh`: the script's one set-up)."""
     from qjax.checkpoints import load_model
     from qjax.eval.results import ResultStore
     from qjax.eval.tasks import run_tasks_into_store
 
-    config, params, tokenizer = load_model(cfg.model)
+    config, params, tokenizer = load_model(cfg.model, mesh=setup_mesh(cfg))
     transform = cfg.transform or "float"
     if cfg.quant_config:
         from qjax.quant.storage import restore_params

@@ -54,6 +54,20 @@ class Family:
     qkv: Optional[Callable[[dict, dict], Callable[[np.ndarray], np.ndarray]]] = None
     make_config: Optional[Callable[[dict, Path], object]] = None  # a config other than ModelConfig
 
+    def tensor_fixes(self, raw: dict, fields: dict) -> Callable[[str], Optional[Callable[[np.ndarray], np.ndarray]]]:
+        """qjax path -> the change a stored tensor needs before the (out, in) -> (in, out) transpose
+        (None: none): fused q/k/v rows reordered (`qkv`), torch's depthwise conv (C, 1, k) -> (C, k)."""
+        reorder = self.qkv(raw, fields) if self.qkv else None
+
+        def fix_for(path: str):
+            if reorder is not None and "/qkv_proj/" in path:
+                return reorder
+            if path.endswith("conv1d/kernel"):
+                return lambda w: w[:, 0, :] if w.ndim == 3 else w
+            return None
+
+        return fix_for
+
     def compiled(self):
         def pattern(p):
             return re.compile(re.escape(p).replace(re.escape("{e}"), r"(\d+)"))
