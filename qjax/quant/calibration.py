@@ -219,13 +219,21 @@ def _expand_groups(per_group: dict, runtime: Runtime, sites) -> dict:
     return out
 
 
+# Kernels that are not `Linear` sites (no input to calibrate on): Mamba's depthwise convolution,
+# which a rule may still quantize round-to-nearest.
+NOT_LINEAR = ("conv1d",)
+
+
 def _kernel_sites(tree, prefix: str = "") -> list[str]:
-    """Paths (without /kernel) of every node of `tree` holding a `kernel`."""
+    """Paths (without /kernel) of every linear of `tree`: nodes holding a `kernel`, NOT_LINEAR aside."""
     out = []
     for key, value in tree.items():
         path = f"{prefix}/{key}" if prefix else key
         if isinstance(value, Mapping):
-            out += [path] if "kernel" in value else _kernel_sites(value, path)
+            if "kernel" in value:
+                out += [] if key in NOT_LINEAR else [path]
+            else:
+                out += _kernel_sites(value, path)
     return out
 
 
