@@ -19,6 +19,7 @@ except ImportError:
 from qjax.checkpoints import load_model
 from qjax.eval.perplexity import perplexity
 from qjax.eval.results import ResultStore, make_row
+from qjax.models import model_facts
 from qjax.parallel import describe
 from qjax.quant.recipe import Recipe, apply_recipe
 
@@ -32,6 +33,7 @@ def main(argv):
     mesh = setup_mesh(cfg)
     recipe = Recipe.parse(cfg.recipe)
     config, params, tokenizer = load_model(cfg.model, mesh=mesh)
+    facts = model_facts(config, params)
     applied = apply_recipe(recipe, params, config, tokenizer, cfg.calibration, data_dir=_DATA_DIR.value,
                            compute_dtype=cfg.compute_dtype)
     store = ResultStore(cfg.results)
@@ -49,7 +51,7 @@ def main(argv):
                                   metric="perplexity", value=result["ppl"], items=result["tokens"],
                                   seconds=result["seconds"], config=cfg.to_dict(),
                                   details={**result, "mesh": describe(mesh)}, recipe=str(recipe),
-                                  recipe_hash=recipe.hash))
+                                  recipe_hash=recipe.hash, **facts))
         say(f"{dataset:<10} {result['windows']:>7} {result['tokens']:>8} {result['ppl']:>9.6f} "
             f"{result['seconds']:>8.1f} {result['tokens_per_s']:>8.0f}")
     say(f"rows appended to {cfg.results}")

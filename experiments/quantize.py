@@ -32,6 +32,7 @@ except ImportError:
 from qjax.checkpoints import load_model
 from qjax.eval.perplexity import perplexity
 from qjax.eval.results import ResultStore, make_row
+from qjax.models import model_facts
 from qjax.quant.int8_outliers import to_storable
 from qjax.quant.recipe import Recipe, apply_recipe
 from qjax.quant.storage import save_params
@@ -54,6 +55,7 @@ def main(argv):
         print(f"{key} already in {cfg.results}; skipping (--config.overwrite=True to recompute)")
         return
     config, params, tokenizer = load_model(cfg.model, mesh=setup_mesh(cfg))
+    facts = model_facts(config, params)
     applied = apply_recipe(recipe, params, config, tokenizer, cfg.calibration, data_dir=_DATA_DIR.value,
                            progress=True)
     params, report = applied.params, applied.report
@@ -83,7 +85,7 @@ def main(argv):
         group_size=report["group_size"], bits_per_param=bits_per_param, bytes=report["quantized_bytes"],
         model_bytes=report["model_bytes"], weight_rel_error=report.get("weight_rel_error"),
         quantize_seconds=report["seconds"], eval_seconds=eval_seconds,
-        eval_windows=result["windows"], report=summary))
+        eval_windows=result["windows"], report=summary, **facts))
     reports = Path(cfg.results).parent / "quantize_reports"
     reports.mkdir(parents=True, exist_ok=True)
     (reports / f"{slug}.json").write_text(json.dumps({"report": report, "perplexity": result}, indent=1,

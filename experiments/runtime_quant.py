@@ -23,6 +23,7 @@ from qjax.checkpoints import load_model
 from qjax.data.corpus import load_windows
 from qjax.eval.perplexity import perplexity_of_windows
 from qjax.eval.results import ResultStore, make_row
+from qjax.models import model_facts
 from qjax.quant.kv import bytes_per_token
 from qjax.quant.recipe import Recipe, apply_recipe
 from qjax.quant.storage import params_nbytes
@@ -36,6 +37,7 @@ def main(argv):
     cfg = _CONFIG.value
     recipes = [Recipe.parse(text) for text in ((cfg.recipe,) if cfg.recipe else cfg.recipes)]
     config, params, tokenizer = load_model(cfg.model, mesh=setup_mesh(cfg))
+    facts = model_facts(config, params)
     windows = load_windows(tokenizer, cfg.dataset, cfg.split, cfg.seqlen, cfg.max_windows, _DATA_DIR.value)
     task = f"{cfg.dataset}/{cfg.split}[:{len(windows)}x{cfg.seqlen}]"
     store = ResultStore(cfg.results)
@@ -57,7 +59,7 @@ def main(argv):
             config={"experiment": cfg.to_dict(), "recipe": recipe.info()},
             details={"nll": result["nll"], "windows": result["windows"], "weight_bytes": weight_bytes,
                      "kv_bytes_per_token": kv_tok,
-                     "report": {k: v for k, v in applied.report.items() if k != "blocks"}}))
+                     "report": {k: v for k, v in applied.report.items() if k != "blocks"}}, **facts))
         print(f"{name:<24} {result['ppl']:>9.3f} {weight_bytes / 2**20:>10.1f} {kv_tok:>9} "
               f"{result['seconds']:>8.1f}", flush=True)
     print(f"rows in {cfg.results}")

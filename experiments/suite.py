@@ -55,6 +55,7 @@ from qjax.data.longcontext import TASKS as LONGCONTEXT_TASKS
 from qjax.data.text import DATASETS as PERPLEXITY_DATASETS
 from qjax.eval.gen_tasks import is_generation_task, run_generation_task
 from qjax.eval.results import ResultStore, make_row, row_key
+from qjax.models import model_facts
 from qjax.models.config import ModelConfig
 from qjax.ops.runtime import Runtime
 from qjax.parallel import active_mesh, is_primary, primary_value, shard_params, sync
@@ -424,7 +425,8 @@ class GridProgress:
 
     def plan(self) -> str:
         remaining, unknown = self._remaining()
-        lines = [f"[plan] {len(self.todo)} (recipe, task) runs; estimated wall time {remaining / 3600:.1f} h"
+        lines = [f"[plan] {len(self.todo)} (recipe, task) runs; estimated wall time {remaining / 3600:.1f} h "
+                 "(from the config's seconds_per_item; each task's measured time replaces it once it ran)"
                  + (f" plus {unknown} runs without an estimate" if unknown else "")]
         for task, seconds in self.estimates.items():
             lines.append(f"[plan]   {task}: ~{seconds / 60:.1f} min per transform")
@@ -464,6 +466,7 @@ def run_suite(cfg, data_dir: Optional[str]) -> ResultStore:
         if not todo:
             continue
         config, params, tokenizer = load_suite_model(model)
+        facts = model_facts(config, params)  # family and parameter count, on every row
         order = cfg.get("order", "transform_major")
         if order not in ("transform_major", "task_major"):
             raise ValueError(f"suite order must be 'transform_major' or 'task_major', got {order!r}")
@@ -487,7 +490,7 @@ def run_suite(cfg, data_dir: Optional[str]) -> ResultStore:
                                  runtime_t, data_dir, samples_dir, judge, runtime_state=state_t)
             run_id = run_ids[name, task]
             extra = {"params_cache": cache_info} if cache_info else {}
-            rows = full_rows(rows, model, t, cfg, run_id, extra)
+            rows = [{**r, **facts} for r in full_rows(rows, model, t, cfg, run_id, extra)]
             if is_primary():
                 journal.write(model, name, task, run_id, rows)
                 append_missing(store, rows, present)

@@ -85,6 +85,11 @@ def smooth_block(layer: Mapping, config: ModelConfig, act_absmax: Mapping[str, n
     "attn/o_proj", "mlp/down_proj"), as `BlockCapture.channel_stats()` gives them; `name` (e.g.
     "layers_3") prefixes the sites in error messages.
     """
+    llama_style = (getattr(config, "norm", None) == "rms" and config.mlp == "gated" and config.residual == "sequential"
+                   and not (config.fused_qkv or config.fused_gate_up or config.num_experts))
+    if not llama_style:
+        raise ValueError(f"SmoothQuant folds into an RMSNorm scale and separate q/k/v, gate/up kernels of a "
+                         f"sequential dense block; {config.architecture} does not have them")
     folds, alpha = cfg.folds, cfg.alpha
     h, kvh, d = config.num_heads, config.num_kv_heads, config.head_dim
     g = h // kvh
