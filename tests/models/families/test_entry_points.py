@@ -16,8 +16,7 @@ from qjax.eval.loglikelihood import score_requests
 from qjax.eval.perplexity import perplexity_of_windows
 from qjax.perturb.kinds import Gaussian
 from qjax.perturb.sweep import NLLEvaluator, WeightTarget, sweep
-from qjax.quant.activations import apply_setting, parse_setting
-from qjax.quant.kv import perplexity_through_cache
+from qjax.quant.recipe import Recipe
 
 from family_tiny import FAMILIES, VOCAB, save_family
 
@@ -48,13 +47,13 @@ def test_family_runs_every_entry_point(tmp_path, name):
     assert ll == pytest.approx(expected, abs=1e-4)
     assert greedy == all(np.argmax(logp[0, 9 + i]) == tok for i, tok in enumerate(continuation))
 
-    q_params, runtime, state = apply_setting(params, config, parse_setting("W8A8"))
-    w8a8 = perplexity_of_windows(q_params, config, windows, batch_size=2, runtime=runtime, runtime_state=state,
+    w8a8_recipe = Recipe.parse("w8sym,a8").apply(params, config, progress=False)
+    w8a8 = perplexity_of_windows(w8a8_recipe.params, config, windows, batch_size=2, runtime=w8a8_recipe.runtime,
                                  progress=False)
     assert w8a8["nll"] != ppl["nll"] and abs(w8a8["nll"] - ppl["nll"]) < 0.05 * ppl["nll"]
     if name != "mamba":  # no KV cache to quantize
-        kv4 = parse_setting("KV4", kvgroup=16)
-        through = perplexity_through_cache(params, config, windows, runtime=kv4.runtime())
+        through = perplexity_of_windows(params, config, windows, runtime=Recipe.parse("kv4g16").runtime(),
+                                        progress=False)  # K/V read back from the 4-bit cache
         assert through["nll"] != ppl["nll"] and abs(through["nll"] - ppl["nll"]) < 0.05 * ppl["nll"]
 
     result = sweep(NLLEvaluator(config, window_batch=2), params, [Gaussian()], [0.0, 0.5], [0],
