@@ -8,6 +8,11 @@
 import ml_collections
 
 
+# Allowed values, checked before the experiment runs (experiments/cli.py: (lo, hi[, specials]) or a set).
+RANGES = {"lengths": (1, None), "depths": (0.0, 1.0), "samples": (1, None), "max_new_tokens": (1, None),
+          "batch_size": (1, None), "seed": (0, None)}
+
+
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.model = "smollm2-135m"

@@ -14,8 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
+from cli import run  # experiments/cli.py
 from qjax.checkpoints import load_model
 from qjax.quant import act_stats
 from qjax.quant.smoothquant import absmax_of, smooth
@@ -58,4 +59,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

@@ -7,8 +7,7 @@ one result row per (task, metric), per BBQ category too; tasks already in the re
 
 from __future__ import annotations
 
-from absl import app
-
+from cli import run  # experiments/cli.py
 from task_experiment import define_task_flags, run_experiment  # experiments/task_experiment.py
 
 FLAGS = define_task_flags("configs/alignment.py")
@@ -20,4 +19,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

@@ -7,8 +7,8 @@ demo takes a few minutes on a laptop CPU; `experiments/quantize.py` runs the ful
 
 from __future__ import annotations
 
-from absl import app
 
+from cli import run  # experiments/cli.py
 from qjax.checkpoints import load_model
 from qjax.eval.perplexity import load_windows, perplexity_of_windows
 from qjax.quant.calibration import CalibrationData, calibration_tokens
@@ -45,4 +45,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

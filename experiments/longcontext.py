@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from absl import app
 from ml_collections import config_flags
 
+from cli import run  # experiments/cli.py
 from qjax.checkpoints import load_model
 from qjax.eval.longcontext import accuracy_table, evaluate_cell, usable_length
-from qjax.eval.results import ResultStore, make_row
+from qjax.eval.results import ResultStore, make_row, run_id
 from qjax.quant.activations import apply_setting, parse_setting
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/longcontext.py", "experiment config")
@@ -28,8 +28,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", "configs/longcontext.py", "e
 def main(argv):
     del argv
     cfg = _CONFIG.value
-    config, params, tokenizer = load_model(cfg.model)
     store = ResultStore(cfg.results)
+    config, params, tokenizer = load_model(cfg.model)
     settings = {}
     for name in cfg.settings:
         qparams, runtime, state = apply_setting(params, config, parse_setting(name),
@@ -41,14 +41,16 @@ def main(argv):
                 for name, (qparams, runtime, state) in settings.items():
                     target = usable_length(config, length, cfg.max_new_tokens)
                     task_key = f"{task}/len{target}/depth{depth:.2f}"
-                    if store.has((cfg.model, name, task_key, "exact_match")):
+                    rid = run_id(model=cfg.model, setting=name, task=task_key, samples=cfg.samples, seed=cfg.seed,
+                                 max_new_tokens=cfg.max_new_tokens, compute_dtype=cfg.compute_dtype)
+                    if store.has((cfg.model, name, task_key, "exact_match"), rid):
                         continue
                     r = evaluate_cell(qparams, config, tokenizer, task, length, depth, samples=cfg.samples,
                                       seed=cfg.seed, max_new_tokens=cfg.max_new_tokens, runtime=runtime,
                                       runtime_state=state, batch_size=cfg.batch_size)
                     store.append(make_row(model=cfg.model, transform=name, task=task_key,
                                           metric="exact_match", value=r["accuracy"], items=r["samples"],
-                                          seconds=r["seconds"], config=cfg.to_dict(), details=r))
+                                          seconds=r["seconds"], config=cfg.to_dict(), details=r, run_id=rid))
                     print(f"{name:<6} {task:<8} len {target:>5} depth {depth:.2f}: {r['correct']}/{r['samples']}"
                           f"  ({r['seconds']:.0f} s) {r['completions']}", flush=True)
     report = []
@@ -63,4 +65,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main, config=_CONFIG)

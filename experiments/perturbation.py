@@ -30,6 +30,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from cli import run  # experiments/cli.py
 from qjax.checkpoints import load_model
 from qjax.eval.perplexity import load_windows
 from qjax.eval.results import ResultStore, make_row
@@ -436,4 +437,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main, config=_CONFIG)

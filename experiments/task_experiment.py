@@ -31,11 +31,15 @@ class TaskFlags:
     data_dir_flag: Any
 
     def config(self):
-        """The experiment config with the given shortcut flags applied (tasks as a tuple)."""
+        """The experiment config with the given shortcut flags applied (tasks as a tuple), checked
+        against its config file's RANGES (ConfigError naming the field otherwise)."""
+        from cli import check_config, declared_ranges  # experiments/cli.py
+
         cfg = self.config_flag.value
         for key, flag in self.shortcuts.items():
             if flag.value is not None:
                 setattr(cfg, key, tuple(flag.value) if key == "tasks" else flag.value)
+        check_config(cfg, declared_ranges(self.config_flag), self.config_flag.name)
         return cfg
 
     @property
@@ -61,26 +65,42 @@ def define_task_flags(default_config: str) -> TaskFlags:
 
 def run_experiment(cfg, data_dir: Optional[str] = None, log: Callable[[str], None] = print) -> int:
     """The knowledge / alignment experiments: load `cfg.model` (float, or the quantized checkpoint at
-    `cfg.quant_config` restored with `qjax.quant.storage`), run `cfg.tasks` into `cfg.results`,
-    skipping tasks already there. cfg fields: see configs/knowledge.py. Returns rows appended."""
+    `cfg.quant_config` restored with `qjax.quant.storage` and checked against the model's shapes),
+    run `cfg.tasks` into `cfg.results`, skipping tasks whose rows of the same run id are there.
+
+    Before the model loads, the results file must be writable and every task known and its data
+    readable. Rows of a checkpoint are labelled `<directory name>@<digest of its params>` (unless
+    `cfg.transform` names them), so two different checkpoints in folders of the same name never
+    share rows. cfg fields: see configs/knowledge.py. Returns rows appended."""
+    from cli import ConfigError  # experiments/cli.py
     from qjax.checkpoints import load_model
+    from qjax.data.provenance import task_sources
+    from qjax.data.tasks import get_task
     from qjax.eval.results import ResultStore
     from qjax.eval.tasks import run_tasks_into_store
 
-    config, params, tokenizer = load_model(cfg.model)
-    transform = cfg.transform or "float"
-    if cfg.quant_config:
-        from qjax.quant.storage import restore_params
-
-        params = restore_params(cfg.quant_config)
-        transform = cfg.transform or Path(cfg.quant_config).name
     store = ResultStore(cfg.results)
+    for name in cfg.tasks:
+        try:
+            spec = get_task(name)
+        except ValueError as e:
+            raise ConfigError(f"--config.tasks: {e}") from None
+        task_sources(spec, data_dir)  # DataError now, not after the model ran the tasks before it
+    config, params, tokenizer = load_model(cfg.model)
+    transform, transform_id = cfg.transform or "float", None
+    if cfg.quant_config:
+        from qjax.quant.storage import params_digest, restore_params
+
+        params = restore_params(cfg.quant_config, like=params)
+        transform_id = params_digest(params)
+        transform = cfg.transform or f"{Path(cfg.quant_config).name}@{transform_id[:8]}"
     experiment_config = {k: v for k, v in cfg.to_dict().items() if k not in ("tasks", "results")}
     appended = run_tasks_into_store(
         store, list(cfg.tasks), params, config, tokenizer, model=cfg.model, transform=transform,
-        experiment_config=experiment_config, log=log, limit=None if cfg.limit < 0 else cfg.limit,
+        transform_id=transform_id, experiment_config=experiment_config, log=log,
+        limit=None if cfg.limit < 0 else cfg.limit,
         num_fewshot=None if cfg.num_fewshot < 0 else cfg.num_fewshot, seed=cfg.seed,
         runtime=Runtime(compute_dtype=cfg.compute_dtype), chat_template=cfg.chat_template,
-        data_dir=data_dir, batch_size=cfg.batch_size)
+        data_dir=data_dir, batch_size=cfg.batch_size, progress=True)
     log(f"{appended} rows appended to {cfg.results}")
     return appended

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
+
+# The experiment scripts import their shared modules (experiments/cli.py, task_experiment.py) as
+# siblings, as they do when run as `python experiments/<script>.py`.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from qjax.data.paths import DataError, data_file
+from qjax.data.provenance import record_file
 
 RECORD_SUFFIXES = (".parquet", ".jsonl", ".json")
 
@@ -33,6 +34,7 @@ def read_jsonl(path: str | os.PathLike, required: Sequence[str] = ()) -> list[di
     if not path.is_file():
         raise DataError(f"data file {path} is missing")
     rows = []
+    record_file(path)
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -52,7 +54,9 @@ def read_json(path: str | os.PathLike) -> Any:
     """The decoded JSON document (a UTF-8 byte-order mark is allowed)."""
     try:
         with open(path, encoding="utf-8-sig") as f:
-            return json.load(f)
+            data = json.load(f)
+        record_file(path)
+        return data
     except FileNotFoundError:
         raise DataError(f"data file {path} is missing") from None
     except json.JSONDecodeError as e:
@@ -66,7 +70,9 @@ def read_records(path: str | os.PathLike) -> list[dict]:
         import pyarrow.parquet as pq
 
         try:
-            return pq.read_table(path).to_pylist()
+            rows = pq.read_table(path).to_pylist()
+            record_file(path)
+            return rows
         except Exception as e:
             raise DataError(f"{path}: not a readable parquet file: {e}") from e
     if path.suffix == ".jsonl":
@@ -83,6 +89,7 @@ def read_csv(path: str | os.PathLike, num_fields: int) -> list[list[str]]:
     """Rows of a header-less CSV, each with exactly `num_fields` fields."""
     with open(path, encoding="utf-8", newline="") as f:
         rows = list(csv.reader(f))
+    record_file(path)
     for i, row in enumerate(rows, 1):
         if len(row) != num_fields:
             raise DataError(f"{path}: row {i} has {len(row)} fields, expected {num_fields}")

@@ -13,6 +13,7 @@ import os
 from typing import Optional
 
 from qjax.data.paths import DataError, data_dir
+from qjax.data.provenance import hub_revision, record_file, record_hub
 
 DATASETS = ("wikitext2", "ptb", "c4")
 _SPLITS = {"test": "test", "validation": "valid", "valid": "valid", "train": "train"}
@@ -23,7 +24,9 @@ def _local_lines(relative: str, root) -> list[str]:
     if not path.is_file():
         raise DataError(f"data file {path} is missing")
     with open(path, encoding="utf-8") as f:
-        return [line.rstrip("\n") for line in f]
+        lines = [line.rstrip("\n") for line in f]
+    record_file(path)
+    return lines
 
 
 def _hub_available(root_override) -> bool:
@@ -47,22 +50,33 @@ def load_text(dataset: str, split: str = "test", data_dir_override: Optional[str
     return " ".join(_local_lines(f"ptb/ptb.{name}.txt", root))
 
 
-def _hub_text(dataset: str, split: str) -> str:
-    from datasets import load_dataset
+def _hub_dataset(repo: str, config: Optional[str], split: str, **kwargs):
+    """`datasets.load_dataset`, its revision reported to `qjax.data.provenance`; offline or missing,
+    a DataError that says how to use the local files instead."""
+    try:
+        from datasets import load_dataset
 
+        data = load_dataset(repo, config, split=split, **kwargs)
+    except Exception as e:  # the hub, the cache or the split
+        raise DataError(f"{repo}{'/' + config if config else ''} ({split}) could not be loaded from the hub "
+                        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); to use the local "
+                        f"files instead, set QJAX_DATA_DIR (or pass --data_dir) to the data directory") from e
+    record_hub(repo, config, split, hub_revision(data))
+    return data
+
+
+def _hub_text(dataset: str, split: str) -> str:
     hub_split = "validation" if split in ("valid", "validation") else split
     if dataset == "wikitext2":
-        data = load_dataset("wikitext", "wikitext-2-raw-v1", split=hub_split)
+        data = _hub_dataset("wikitext", "wikitext-2-raw-v1", hub_split)
         return "\n\n".join(data["text"])
-    data = load_dataset("ptb_text_only", "penn_treebank", split=hub_split)
+    data = _hub_dataset("ptb_text_only", "penn_treebank", hub_split)
     return " ".join(data["sentence"])
 
 
 def _hub_c4(split: str) -> str:
-    from datasets import load_dataset
-
     if split not in ("validation", "valid"):
         raise DataError("c4 is evaluated on its validation shard only (split='validation')")
-    data = load_dataset("allenai/c4", data_files={"validation": "en/c4-validation.00000-of-00008.json.gz"},
-                        split="validation")
+    data = _hub_dataset("allenai/c4", None, "validation",
+                        data_files={"validation": "en/c4-validation.00000-of-00008.json.gz"})
     return " ".join(data[:1100]["text"])

@@ -13,6 +13,7 @@ metadata (a few hundred bytes per array leaf plus a few KiB per checkpoint).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -250,6 +251,19 @@ def save_params(path: Union[str, os.PathLike], params: Mapping, *, overwrite: bo
     return {"path": str(path), "disk_bytes": disk_bytes(path), "nbytes": params_nbytes(params)}
 
 
+def params_digest(params: Mapping) -> str:
+    """16 hex digits of SHA-256 over a params tree's paths, leaf types, static metadata, dtypes,
+    shapes and bytes: equal for equal params, wherever and whenever they were saved."""
+    digest = hashlib.sha256()
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    for path, leaf in leaves:
+        array = np.asarray(leaf)
+        digest.update(f"{jax.tree_util.keystr(path)}|{array.dtype}|{array.shape}|".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    digest.update(str(jax.tree_util.tree_structure(params)).encode())  # QArray specs are static metadata
+    return digest.hexdigest()[:16]
+
+
 def _read_meta(path: Path) -> dict:
     meta_file = path / META_FILE
     if not path.is_dir():
@@ -344,5 +358,5 @@ def check_tree_matches(params: Mapping, like: Mapping, *, where: str) -> None:
                                 f"other shapes (e.g. {p}: {g}, the model's is {w})")
 
 
-__all__ = ["save_params", "restore_params", "StoredParamsError", "check_tree_matches", "params_nbytes", "params_numel", "params_bits_per_param",
+__all__ = ["save_params", "restore_params", "StoredParamsError", "check_tree_matches", "params_digest", "params_nbytes", "params_numel", "params_bits_per_param",
            "disk_bytes"]
