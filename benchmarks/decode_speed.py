@@ -33,7 +33,7 @@ from absl import app, flags
 from qjax.checkpoints import load_model, resolve
 from qjax.eval.efficiency import measure_efficiency
 from qjax.eval.generate import generate_ids
-from qjax.eval.perplexity import load_windows
+from qjax.data.corpus import load_windows
 from qjax.quant.activations import apply_setting, parse_setting
 
 _PROMPT = flags.DEFINE_integer("prompt_tokens", 128, "prompt length (tokens)")

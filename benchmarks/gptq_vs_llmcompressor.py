@@ -74,8 +74,8 @@ def main(argv):
     import torch
 
     from qjax.checkpoints import load_model, resolve
-    from qjax.eval.perplexity import load_windows, perplexity_of_windows
-    from qjax.quant.calibration import CalibrationData, calibration_tokens
+    from qjax.data.corpus import CalibrationData, calibration_tokens, load_windows
+    from qjax.eval.perplexity import perplexity_of_windows
     from qjax.quant.gptq import GPTQConfig
     from qjax.quant.quantize import QuantizeConfig, quantize
 

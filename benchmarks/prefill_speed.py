@@ -19,10 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from qjax import native
 from qjax.checkpoints import load_model, resolve
-from qjax.eval.perplexity import load_windows
+from qjax.data.corpus import load_windows
 from qjax.models import forward
+from qjax.ops.dense import cpu_kernels
 
 _SEQLEN = flags.DEFINE_integer("seqlen", 2048, "tokens per window")
 _WINDOWS = flags.DEFINE_integer("windows", 4, "windows timed per repeat")
@@ -84,8 +84,9 @@ def main(argv):
     qjax_s, torch_s, peak = min(qjax_times), min(torch_times), max(peaks)
     tokens = windows.size
     flops = prefill_flops(config, _SEQLEN.value) * len(windows)
+    kernels = cpu_kernels()
     print(f"threads: torch {torch.get_num_threads()}, jax devices {jax.devices()}; qjax CPU kernels "
-          f"{native.available()}, BLAS for many-row products: {native.blas_name()} (QJAX_BLAS)")
+          f"{kernels['native']}, BLAS for many-row products: {kernels['blas']} (QJAX_BLAS)")
     print(f"{len(windows)} windows x {_SEQLEN.value} tokens, best of {_REPEATS.value} interleaved repeats")
     print(f"qjax          {tokens / qjax_s:9.1f} tokens/s  {flops / qjax_s / 1e9:7.1f} GFLOP/s")
     print(f"transformers  {tokens / torch_s:9.1f} tokens/s  {flops / torch_s / 1e9:7.1f} GFLOP/s")

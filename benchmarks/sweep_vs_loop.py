@@ -27,7 +27,7 @@ import numpy as np
 from absl import app, flags
 
 from qjax.checkpoints import load_model
-from qjax.eval.perplexity import load_windows
+from qjax.data.corpus import load_windows
 from qjax.perturb.kinds import Gaussian
 from qjax.perturb.sweep import NLLEvaluator, WeightTarget, evaluate_point, sweep
 

@@ -1,4 +1,5 @@
-"""Alignment log-likelihood tasks (TruthfulQA MC1/MC2, BBQ): `--config=configs/alignment.py[:quick|full]`.
+"""Alignment log-likelihood tasks (TruthfulQA MC1/MC2, BBQ) for experiments/task_experiment.py:
+`--config=configs/alignment.py[:quick|full]`.
 
 Fields are overridable as `--config.field=value` and by the experiment's flags (see
 configs/knowledge.py). BBQ rows include accuracy, the ambiguous / disambiguated bias scores and

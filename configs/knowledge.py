@@ -1,7 +1,8 @@
-"""Knowledge / reasoning log-likelihood tasks: `--config=configs/knowledge.py[:quick|full]`.
+"""Knowledge / reasoning log-likelihood tasks for experiments/task_experiment.py:
+`--config=configs/knowledge.py[:quick|full]`.
 
 Fields are overridable as `--config.field=value`; the experiment's flags (--model, --tasks, --limit,
---num_fewshot, --results, --quant_config) override them too. limit / num_fewshot < 0: the task's
+--num_fewshot, --results, --quant_config of experiments/task_experiment.py) override them too. limit / num_fewshot < 0: the task's
 default (all documents; lm-eval's few-shot count). Hub-only tasks (hellaswag, ceval, snli) need the
 hub or a local mirror (see `qjax.data.hub`).
 """

@@ -1,8 +1,15 @@
-"""Perturbation studies: `--config=configs/perturbation.py[:quick]`, any field overridable by flag.
+"""Perturbation studies: `--config=configs/perturbation.py[:quick]`, any field overridable by flag
+(e.g. `--config.clipping.shares=0.001,0.01`).
 
 Every study scores the same `windows` WikiText-2 test windows of `seqlen` tokens (the first ones of
 the split, GPTQ protocol), so all perplexities of all studies are comparable with each other and
-with the unperturbed "float" row.
+with the unperturbed "float" row. Each study has its own block of fields, named like the study:
+  noise_kinds       perplexity vs intensity per kind (weights per tensor; activations per token)
+  weight_magnitude  equal-L2 Gaussian noise confined to the smallest vs the largest |w| of each tensor
+  clipping          clipping the largest-|x| share (weights per tensor; activations per token), and
+                    Gaussian noise of the clipping's own per-tensor L2 on weights
+  rtn_vs_noise      RTN error vs artificial noise of the same per-tensor L2
+  companding        companded (power 1/3) vs uniform grids
 """
 
 import ml_collections
@@ -27,45 +34,33 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.seeds = (0,)
     c.results_dir = "results/perturbation"
 
-    # 1. perplexity vs intensity per kind (weights: per tensor; activations: per token)
-    c.s1_kinds = ("gaussian", "uniform", "rademacher", "proportional", "enlarge", "shrink")
-    c.s1_weight_intensities = (0.01, 0.03, 0.1, 0.2, 0.3, 0.5)
-    c.s1_activation_intensities = (0.01, 0.03, 0.1, 0.2, 0.3, 0.5)
-
-    # 2. equal-L2 Gaussian noise confined to the smallest vs the largest |w| of each tensor
-    c.s2_families = ("qkv", "o", "gate_up", "down")
-    c.s2_shares = (0.1, 0.5)
-    c.s2_intensities = (0.05, 0.1, 0.2)
-
-    # 3. clipping the largest-|x| share (weights per tensor; activations per token), and Gaussian
-    #    noise of the clipping's own per-tensor L2 on weights
-    c.s3_shares = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1)
-
-    # 4. RTN error vs artificial noise of the same per-tensor L2
-    c.s4_bits = (4, 3)
-    c.s4_group_size = 128  # SmolLM2's GGUF is Q4_1 (blocks of 32): g32 asym RTN would be ~lossless
-
-    # 5. companded (power 1/3) vs uniform grids
-    c.s5_bits = (4, 3)
-    c.s5_group_size = 128
-    c.s5_power = 1.0 / 3.0
-    c.s5_act_bits = (8, 6)
+    c.noise_kinds = ml_collections.ConfigDict(dict(
+        kinds=("gaussian", "uniform", "rademacher", "proportional", "enlarge", "shrink"),
+        weight_intensities=(0.01, 0.03, 0.1, 0.2, 0.3, 0.5),
+        activation_intensities=(0.01, 0.03, 0.1, 0.2, 0.3, 0.5)))
+    c.weight_magnitude = ml_collections.ConfigDict(dict(
+        families=("qkv", "o", "gate_up", "down"), shares=(0.1, 0.5), intensities=(0.05, 0.1, 0.2)))
+    c.clipping = ml_collections.ConfigDict(dict(shares=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1)))
+    # SmolLM2's GGUF is Q4_1 (blocks of 32): g32 asymmetric RTN would be about lossless, hence g128
+    c.rtn_vs_noise = ml_collections.ConfigDict(dict(bits=(4, 3), group_size=128))
+    c.companding = ml_collections.ConfigDict(dict(bits=(4, 3), group_size=128, power=1.0 / 3.0,
+                                                  act_bits=(8, 6)))
 
     if variant == "quick":  # a smoke run: 1 window of 256 tokens, 2 points per sweep
         c.seqlen = 256
         c.windows = 1
         c.window_batch = 1
         c.results_dir = "results/perturbation_quick"
-        c.s1_kinds = ("gaussian", "shrink")
-        c.s1_weight_intensities = (0.05, 0.2)
-        c.s1_activation_intensities = (0.05, 0.2)
-        c.s2_families = ("o", "down")
-        c.s2_shares = (0.1,)
-        c.s2_intensities = (0.1, 0.3)
-        c.s3_shares = (1e-3, 1e-2)
-        c.s4_bits = (4,)
-        c.s5_bits = (4,)
-        c.s5_act_bits = (8,)
+        c.noise_kinds.kinds = ("gaussian", "shrink")
+        c.noise_kinds.weight_intensities = (0.05, 0.2)
+        c.noise_kinds.activation_intensities = (0.05, 0.2)
+        c.weight_magnitude.families = ("o", "down")
+        c.weight_magnitude.shares = (0.1,)
+        c.weight_magnitude.intensities = (0.1, 0.3)
+        c.clipping.shares = (1e-3, 1e-2)
+        c.rtn_vs_noise.bits = (4,)
+        c.companding.bits = (4,)
+        c.companding.act_bits = (8,)
     elif variant:
         raise ValueError(f"unknown perturbation config variant {variant!r} (known: quick)")
     return c

@@ -17,7 +17,9 @@ import numpy as np
 from absl import flags
 
 from cli import run  # experiments/cli.py
+from qjax.analysis.table import markdown_table
 from qjax.checkpoints import load_model
+from qjax.data.corpus import CalibrationData, calibration_tokens
 from qjax.quant import act_stats
 from qjax.quant.smoothquant import absmax_of, smooth
 
@@ -34,8 +36,8 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "data directory (default: $QJA
 def main(argv):
     del argv
     config, params, tokenizer = load_model(_MODEL.value)
-    windows = act_stats.calibration_windows(tokenizer, num=_WINDOWS.value, seqlen=_SEQLEN.value,
-                                            seed=_SEED.value, data_dir=_DATA_DIR.value)
+    windows = calibration_tokens(tokenizer, CalibrationData(num_windows=_WINDOWS.value, seqlen=_SEQLEN.value,
+                                                            seed=_SEED.value), _DATA_DIR.value)
     batches = [windows[i:i + 4] for i in range(0, len(windows), 4)]
     stats = act_stats.collect(params, config, batches)
     name = Path(_MODEL.value).name
@@ -48,7 +50,7 @@ def main(argv):
     out.mkdir(parents=True, exist_ok=True)
     title = (f"{name}: linear inputs over {len(windows)} x {_SEQLEN.value} WikiText-2 valid tokens "
              f"(seed {_SEED.value})")
-    (out / f"{name}.md").write_text(f"# {title}\n\n{act_stats.markdown_table(rows)}\n")
+    (out / f"{name}.md").write_text(f"# {title}\n\n{markdown_table(*act_stats.summary_cells(rows))}\n")
     act_stats.plot(rows, str(out / f"{name}.png"), title)
     print(f"{'family':<10} {'max |x| (max over layers)':>26} {'median kurtosis':>16} {'mean share >6':>14}")
     for family in dict.fromkeys(r["family"] for r in rows):

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from cli import run  # experiments/cli.py
 from qjax.checkpoints import load_model
-from qjax.eval.perplexity import load_windows, perplexity_of_windows
-from qjax.quant.calibration import CalibrationData, calibration_tokens
+from qjax.data.corpus import load_windows
+from qjax.eval.perplexity import perplexity_of_windows
+from qjax.data.corpus import CalibrationData, calibration_tokens
 from qjax.quant.quantize import QuantizeConfig, quantize
 
 MODEL = "smollm2-135m"

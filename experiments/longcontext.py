@@ -17,8 +17,9 @@ from pathlib import Path
 from ml_collections import config_flags
 
 from cli import run  # experiments/cli.py
+from qjax.analysis.table import markdown_table
 from qjax.checkpoints import load_model
-from qjax.eval.longcontext import accuracy_table, evaluate_cell, usable_length
+from qjax.eval.longcontext import accuracy_grid, evaluate_cell, usable_length
 from qjax.eval.results import ResultStore, make_row, run_id
 from qjax.quant.activations import apply_setting, parse_setting
 
@@ -58,7 +59,7 @@ def main(argv):
         rows = [{"config": row["transform"], **row["details"]} for row in store.rows()
                 if row["model"] == cfg.model and row["task"].startswith(f"{task}/")]
         report.append(f"### {task}: exact match by length (mean over depths {list(cfg.depths)}, "
-                      f"{cfg.samples} prompts per cell)\n\n" + accuracy_table(rows, list(cfg.settings)))
+                      f"{cfg.samples} prompts per cell)\n\n" + markdown_table(*accuracy_grid(rows, list(cfg.settings))))
     text = "\n\n".join(report)
     Path(cfg.results).with_suffix(".md").write_text(text + "\n")
     print(text)

@@ -1,17 +1,24 @@
-"""The perturbation lens on SmolLM2: five studies of which perturbations of weights and activations hurt.
+"""The perturbation lens on SmolLM2: which perturbations of weights and activations hurt.
 
-  python experiments/perturbation.py --study=1 [--config=configs/perturbation.py[:quick]]
+  python experiments/perturbation.py --study=noise_kinds,clipping [--config=configs/perturbation.py[:quick]]
 
-  1. perplexity vs intensity (relative L2) per kind, on weights (per tensor) and activations (per token);
-  2. equal-L2 Gaussian noise confined to the smallest- vs the largest-|w| elements, per tensor family;
-  3. clipping the largest-|x| share, vs Gaussian noise of the clipping's own per-tensor L2;
-  4. RTN quantization error vs Gaussian / magnitude-proportional noise of the same per-tensor L2;
-  5. companded (power 1/3) vs uniform grids: W4, W3 weights and 8/6-bit activations (W8A8).
+  noise_kinds       perplexity vs intensity (relative L2) per kind, on weights (per tensor) and
+                    activations (per token);
+  weight_magnitude  equal-L2 Gaussian noise confined to the smallest- vs the largest-|w| elements, per
+                    tensor family;
+  clipping          clipping the largest-|x| share, vs Gaussian noise of the clipping's own per-tensor L2;
+  rtn_vs_noise      RTN quantization error vs Gaussian / magnitude-proportional noise of the same
+                    per-tensor L2;
+  companding        companded (power 1/3) vs uniform grids: W4, W3 weights and 8/6-bit activations (W8A8).
 
 Every study scores the same fixed WikiText-2 test windows (config: `windows` x `seqlen` tokens) and
 appends one row per point to `<results_dir>/perturbation.jsonl` (a ResultStore; a re-run skips the
-points already there), then writes `<results_dir>/study<N>.md` (tables) and `study<N>.png` (plot).
+points already there), then writes `<results_dir>/<study>.md` (tables) and `<study>.png` (plot).
 Sweeps compile once per kind (`qjax.perturb.sweep`).
+
+Rows name their study: transform "<study>/<target>/<kind>/<amount>[/seed=s]" and detail `study`.
+Result files written before the studies had names (transforms "s1/..".."s5/..", `study` 1..5) stay
+readable: their points are read under the new names (`STUDY_NUMBERS`), so a re-run reuses them.
 """
 
 from __future__ import annotations
@@ -31,10 +38,11 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from cli import run  # experiments/cli.py
+from qjax.analysis.table import markdown_table
 from qjax.checkpoints import load_model
-from qjax.eval.perplexity import load_windows
+from qjax.data.corpus import load_windows
 from qjax.eval.results import ResultStore, make_row
-from qjax.models.llama import Decoder, _to_linen
+from qjax.models.llama import Decoder, linen_variables
 from qjax.ops.runtime import Runtime
 from qjax.perturb.activations import FakeQuantActivation, linear_sites, with_activation_rule
 from qjax.perturb.kinds import Clip, Confined, Gaussian, Kind, Proportional, make_kind, relative_l2
@@ -47,7 +55,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/perturbation.py", "study config")
-_STUDY = flags.DEFINE_list("study", ["1"], "studies to run, 1..5 (comma-separated)")
+_STUDY = flags.DEFINE_list("study", ["noise_kinds"], "studies to run (comma-separated): noise_kinds, "
+                           "weight_magnitude, clipping, rtn_vs_noise, companding")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "data directory (default: $QJAX_DATA_DIR)")
 
 WEIGHT_FAMILIES = {
@@ -84,16 +93,11 @@ class Context:
         out_dir = Path(cfg.results_dir)
         store = ResultStore(out_dir / "perturbation.jsonl")
         task = f"{cfg.dataset}/{cfg.split}:{cfg.windows}x{cfg.seqlen}"
-        values = {r["transform"]: r for r in store.rows()
-                  if r["model"] == cfg.model and r["task"] == task and r["metric"] == "perplexity"}
         return cls(cfg, config, params, jnp.asarray(windows), NLLEvaluator(config, cfg.window_batch),
-                   store, out_dir, task, values)
-
-    def key(self, transform: str) -> tuple:
-        return (self.cfg.model, transform, self.task, "perplexity")
+                   store, out_dir, task, stored_points(store, cfg.model, task))
 
     def has(self, transform: str) -> bool:
-        return self.store.has(self.key(transform))
+        return transform in self.values
 
     def record(self, transform: str, nll: float, seconds: float, **details) -> dict:
         row = make_row(model=self.cfg.model, transform=transform, task=self.task, metric="perplexity",
@@ -119,7 +123,28 @@ class Context:
         return float(_jit_eval(self.evaluate, params, self.windows, runtime))
 
     def baseline(self) -> float:
-        return self.measure("float", lambda: self.nll(self.params), study=0)
+        return self.measure("float", lambda: self.nll(self.params), study="float")
+
+
+# The numbers the studies had before they were named: rows of older result files are read as
+# "<name>/..." (transform) with study "<name>".
+STUDY_NUMBERS = {1: "noise_kinds", 2: "weight_magnitude", 3: "clipping", 4: "rtn_vs_noise", 5: "companding"}
+
+
+def renamed_row(row: dict) -> dict:
+    """A stored row with an old numbered study name ("s3/...", study 3) given its study's name."""
+    match = re.match(r"s([1-5])/", row["transform"])
+    if match is None:
+        return row
+    name = STUDY_NUMBERS[int(match.group(1))]
+    return {**row, "transform": name + row["transform"][match.end() - 1:], "study": name}
+
+
+def stored_points(store: ResultStore, model: str, task: str) -> dict:
+    """transform -> perplexity row of `model` on `task` already in `store` (old study numbers renamed)."""
+    rows = (renamed_row(r) for r in store.rows())
+    return {r["transform"]: r for r in rows
+            if r["model"] == model and r["task"] == task and r["metric"] == "perplexity"}
 
 
 # evaluate(params, windows) under a static runtime: one compilation per runtime, any params values
@@ -134,12 +159,12 @@ _mapped_point = jax.jit(
     static_argnums=(0, 1, 2))
 
 
-def point_name(study: int, target: str, kind: Kind, amount: float, seed: Optional[int]) -> str:
+def point_name(study: str, target: str, kind: Kind, amount: float, seed: Optional[int]) -> str:
     seed_part = "" if seed is None else f"/seed={seed}"
-    return f"s{study}/{target}/{kind.name}/{kind.amount_name}={amount:g}{seed_part}"
+    return f"{study}/{target}/{kind.name}/{kind.amount_name}={amount:g}{seed_part}"
 
 
-def run_sweep(ctx: Context, study: int, target_name: str, target, kind: Kind, amounts: Sequence[float],
+def run_sweep(ctx: Context, study: str, target_name: str, target, kind: Kind, amounts: Sequence[float],
               deterministic: bool = False, **details) -> None:
     """Sweeps the points of one kind that are not stored yet (one compilation) and records them."""
     seeds = [ctx.cfg.seeds[0]] if deterministic else list(ctx.cfg.seeds)
@@ -165,7 +190,7 @@ def mean_ppl(ctx: Context, names: Sequence[str]) -> float:
     return math.exp(np.mean([ctx.values[n]["nll"] for n in names]))
 
 
-def seed_names(ctx: Context, study: int, target: str, kind: Kind, amount: float) -> list[str]:
+def seed_names(ctx: Context, study: str, target: str, kind: Kind, amount: float) -> list[str]:
     return [point_name(study, target, kind, amount, s) for s in ctx.cfg.seeds]
 
 
@@ -173,44 +198,42 @@ def seed_names(ctx: Context, study: int, target: str, kind: Kind, amount: float)
 
 
 def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
+    """A markdown table, floats to 3 decimals."""
+    return markdown_table(header, [[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row] for row in rows])
 
 
-def write_report(ctx: Context, study: int, title: str, sections: Sequence[str], fig) -> None:
+def write_report(ctx: Context, study: str, title: str, sections: Sequence[str], fig) -> None:
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
-    png = ctx.out_dir / f"study{study}.png"
+    png = ctx.out_dir / f"{study}.png"
     fig.tight_layout()
     fig.savefig(png, dpi=120)
     plt.close(fig)
     cfg = ctx.cfg
-    text = [f"# Study {study}: {title}", "",
+    text = [f"# {study}: {title}", "",
             f"{cfg.model}, {cfg.dataset} {cfg.split}: the first {cfg.windows} windows of {cfg.seqlen} "
             f"tokens ({ctx.windows.size - ctx.windows.shape[0]} scored tokens); seeds {list(cfg.seeds)}. "
             f"Unperturbed perplexity: {ctx.ppl('float'):.3f}.", "", *sections, "", f"![plot]({png.name})",
             ""]
-    (ctx.out_dir / f"study{study}.md").write_text("\n".join(text))
-    print(f"wrote {ctx.out_dir / f'study{study}.md'} and {png}")
+    (ctx.out_dir / f"{study}.md").write_text("\n".join(text))
+    print(f"wrote {ctx.out_dir / f'{study}.md'} and {png}")
 
 
 # --------------------------------------------------------------------------------------- studies
 
 
-def study1(ctx: Context) -> None:
-    cfg = ctx.cfg
-    targets = (("weights", WeightTarget(), cfg.s1_weight_intensities, "tensor"),
-               ("activations", ActivationTarget(), cfg.s1_activation_intensities, "row"))
+def noise_kinds(ctx: Context) -> None:
+    cfg = ctx.cfg.noise_kinds
+    targets = (("weights", WeightTarget(), cfg.weight_intensities, "tensor"),
+               ("activations", ActivationTarget(), cfg.activation_intensities, "row"))
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     sections = []
     for ax, (tname, target, intensities, granularity) in zip(axes, targets):
-        kinds = [make_kind(k, granularity=granularity) for k in cfg.s1_kinds]
+        kinds = [make_kind(k, granularity=granularity) for k in cfg.kinds]
         for kind in kinds:
-            run_sweep(ctx, 1, tname, target, kind, intensities)
+            run_sweep(ctx, "noise_kinds", tname, target, kind, intensities)
         rows = []
         for kind in kinds:
-            ppls = [mean_ppl(ctx, seed_names(ctx, 1, tname, kind, a)) for a in intensities]
+            ppls = [mean_ppl(ctx, seed_names(ctx, "noise_kinds", tname, kind, a)) for a in intensities]
             rows.append([kind.name] + ppls)
             ax.plot(intensities, ppls, marker="o", label=kind.name)
         ax.axhline(ctx.ppl("float"), color="k", lw=0.8, ls=":", label="float")
@@ -219,27 +242,27 @@ def study1(ctx: Context) -> None:
         ax.legend(fontsize=8)
         sections += [f"## {tname} (intensity per {'tensor' if granularity == 'tensor' else 'token'})", "",
                      md_table(["kind"] + [f"{a:g}" for a in intensities], rows), ""]
-    write_report(ctx, 1, "perplexity vs intensity per kind", sections, fig)
+    write_report(ctx, "noise_kinds", "perplexity vs intensity per kind", sections, fig)
 
 
-def study2(ctx: Context) -> None:
-    cfg = ctx.cfg
-    fams = list(cfg.s2_families)
+def weight_magnitude(ctx: Context) -> None:
+    cfg = ctx.cfg.weight_magnitude
+    fams = list(cfg.families)
     fig, axes = plt.subplots(1, len(fams), figsize=(4 * len(fams), 4), squeeze=False)
     rows = []
     for ax, fam in zip(axes[0], fams):
         target = WeightTarget(WEIGHT_FAMILIES[fam])
-        for share in cfg.s2_shares:
+        for share in cfg.shares:
             for largest in (False, True):
                 kind = Confined(share=share, largest=largest)
-                run_sweep(ctx, 2, f"weights[{fam}]", target, kind, cfg.s2_intensities, family=fam)
-            ppl = {largest: [mean_ppl(ctx, seed_names(ctx, 2, f"weights[{fam}]",
+                run_sweep(ctx, "weight_magnitude", f"weights[{fam}]", target, kind, cfg.intensities, family=fam)
+            ppl = {largest: [mean_ppl(ctx, seed_names(ctx, "weight_magnitude", f"weights[{fam}]",
                                                       Confined(share=share, largest=largest), a))
-                             for a in cfg.s2_intensities] for largest in (False, True)}
+                             for a in cfg.intensities] for largest in (False, True)}
             for largest, style in ((False, "-"), (True, "--")):
-                ax.plot(cfg.s2_intensities, ppl[largest], ls=style, marker="o",
+                ax.plot(cfg.intensities, ppl[largest], ls=style, marker="o",
                         label=f"{'largest' if largest else 'smallest'} {share:g}")
-            for a, small, large in zip(cfg.s2_intensities, ppl[False], ppl[True]):
+            for a, small, large in zip(cfg.intensities, ppl[False], ppl[True]):
                 rows.append([fam, f"{share:g}", f"{a:g}", small, large, "small" if small > large else "large"])
         ax.axhline(ctx.ppl("float"), color="k", lw=0.8, ls=":")
         ax.set(xscale="log", yscale="log", xlabel="relative L2 per tensor", ylabel="perplexity",
@@ -249,7 +272,7 @@ def study2(ctx: Context) -> None:
                 "each tensor of the family (all layers), rescaled so ||δ|| / ||W|| equals the intensity.", "",
                 md_table(["family", "share", "intensity", "ppl (smallest |w|)", "ppl (largest |w|)",
                           "hurts more"], rows)]
-    write_report(ctx, 2, "equal-L2 noise on small vs large weights", sections, fig)
+    write_report(ctx, "weight_magnitude", "equal-L2 noise on small vs large weights", sections, fig)
 
 
 def _clip_l2(ctx: Context, share: float) -> tuple[dict, float]:
@@ -266,27 +289,27 @@ def _clip_l2(ctx: Context, share: float) -> tuple[dict, float]:
     return per, math.sqrt(num / den)
 
 
-def study3(ctx: Context) -> None:
-    cfg = ctx.cfg
-    shares = list(cfg.s3_shares)
-    run_sweep(ctx, 3, "weights", WeightTarget(), Clip(), shares, deterministic=True)
-    run_sweep(ctx, 3, "activations", ActivationTarget(), Clip(granularity="row"), shares,
+def clipping(ctx: Context) -> None:
+    shares = list(ctx.cfg.clipping.shares)
+    run_sweep(ctx, "clipping", "weights", WeightTarget(), Clip(), shares, deterministic=True)
+    run_sweep(ctx, "clipping", "activations", ActivationTarget(), Clip(granularity="row"), shares,
               deterministic=True)
     rows = []
     for share in shares:
         per, total = _clip_l2(ctx, share)
         names = []
-        for seed in cfg.seeds:
-            name = f"s3/weights/gaussian-at-clip-l2/share={share:g}/seed={seed}"
+        for seed in ctx.cfg.seeds:
+            name = f"clipping/weights/gaussian-at-clip-l2/share={share:g}/seed={seed}"
             amounts = {p: jnp.float32(v) for p, v in per.items()}
             ctx.measure(name, lambda: _mapped_point(ctx.evaluate, Gaussian(), DEFAULT_WEIGHT_PATTERN,
                                                     ctx.params, ctx.windows, amounts,
                                                     jax.random.key(seed)),
-                        study=3, target="weights", kind="gaussian", share=share, clip_l2=total, seed=seed)
+                        study="clipping", target="weights", kind="gaussian", share=share, clip_l2=total,
+                        seed=seed)
             names.append(name)
-        rows.append([f"{share:g}", total, ctx.ppl(point_name(3, "weights", Clip(), share, None)),
+        rows.append([f"{share:g}", total, ctx.ppl(point_name("clipping", "weights", Clip(), share, None)),
                      mean_ppl(ctx, names),
-                     ctx.ppl(point_name(3, "activations", Clip(granularity="row"), share, None))])
+                     ctx.ppl(point_name("clipping", "activations", Clip(granularity="row"), share, None))])
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     ax.plot(shares, [r[2] for r in rows], marker="o", label="weights: clip (per tensor)")
     ax.plot(shares, [r[3] for r in rows], marker="s", ls="--", label="weights: Gaussian, same L2 per tensor")
@@ -297,7 +320,7 @@ def study3(ctx: Context) -> None:
     ax.legend(fontsize=8)
     sections = [md_table(["share", "weights: clip rel. L2 (global)", "weights: clip ppl",
                           "weights: Gaussian same-L2 ppl", "activations: clip ppl"], rows)]
-    write_report(ctx, 3, "clipping the largest values", sections, fig)
+    write_report(ctx, "clipping", "clipping the largest values", sections, fig)
 
 
 def _global_rel(errs: dict, params_flat: dict) -> float:
@@ -306,25 +329,25 @@ def _global_rel(errs: dict, params_flat: dict) -> float:
     return math.sqrt(num / den)
 
 
-def study4(ctx: Context) -> None:
-    cfg = ctx.cfg
+def rtn_vs_noise(ctx: Context) -> None:
+    cfg = ctx.cfg.rtn_vs_noise
     flat = flatten_params(ctx.params)
     rows = []
-    for bits in cfg.s4_bits:
-        rt = GridRoundTrip(WeightQuantSpec(bits, cfg.s4_group_size))
+    for bits in cfg.bits:
+        rt = GridRoundTrip(WeightQuantSpec(bits, cfg.group_size))
         errs = quantization_error(ctx.params, DEFAULT_WEIGHT_PATTERN, rt)
         total = _global_rel(errs, flat)
-        rtn = ctx.measure(f"s4/weights/rtn[{rt.name}]",
+        rtn = ctx.measure(f"rtn_vs_noise/weights/rtn[{rt.name}]",
                           lambda: ctx.nll(quantize_params(ctx.params, DEFAULT_WEIGHT_PATTERN, rt)),
-                          study=4, bits=bits, rel_l2=total)
+                          study="rtn_vs_noise", bits=bits, rel_l2=total)
         row = [rt.name, total, rtn]
         for kind in (Gaussian(), Proportional()):
             names = []
-            for seed in cfg.seeds:
-                name = f"s4/weights/{kind.name}-at-rtn-l2[{rt.name}]/seed={seed}"
+            for seed in ctx.cfg.seeds:
+                name = f"rtn_vs_noise/weights/{kind.name}-at-rtn-l2[{rt.name}]/seed={seed}"
                 ctx.measure(name, lambda: _mapped_point(ctx.evaluate, kind, DEFAULT_WEIGHT_PATTERN, ctx.params,
                                                         ctx.windows, errs, jax.random.key(seed)),
-                            study=4, bits=bits, kind=kind.name, rel_l2=total, seed=seed)
+                            study="rtn_vs_noise", bits=bits, kind=kind.name, rel_l2=total, seed=seed)
                 names.append(name)
             row.append(mean_ppl(ctx, names))
         rows.append(row)
@@ -339,7 +362,7 @@ def study4(ctx: Context) -> None:
     sections = ["Each tensor's artificial noise has exactly the relative L2 of its own RTN error.", "",
                 md_table(["quantizer", "RTN rel. L2 (global)", "RTN ppl", "Gaussian same-L2 ppl",
                           "proportional same-L2 ppl"], rows)]
-    write_report(ctx, 4, "RTN error vs artificial noise of the same L2", sections, fig)
+    write_report(ctx, "rtn_vs_noise", "RTN error vs artificial noise of the same L2", sections, fig)
 
 
 def _split_error(params: dict, rt: GridRoundTrip) -> tuple[float, float, float]:
@@ -358,7 +381,7 @@ def _split_error(params: dict, rt: GridRoundTrip) -> tuple[float, float, float]:
 
 def _activation_error(ctx: Context, quantizer: FakeQuantActivation) -> tuple[float, float, float]:
     """Global relative L2 of fake-quantizing every linear input of the first window (same split)."""
-    _, inter = Decoder(ctx.config).apply(_to_linen(ctx.params), ctx.windows[:1], mutable=["intermediates"])
+    _, inter = Decoder(ctx.config).apply(linen_variables(ctx.params), ctx.windows[:1], mutable=["intermediates"])
     acc = np.zeros((3, 2))
     for site in linear_sites(ctx.config):
         node = inter["intermediates"]
@@ -372,34 +395,34 @@ def _activation_error(ctx: Context, quantizer: FakeQuantActivation) -> tuple[flo
     return tuple(float(math.sqrt(n / d)) for n, d in acc)
 
 
-def study5(ctx: Context) -> None:
-    cfg = ctx.cfg
+def companding(ctx: Context) -> None:
+    cfg = ctx.cfg.companding
     rows = []
-    for bits in cfg.s5_bits:
-        for spec in (WeightQuantSpec(bits, cfg.s5_group_size),
-                     WeightQuantSpec(bits, cfg.s5_group_size, symmetric=True),
-                     WeightQuantSpec(bits, cfg.s5_group_size, symmetric=True, grid="companded",
-                                     companding_power=cfg.s5_power)):
+    for bits in cfg.bits:
+        for spec in (WeightQuantSpec(bits, cfg.group_size),
+                     WeightQuantSpec(bits, cfg.group_size, symmetric=True),
+                     WeightQuantSpec(bits, cfg.group_size, symmetric=True, grid="companded",
+                                     companding_power=cfg.power)):
             rt = GridRoundTrip(spec)
             err = _split_error(ctx.params, rt)
-            ppl = ctx.measure(f"s5/weights/{rt.name}",
+            ppl = ctx.measure(f"companding/weights/{rt.name}",
                               lambda: ctx.nll(quantize_params(ctx.params, DEFAULT_WEIGHT_PATTERN, rt)),
-                              study=5, rel_l2=err[0], rel_l2_small=err[1], rel_l2_large=err[2])
+                              study="companding", rel_l2=err[0], rel_l2_small=err[1], rel_l2_large=err[2])
             rows.append([f"W{bits}A16", rt.name, *err, ppl])
-    for abits in cfg.s5_act_bits:
-        for power in (1.0, cfg.s5_power):
+    for abits in cfg.act_bits:
+        for power in (1.0, cfg.power):
             aq = FakeQuantActivation(abits, power)
             err = _activation_error(ctx, aq)
             runtime = with_activation_rule(Runtime(), ".*", aq, ctx.config)
-            ppl = ctx.measure(f"s5/activations/{aq.name}", lambda: ctx.nll(ctx.params, runtime), study=5,
-                              rel_l2=err[0], rel_l2_small=err[1], rel_l2_large=err[2])
+            ppl = ctx.measure(f"companding/activations/{aq.name}", lambda: ctx.nll(ctx.params, runtime),
+                              study="companding", rel_l2=err[0], rel_l2_small=err[1], rel_l2_large=err[2])
             rows.append([f"W16A{abits}", aq.name + " (per token)", *err, ppl])
             grid = "uniform" if power == 1.0 else "companded"
-            rt = GridRoundTrip(WeightQuantSpec(8, None, symmetric=True, grid=grid, companding_power=cfg.s5_power))
+            rt = GridRoundTrip(WeightQuantSpec(8, None, symmetric=True, grid=grid, companding_power=cfg.power))
             werr = _split_error(ctx.params, rt)
-            ppl = ctx.measure(f"s5/w8a{abits}/{rt.name}+{aq.name}",
+            ppl = ctx.measure(f"companding/w8a{abits}/{rt.name}+{aq.name}",
                               lambda: ctx.nll(quantize_params(ctx.params, DEFAULT_WEIGHT_PATTERN, rt), runtime),
-                              study=5, weight_rel_l2=werr[0], act_rel_l2=err[0])
+                              study="companding", weight_rel_l2=werr[0], act_rel_l2=err[0])
             rows.append([f"W8A{abits}", f"{rt.name} + {aq.name}", *werr, ppl])
     fig, ax = plt.subplots(figsize=(9, 4.5))
     labels = [f"{r[0]}\n{r[1]}" for r in rows]
@@ -415,15 +438,15 @@ def study5(ctx: Context) -> None:
                 "(activations). W8A* rows report the weight error.", "",
                 md_table(["setting", "quantizer", "rel. L2", "rel. L2 (small half)", "rel. L2 (large half)",
                           "ppl"], rows)]
-    write_report(ctx, 5, "companded vs uniform quantization", sections, fig)
+    write_report(ctx, "companding", "companded vs uniform quantization", sections, fig)
 
 
-STUDIES = {1: study1, 2: study2, 3: study3, 4: study4, 5: study5}
+STUDIES = {f.__name__: f for f in (noise_kinds, weight_magnitude, clipping, rtn_vs_noise, companding)}
 
 
 def main(argv):
     del argv
-    studies = [int(s) for s in _STUDY.value]
+    studies = list(_STUDY.value)
     unknown = [s for s in studies if s not in STUDIES]
     if unknown:
         raise app.UsageError(f"unknown study {unknown}; choose from {sorted(STUDIES)}")

@@ -17,10 +17,10 @@ from ml_collections import config_flags
 
 from cli import run  # experiments/cli.py
 from qjax.checkpoints import load_model
-from qjax.eval.perplexity import load_windows, perplexity_of_windows
+from qjax.data.corpus import CalibrationData, calibration_tokens, load_windows
 from qjax.data.provenance import corpus_sources, describe
+from qjax.eval.perplexity import perplexity_of_windows
 from qjax.eval.results import ResultStore, make_row, run_id
-from qjax.quant.act_stats import calibration_windows
 from qjax.quant.activations import QuantSetting, apply_setting, parse_setting
 from qjax.quant.kv import bytes_per_token, perplexity_through_cache
 from qjax.quant.storage import params_nbytes
@@ -62,8 +62,9 @@ def main(argv):
             print(f"{setting.name:<12} (in the store)", flush=True)
             continue
         if (setting.smoothquant or setting.astatic) and calibration is None:
-            calib = calibration_windows(tokenizer, split=cfg.calib_split, num=cfg.calib_windows,
-                                        seqlen=cfg.calib_seqlen, seed=cfg.calib_seed, data_dir=_DATA_DIR.value)
+            calib = calibration_tokens(tokenizer, CalibrationData(split=cfg.calib_split, num_windows=cfg.calib_windows,
+                                                                  seqlen=cfg.calib_seqlen, seed=cfg.calib_seed),
+                                       _DATA_DIR.value)
             calibration = [calib[i:i + 4] for i in range(0, len(calib), 4)]
         qparams, runtime, state = apply_setting(params, config, setting, calibration=calibration,
                                                 compute_dtype=cfg.compute_dtype)

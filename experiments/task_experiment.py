@@ -1,13 +1,20 @@
-"""The driver of the task experiments (`experiments/knowledge.py`, `experiments/alignment.py`).
+"""The task experiment: registered tasks (`qjax.data.tasks`) on one model, rows into a results store.
+
+One script, one config per study:
+  python experiments/task_experiment.py --config=configs/knowledge.py[:quick|full]  # MMLU, ARC, PIQA, ...
+  python experiments/task_experiment.py --config=configs/alignment.py[:quick|full]  # TruthfulQA, BBQ
+  python experiments/task_experiment.py --config=configs/knowledge.py --tasks=mmlu,arc_easy --limit=50 \
+      --quant_config=results/ckpt/rtn_w4
 
 `run_experiment(cfg)` loads the model (float, or a saved quantized checkpoint) and runs the config's
-tasks into its results store. It lives with the scripts (imported by them as a sibling module), not
-in `qjax.eval`, because loading checkpoints is an experiment's job: the task core stays free of it.
+tasks into its results store, one row per (task, metric) (per MMLU subject and BBQ category too);
+tasks whose rows of the same run id (options, checkpoint, data) are in the results file are skipped. It lives with the scripts, not in `qjax.eval`,
+because loading checkpoints is an experiment's job: the task core stays free of it.
 
-`define_task_flags(default_config)` defines --config (an ml_collections config file, fields
-overridable as --config.field=value) and the shortcuts --model, --tasks, --limit, --num_fewshot,
---results, --quant_config and --data_dir; call it once, at import time of the script. The returned
-`TaskFlags.config()` is the config with every shortcut that was given applied.
+Flags: --config (an ml_collections config file, fields overridable as --config.field=value; default
+configs/knowledge.py) and the shortcuts --model, --tasks, --limit, --num_fewshot, --results,
+--quant_config and --data_dir (`define_task_flags`; `TaskFlags.config()` is the config with every
+shortcut that was given applied).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from typing import Any, Callable, Optional
 from absl import flags
 from ml_collections import config_flags
 
+from cli import run  # experiments/cli.py
 from qjax.ops.runtime import Runtime
 
 
@@ -64,7 +72,7 @@ def define_task_flags(default_config: str) -> TaskFlags:
 
 
 def run_experiment(cfg, data_dir: Optional[str] = None, log: Callable[[str], None] = print) -> int:
-    """The knowledge / alignment experiments: load `cfg.model` (float, or the quantized checkpoint at
+    """The task experiment: load `cfg.model` (float, or the quantized checkpoint at
     `cfg.quant_config` restored with `qjax.quant.storage` and checked against the model's shapes),
     run `cfg.tasks` into `cfg.results`, skipping tasks whose rows of the same run id are there.
 
@@ -104,3 +112,15 @@ def run_experiment(cfg, data_dir: Optional[str] = None, log: Callable[[str], Non
         data_dir=data_dir, batch_size=cfg.batch_size, progress=True)
     log(f"{appended} rows appended to {cfg.results}")
     return appended
+
+
+FLAGS = define_task_flags("configs/knowledge.py")
+
+
+def main(argv):
+    del argv
+    run_experiment(FLAGS.config(), data_dir=FLAGS.data_dir)
+
+
+if __name__ == "__main__":
+    run(main)

@@ -19,8 +19,8 @@ def _gguf_fingerprint(path: Path) -> str:
 def tokenizer_from_gguf(path: str | Path):
     """The GGUF's tokenizer as a transformers fast tokenizer.
 
-    The first call converts the GGUF vocabulary (several seconds) and saves `tokenizer.json` under
-    `cache_root()/tokenizers/<fingerprint>`; later calls load that file (well under 2 s).
+    The first call converts the GGUF vocabulary (slow) and saves `tokenizer.json` under
+    `cache_root()/tokenizers/<fingerprint>`; later calls load that file instead.
     """
     from transformers import AutoTokenizer
 

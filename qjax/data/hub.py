@@ -34,11 +34,13 @@ def split_files(folder: Path, split: str, pattern: Optional[str] = None) -> list
 
 def hub_rows(repo: str, config: Optional[str], split: str,
              data_dir_override: Optional[str | os.PathLike] = None, *, local_dir: Optional[str] = None,
-             local_pattern: Optional[str] = None, required: Sequence[str] = ()) -> list[dict]:
+             local_pattern: Optional[str] = None, required: Sequence[str] = (),
+             data_files: Optional[dict] = None) -> list[dict]:
     """The rows of a hub split (see the module docstring); each must hold the `required` fields.
 
     local_pattern: the glob under `local_dir` naming the split's files when the hub layout does not
     start file names with the split (FLORES+: "devtest/fra_Latn.*"); default "<split>*".
+    data_files: passed to `datasets.load_dataset` (one shard of a large dataset, e.g. C4's).
     """
     root = _data_root(data_dir_override)
     rows, where = None, None
@@ -54,7 +56,7 @@ def hub_rows(repo: str, config: Optional[str], split: str,
                 raise DataError(f"{folder}: no file for split {split!r} (expected {expected})")
             rows, where = [r for f in files for r in read_records(f)], str(folder)
     if rows is None:
-        rows, where = _load_from_hub(repo, config, split, local_dir), repo
+        rows, where = _load_from_hub(repo, config, split, local_dir, data_files), repo
     if not rows:
         raise DataError(f"{where}: split {split!r} is empty")
     for i, row in enumerate(rows):
@@ -62,11 +64,13 @@ def hub_rows(repo: str, config: Optional[str], split: str,
     return rows
 
 
-def _load_from_hub(repo: str, config: Optional[str], split: str, local_dir: Optional[str]) -> list[dict]:
+def _load_from_hub(repo: str, config: Optional[str], split: str, local_dir: Optional[str],
+                   data_files: Optional[dict]) -> list[dict]:
     try:
         from datasets import load_dataset
 
-        data = load_dataset(repo, config, split=split)
+        extra = {} if data_files is None else {"data_files": data_files}
+        data = load_dataset(repo, config, split=split, **extra)
         rows = [dict(row) for row in data]
     except Exception as e:  # the hub, the cache or the split: name the dataset either way
         name = f"{repo}" + (f"/{config}" if config else "") + f" split {split!r}"

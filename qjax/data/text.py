@@ -4,7 +4,8 @@
   files) when a data directory is available, else `wikitext-2-raw-v1` from the hub; lines (without
   their line breaks) joined by "\\n\\n", as GPTQ's `"\\n\\n".join(data["text"])`.
 - ptb: local `ptb/ptb.{test,valid}.txt` or `ptb_text_only` from the hub; sentences joined by " ".
-- c4: hub only (`allenai/c4`, en validation shard 0, as GPTQ); documents joined by " ".
+- c4: the hub (`allenai/c4`, en validation shard 0, as GPTQ; a local mirror as `qjax.data.hub`
+  describes is used if present); the first 1100 documents joined by " ".
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from __future__ import annotations
 import os
 from typing import Optional
 
+from qjax.data.hub import hub_rows
 from qjax.data.paths import DataError, data_dir
-from qjax.data.provenance import hub_revision, record_file, record_hub
+from qjax.data.provenance import record_file
 
 DATASETS = ("wikitext2", "ptb", "c4")
 _SPLITS = {"test": "test", "validation": "valid", "valid": "valid", "train": "train"}
@@ -40,7 +42,7 @@ def load_text(dataset: str, split: str = "test", data_dir_override: Optional[str
     if split not in _SPLITS:
         raise DataError(f"unknown split {split!r} for {dataset}; known: {sorted(_SPLITS)}")
     if dataset == "c4":
-        return _hub_c4(split)
+        return _hub_c4(split, data_dir_override)
     if _hub_available(data_dir_override):
         return _hub_text(dataset, split)
     root = data_dir(data_dir_override)
@@ -50,33 +52,16 @@ def load_text(dataset: str, split: str = "test", data_dir_override: Optional[str
     return " ".join(_local_lines(f"ptb/ptb.{name}.txt", root))
 
 
-def _hub_dataset(repo: str, config: Optional[str], split: str, **kwargs):
-    """`datasets.load_dataset`, its revision reported to `qjax.data.provenance`; offline or missing,
-    a DataError that says how to use the local files instead."""
-    try:
-        from datasets import load_dataset
-
-        data = load_dataset(repo, config, split=split, **kwargs)
-    except Exception as e:  # the hub, the cache or the split
-        raise DataError(f"{repo}{'/' + config if config else ''} ({split}) could not be loaded from the hub "
-                        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); to use the local "
-                        f"files instead, set QJAX_DATA_DIR (or pass --data_dir) to the data directory") from e
-    record_hub(repo, config, split, hub_revision(data))
-    return data
-
-
 def _hub_text(dataset: str, split: str) -> str:
     hub_split = "validation" if split in ("valid", "validation") else split
     if dataset == "wikitext2":
-        data = _hub_dataset("wikitext", "wikitext-2-raw-v1", hub_split)
-        return "\n\n".join(data["text"])
-    data = _hub_dataset("ptb_text_only", "penn_treebank", hub_split)
-    return " ".join(data["sentence"])
+        return "\n\n".join(r["text"] for r in hub_rows("wikitext", "wikitext-2-raw-v1", hub_split))
+    return " ".join(r["sentence"] for r in hub_rows("ptb_text_only", "penn_treebank", hub_split))
 
 
-def _hub_c4(split: str) -> str:
+def _hub_c4(split: str, data_dir_override: Optional[str]) -> str:
     if split not in ("validation", "valid"):
         raise DataError("c4 is evaluated on its validation shard only (split='validation')")
-    data = _hub_dataset("allenai/c4", None, "validation",
-                        data_files={"validation": "en/c4-validation.00000-of-00008.json.gz"})
-    return " ".join(data[:1100]["text"])
+    rows = hub_rows("allenai/c4", None, "validation", data_dir_override,
+                    data_files={"validation": "en/c4-validation.00000-of-00008.json.gz"}, required=("text",))
+    return " ".join(r["text"] for r in rows[:1100])

@@ -54,17 +54,18 @@ def evaluate(params, config: ModelConfig, tokenizer, task: str, lengths: Sequenc
             for length in lengths for depth in depths]
 
 
-def accuracy_table(rows: list[dict], configs: Sequence[str]) -> str:
-    """Markdown: accuracy by length (rows) for each configuration (columns), averaged over depths.
+def accuracy_grid(rows: list[dict], configs: Sequence[str]) -> tuple[list[str], list[list[str]]]:
+    """(header, body) of the accuracy by length (rows) for each configuration (columns), averaged
+    over depths weighted by samples ("-" where a configuration has no cell of that length); render
+    with `qjax.analysis.table.markdown_table`.
 
     rows: dicts with keys config, length, accuracy, samples (one per cell)."""
-    lengths = sorted({r["length"] for r in rows})
-    lines = ["| length | " + " | ".join(configs) + " |", "|---:|" + "---:|" * len(configs)]
-    for length in lengths:
-        cells = []
+    body = []
+    for length in sorted({r["length"] for r in rows}):
+        cells = [str(length)]
         for name in configs:
             hits = [r for r in rows if r["config"] == name and r["length"] == length]
             total = sum(r["samples"] for r in hits)
             cells.append("-" if not total else f"{sum(r['accuracy'] * r['samples'] for r in hits) / total:.2f}")
-        lines.append(f"| {length} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        body.append(cells)
+    return ["length", *configs], body

@@ -1,7 +1,7 @@
 """Perplexity by the GPTQ protocol.
 
 The split is joined into one string (`qjax.data.text.load_text`), tokenized once, cut into
-non-overlapping windows of `seqlen` tokens (the ragged tail is dropped), and
+non-overlapping windows of `seqlen` tokens (the ragged tail is dropped; `qjax.data.corpus.load_windows`), and
 perplexity = exp(mean NLL over every predicted token), i.e. seqlen - 1 predictions per window
 (the first token of each window has no context, as in GPTQ's `shift_logits`/`shift_labels`).
 """
@@ -17,44 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from qjax.data.text import load_text
+from qjax.data.corpus import load_windows
 from qjax.models.config import ModelConfig
-from qjax.models.llama import forward
+from qjax.models.nll import window_nll
 from qjax.ops.runtime import Runtime
-
-
-def tokenize_corpus(tokenizer, text: str) -> np.ndarray:
-    """(N,) int32 token ids of the whole text, without special tokens added."""
-    ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
-    return np.asarray(ids, np.int32)
-
-
-def token_windows(ids: np.ndarray, seqlen: int, max_windows: Optional[int] = None) -> np.ndarray:
-    """(num_windows, seqlen) non-overlapping windows from the start of `ids`; the tail is dropped."""
-    if seqlen < 2:
-        raise ValueError(f"seqlen must be at least 2, got {seqlen}")
-    n = len(ids) // seqlen
-    if n == 0:
-        raise ValueError(f"the corpus has {len(ids)} tokens, fewer than one window of {seqlen}")
-    if max_windows is not None:
-        n = min(n, max_windows)
-    return ids[: n * seqlen].reshape(n, seqlen)
-
-
-def load_windows(tokenizer, dataset: str = "wikitext2", split: str = "test", seqlen: int = 2048,
-                 max_windows: Optional[int] = None, data_dir: Optional[str] = None) -> np.ndarray:
-    """Token windows of a named corpus (see `token_windows`)."""
-    return token_windows(tokenize_corpus(tokenizer, load_text(dataset, split, data_dir)), seqlen,
-                         max_windows)
-
-
-def window_nll(params, windows: jax.Array, config: ModelConfig, runtime: Runtime = Runtime(),
-               runtime_state: Any = None) -> jax.Array:
-    """Summed next-token NLL of each window: (batch, seqlen) -> (batch,) float32. Traceable."""
-    logits, _ = forward(params, windows, config, runtime, runtime_state=runtime_state)
-    logp = jax.nn.log_softmax(logits[:, :-1], axis=-1)
-    target = jnp.take_along_axis(logp, windows[:, 1:, None], axis=-1)[..., 0]
-    return -jnp.sum(target, axis=-1)
 
 
 _window_nll_jit = jax.jit(window_nll, static_argnames=("config", "runtime"))

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from qjax.models import kv_cache as kv_cache_lib
-from qjax.models.attention import blocked_attention, causal_attention, grouped_attention
+from qjax.ops.attention import blocked_attention, causal_attention, grouped_attention
 from qjax.models.config import ModelConfig
 from qjax.models.rope import apply_rope, inverse_frequencies
 from qjax.ops import Runtime, linear, linear_many, runs_natively, tied_logits
@@ -252,8 +252,9 @@ class Decoder(nn.Module):
 
 
 
-def _to_linen(params: dict) -> dict:
-    """qjax params -> linen variables: the embedding is a direct param of the Decoder."""
+def linen_variables(params: dict) -> dict:
+    """qjax params -> the variables of `Decoder.apply` ({"params": ...}; the embedding is a direct param of
+    the Decoder), for callers that apply the module themselves (e.g. to read sown intermediates)."""
     linen = {k: v for k, v in params.items() if k != "embed"}
     linen["embed"] = params["embed"]["embedding"]
     return {"params": linen}
@@ -299,7 +300,7 @@ def forward(params: dict, tokens: jax.Array, config: ModelConfig, runtime: Runti
     `stack_cache` cache. One compilation per (shapes, config, runtime).
     """
     decoder = Decoder(config, runtime, scan_layers="layers" in params)
-    return decoder.apply(_to_linen(params), tokens, positions, attention_mask, cache, runtime_state, pair_mask,
+    return decoder.apply(linen_variables(params), tokens, positions, attention_mask, cache, runtime_state, pair_mask,
                          logits_at)
 
 

@@ -2,8 +2,8 @@
 
 XLA:CPU emits no fused attention, so the cache-free causal attention of prefill and scoring passes
 has a hand-written kernel here (`attention_cpu.cc`). Many-row float32 products (prefill) go to a
-BLAS sgemm (`gemm_cpu.cc`; the library is picked by `blas`), faster than XLA's dots on the model's
-shapes. Decoding's few-row products stream each weight once at about the read bandwidth
+BLAS sgemm (`gemm_cpu.cc`; the library is picked by `blas`; benchmarks/prefill_speed.py with
+QJAX_BLAS=none runs XLA's dots instead, for comparison). Decoding's few-row products stream each weight once at about the read bandwidth
 (`matvec_cpu.cc`), and 8- and 4-bit uniformly quantized kernels are read as packed codes
 (`qmatvec_cpu.cc`) where XLA would first form the float weight. The library is compiled on first
 use (see `build`); when that is impossible (no compiler) or disabled with QJAX_NATIVE=0,

@@ -4,9 +4,8 @@ cblas_sgemm (LP64, set to run single-threaded: the kernels share their tasks ove
 QJAX_BLAS picks the library: `mkl` (Intel MKL, from the `mkl` wheel, through libmkl_rt with the
 sequential threading layer), `openblas` (the `scipy-openblas32` wheel, set to one thread) or `none`
 (no BLAS: many-row products stay on XLA's dots). Unset, the first of mkl and openblas that is
-installed is used. On SmolLM2's shapes (2048 rows), on a 2-core AVX-512 Xeon, MKL's sgemm ran at
-326-352 GFLOP/s and OpenBLAS's at 296-319, each single-threaded on two threads (a C++ harness, the
-same minute), and through the kernels MKL's at 321-327 against 256-303 for XLA's dots.
+installed is used (benchmarks/prefill_speed.py names the BLAS in use; run it under each QJAX_BLAS
+value to compare them with XLA's dots).
 
 MKL's layers can be set only before its first call in the process: if something else already
 initialised libmkl_rt with a threaded layer, products stay correct but may oversubscribe the cores.

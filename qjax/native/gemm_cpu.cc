@@ -1,9 +1,8 @@
 // Many-row float32 products (prefill, scoring, calibration) as XLA FFI handlers for the CPU
 // backend, computed by a BLAS library's cblas_sgemm, which `qjax.native.blas` loads and hands over
 // (qjax_native_set_sgemm) before the handlers are registered: Intel MKL when installed, else the
-// OpenBLAS of the `scipy-openblas32` wheel. On SmolLM2's shapes (2048 rows), on a 2-core AVX-512
-// Xeon with a 473 GFLOP/s FMA peak, XLA:CPU's dots ran at 256-303 GFLOP/s and MKL's sgemm through
-// these handlers at 321-327; matmuls are most of a 2048-token forward.
+// OpenBLAS of the `scipy-openblas32` wheel. Matmuls are most of a long prefill; to compare these
+// handlers with XLA:CPU's dots, run benchmarks/prefill_speed.py with QJAX_BLAS=mkl|openblas|none.
 //
 //   qjax_gemm     x (M, K), w_1 (K, N_1), ..., w_n (K, N_n) -> y_i = x @ w_i (M, N_i)
 //                 w_i: linear kernels (in, out) reading the same input (q/k/v, gate/up), each

@@ -25,8 +25,8 @@ struct Job {
 
 // Hand-off between consecutive calls: a pool worker that finished its share stays awake for
 // kSpinMicros, watching `pending`, before it returns to the pool. Decoding calls the kernels back to
-// back (one per weight matrix, ~0.1 ms each); waking a sleeping pool thread for each would cost a
-// good part of that. A posted job is owned through the heap shared_ptr in `pending`: whoever takes
+// back (one short call per weight matrix); waking a sleeping pool thread for each would cost a
+// good part of a call. A posted job is owned through the heap shared_ptr in `pending`: whoever takes
 // it out of `pending` (a spinning worker, or its poster taking it back) deletes that reference.
 inline constexpr int64_t kSpinMicros = 200;
 inline std::atomic<std::shared_ptr<Job>*> pending{nullptr};

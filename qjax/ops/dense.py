@@ -13,6 +13,7 @@ from typing import Callable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
+from qjax import native
 from qjax.native import gemm as native_gemm
 from qjax.native import matvec as native_matvec
 
@@ -63,3 +64,9 @@ def tied_logits(x: jax.Array, embedding: jax.Array) -> jax.Array:
 
 def _einsum_logits(x, embedding):
     return jnp.einsum("...d,vd->...v", x, embedding, preferred_element_type=jnp.float32)
+
+
+def cpu_kernels() -> dict:
+    """What computes float products on CPU: {"native": whether qjax's C++ kernels are built and
+    loaded, "blas": the BLAS behind the many-row products ("mkl", "openblas") or None (XLA's dots)}."""
+    return {"native": native.available(), "blas": native.blas_name()}

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from qjax.eval.perplexity import window_nll
+from qjax.models.nll import window_nll
 from qjax.models.config import ModelConfig
 from qjax.ops.runtime import Runtime
 from qjax.perturb.activations import PerturbActivation, matching_sites, perturb_state

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from qjax.models.config import ModelConfig
-from qjax.models.llama import Decoder, _to_linen
+from qjax.models.llama import Decoder, linen_variables
 from qjax.ops.runtime import Runtime
 
 OUTLIER_THRESHOLD = 6.0
@@ -66,22 +66,6 @@ class SiteStats:
         return self.outliers / self.count
 
 
-def calibration_windows(tokenizer, *, dataset: str = "wikitext2", split: str = "valid", num: int = 32,
-                        seqlen: int = 512, seed: int = 0, data_dir: Optional[str] = None) -> np.ndarray:
-    """(num, seqlen) int32 windows starting at random offsets (numpy seed) of a corpus split.
-
-    Default: WikiText-2 *valid*, so calibration never sees the test split that perplexity scores.
-    """
-    from qjax.data.text import load_text
-    from qjax.eval.perplexity import tokenize_corpus
-
-    ids = tokenize_corpus(tokenizer, load_text(dataset, split, data_dir))
-    if len(ids) <= seqlen:
-        raise ValueError(f"{dataset}/{split} has {len(ids)} tokens, not more than seqlen {seqlen}")
-    starts = np.random.default_rng(seed).integers(0, len(ids) - seqlen, size=num)
-    return np.stack([ids[s:s + seqlen] for s in starts]).astype(np.int32)
-
-
 def _flatten_sows(tree, prefix=()) -> dict:
     out = {}
     for k, v in tree.items():
@@ -94,7 +78,7 @@ def _flatten_sows(tree, prefix=()) -> dict:
 
 @functools.partial(jax.jit, static_argnames=("config", "runtime", "sites"))
 def _batch_stats(params, tokens, config: ModelConfig, runtime: Runtime, sites: Optional[str]):
-    _, state = Decoder(config, runtime).apply(_to_linen(params), tokens, mutable=["intermediates"])
+    _, state = Decoder(config, runtime).apply(linen_variables(params), tokens, mutable=["intermediates"])
     out = {}
     for site, x in _flatten_sows(state["intermediates"]).items():
         if sites is not None and not re.fullmatch(sites, site):
@@ -151,11 +135,12 @@ _PLOT_LABELS = {"q_proj": "q/k/v input", "o_proj": "o_proj input", "gate_proj": 
                 "down_proj": "down_proj input", "lm_head": "lm_head input"}
 
 
-def markdown_table(rows: list[dict]) -> str:
-    lines = [f"| site | max abs | kurtosis | share abs>{OUTLIER_THRESHOLD:g} |", "|---|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['site']} | {r['max_abs']:.2f} | {r['kurtosis']:.1f} | {r['outlier_share']:.2e} |")
-    return "\n".join(lines)
+def summary_cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """(header, body) of the report table of `summary` rows: site, max |x|, kurtosis, outlier share
+    (render with `qjax.analysis.table.markdown_table`)."""
+    header = ["site", "max abs", "kurtosis", f"share abs>{OUTLIER_THRESHOLD:g}"]
+    return header, [[r["site"], f"{r['max_abs']:.2f}", f"{r['kurtosis']:.1f}", f"{r['outlier_share']:.2e}"]
+                    for r in rows]
 
 
 def plot(rows: list[dict], path: str, title: str = "") -> None:

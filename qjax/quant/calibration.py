@@ -1,11 +1,7 @@
 """Calibration data and the block-by-block capture loop shared by every calibrated weight method.
 
-Data. `calibration_tokens(tokenizer, CalibrationData(...))` draws `num_windows` windows of `seqlen`
-tokens at uniformly random offsets (numpy Generator seeded with `seed`) from one tokenized corpus,
-as GPTQ's `get_wikitext2` does: either a named corpus (`qjax.data.text.load_text`; the local
-WikiText-2 copy has only test and valid, so calibration defaults to wikitext2/valid, disjoint from
-the test split used for perplexity) or a JSONL file with one text per line under `text_key`
-(instruction data), the texts joined by "\\n\\n". Paper defaults are 128 x 2048.
+Data. The (N, T) calibration windows come from `qjax.data.corpus.calibration_tokens(tokenizer,
+CalibrationData(...))` (re-exported here): GPTQ's uniform random offsets over one tokenized corpus.
 
 Loop. `quantize_blockwise(params, config, tokens, block_fn)`:
   x = embedding(tokens)                                  (N, T, D) float32
@@ -33,10 +29,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import time
-from pathlib import Path
 from typing import Callable, Mapping, Optional
 
 import flax.linen as nn
@@ -44,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from qjax.data.corpus import CalibrationData, calibration_tokens  # noqa: F401  (re-exported)
 from qjax.models.config import ModelConfig
 from qjax.models.llama import DecoderLayer, causal_mask
 from qjax.ops.runtime import Runtime
@@ -55,93 +50,6 @@ BLOCK_LINEARS = ("attn/q_proj", "attn/k_proj", "attn/v_proj", "attn/o_proj", "ml
 # Linears of a Llama block that read the same tensor (with no activation transform in the runtime).
 SHARED_INPUTS = (("attn/q_proj", "attn/k_proj", "attn/v_proj"), ("attn/o_proj",),
                  ("mlp/gate_proj", "mlp/up_proj"), ("mlp/down_proj",))
-
-
-# ------------------------------------------------------------------------------------------------
-# Calibration data
-
-
-@dataclasses.dataclass(frozen=True)
-class CalibrationData:
-    """Where calibration windows come from.
-
-    Attributes:
-      dataset: a `qjax.data.text` corpus name (wikitext2, ptb, c4); ignored when `jsonl` is set.
-      split: its split; "valid" by default (the local WikiText-2 has no train split).
-      jsonl: optional path of a JSONL file, one JSON object per line with the text under `text_key`.
-      text_key: field holding the text in `jsonl` lines.
-      num_windows: N windows (128 in the papers).
-      seqlen: tokens per window (2048 in the papers).
-      seed: seed of the window offsets.
-    """
-
-    dataset: str = "wikitext2"
-    split: str = "valid"
-    jsonl: Optional[str] = None
-    text_key: str = "text"
-    num_windows: int = 128
-    seqlen: int = 2048
-    seed: int = 0
-
-    def __post_init__(self):
-        for name in ("num_windows", "seqlen"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"CalibrationData: {name} must be a positive int, got {v!r}")
-        if self.seqlen < 2:
-            raise ValueError(f"CalibrationData: seqlen must be >= 2, got {self.seqlen}")
-
-    @property
-    def source(self) -> str:
-        return f"jsonl:{self.jsonl}" if self.jsonl else f"{self.dataset}/{self.split}"
-
-
-def load_jsonl_texts(path: str | Path, text_key: str = "text") -> list[str]:
-    """The `text_key` field of every non-empty line of a JSONL file; errors name the line."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"calibration JSONL {path} does not exist")
-    texts = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON: {e}") from e
-            if not isinstance(obj, dict) or not isinstance(obj.get(text_key), str):
-                raise ValueError(f"{path}:{lineno}: expected an object with a string field {text_key!r}")
-            texts.append(obj[text_key])
-    if not texts:
-        raise ValueError(f"calibration JSONL {path} holds no texts")
-    return texts
-
-
-def sample_windows(ids: np.ndarray, num_windows: int, seqlen: int, seed: int) -> np.ndarray:
-    """(num_windows, seqlen) int32 windows ids[o:o+seqlen] at offsets o drawn uniformly from
-    [0, len(ids) - seqlen] by np.random.default_rng(seed) (windows may overlap, as in GPTQ)."""
-    ids = np.asarray(ids, np.int32)
-    if ids.ndim != 1:
-        raise ValueError(f"sample_windows: expected a 1-D token array, got shape {ids.shape}")
-    if len(ids) < seqlen:
-        raise ValueError(f"calibration corpus has {len(ids)} tokens, fewer than one window of {seqlen}")
-    offsets = np.random.default_rng(seed).integers(0, len(ids) - seqlen + 1, size=num_windows)
-    return np.stack([ids[o:o + seqlen] for o in offsets])
-
-
-def calibration_tokens(tokenizer, data: CalibrationData = CalibrationData(),
-                       data_dir: Optional[str] = None) -> np.ndarray:
-    """(num_windows, seqlen) int32 calibration windows (module docstring)."""
-    from qjax.eval.perplexity import tokenize_corpus
-
-    if data.jsonl:
-        text = "\n\n".join(load_jsonl_texts(data.jsonl, data.text_key))
-    else:
-        from qjax.data.text import load_text
-
-        text = load_text(data.dataset, data.split, data_dir)
-    return sample_windows(tokenize_corpus(tokenizer, text), data.num_windows, data.seqlen, data.seed)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -458,6 +366,6 @@ def quantize_blockwise(params: Mapping, config: ModelConfig, tokens: np.ndarray,
     return new_params, infos
 
 
-__all__ = ["CalibrationData", "calibration_tokens", "sample_windows", "load_jsonl_texts", "ChannelStats",
+__all__ = ["CalibrationData", "calibration_tokens", "ChannelStats",
            "BlockCapture", "quantize_blockwise", "embed", "dequantized", "copy_tree", "site_node",
            "positions_and_mask", "BLOCK_LINEARS", "SHARED_INPUTS"]

@@ -35,3 +35,12 @@ def test_missing_file(tmp_path):
 def test_missing_data_dir(tmp_path):
     with pytest.raises(DataError, match=r"data directory .*nowhere does not exist"):
         load_text("wikitext2", "test", str(tmp_path / "nowhere"))
+
+
+def test_c4_reads_a_local_hub_mirror(tmp_path):
+    mirror = tmp_path / "hf/allenai/c4/default/validation.jsonl"
+    mirror.parent.mkdir(parents=True)
+    mirror.write_text('{"text": "first doc.", "url": "u"}\n{"text": "second doc.", "url": "v"}\n')
+    assert load_text("c4", "validation", str(tmp_path)) == "first doc. second doc."
+    with pytest.raises(DataError, match="validation shard only"):
+        load_text("c4", "test", str(tmp_path))

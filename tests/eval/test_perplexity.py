@@ -6,7 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from qjax.eval.perplexity import perplexity_of_windows, token_windows
+from qjax.data.corpus import token_windows
+from qjax.eval.perplexity import perplexity_of_windows
 from qjax.models import ModelConfig, forward, init_params
 
 CONFIG = ModelConfig("llama", vocab_size=50, hidden_size=32, intermediate_size=48, num_layers=2,

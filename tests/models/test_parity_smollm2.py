@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from qjax.eval.perplexity import load_windows, perplexity_of_windows
+from qjax.data.corpus import load_windows
+from qjax.eval.perplexity import perplexity_of_windows
 from qjax.models import forward
 
 

@@ -34,7 +34,7 @@ def test_disabled_kernels_fall_back_to_xla():
     code = """
 import numpy as np, jax.numpy as jnp
 from qjax import native
-from qjax.models.attention import causal_attention
+from qjax.ops.attention import causal_attention
 from qjax.ops import linear
 assert not native.available()
 rng = np.random.default_rng(0)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from qjax.models.llama import Decoder, _to_linen, forward
+from qjax.models.llama import Decoder, linen_variables, forward
 from qjax.ops.runtime import Runtime
 from qjax.perturb import activations as A
 from qjax.perturb.kinds import Clip, Gaussian
@@ -36,7 +36,7 @@ def test_transform_folds_the_site_into_the_key():
 
 
 def _intermediates(params, tokens, runtime, state):
-    _, mutated = Decoder(CONFIG, runtime).apply(_to_linen(params), tokens, runtime_state=state,
+    _, mutated = Decoder(CONFIG, runtime).apply(linen_variables(params), tokens, runtime_state=state,
                                                 mutable=["intermediates"])
     return mutated["intermediates"]
 

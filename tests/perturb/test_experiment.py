@@ -1,4 +1,4 @@
-"""The five perturbation studies end to end on a tiny random model: rows, resume, tables and plots."""
+"""The five named perturbation studies end to end on a tiny random model: rows, resume, tables and plots."""
 
 from __future__ import annotations
 
@@ -34,15 +34,15 @@ def _context(exp, tmp_path):
     cfg.seqlen, cfg.windows, cfg.window_batch = 8, 2, 2
     cfg.seeds = (0, 1)
     cfg.results_dir = str(tmp_path)
-    cfg.s2_families = ("o", "down")
-    cfg.s4_group_size = 16
-    cfg.s5_group_size = 16
+    cfg.weight_magnitude.families = ("o", "down")
+    cfg.rtn_vs_noise.group_size = 16
+    cfg.companding.group_size = 16
     windows = tiny_windows(cfg.windows, cfg.seqlen)
     store = ResultStore(tmp_path / "perturbation.jsonl")
-    values = {r["transform"]: r for r in store.rows()}
+    task = f"{cfg.dataset}/{cfg.split}:{cfg.windows}x{cfg.seqlen}"
     return exp.Context(cfg, CONFIG, tiny_params(), jnp.asarray(windows),
-                       NLLEvaluator(CONFIG, cfg.window_batch), store, tmp_path,
-                       f"{cfg.dataset}/{cfg.split}:{cfg.windows}x{cfg.seqlen}", values)
+                       NLLEvaluator(CONFIG, cfg.window_batch), store, tmp_path, task,
+                       exp.stored_points(store, cfg.model, task))
 
 
 @pytest.mark.slow
@@ -50,17 +50,35 @@ def test_all_studies_write_rows_tables_plots_and_resume(tmp_path):
     exp = _load_experiment()
     ctx = _context(exp, tmp_path)
     ctx.baseline()
-    for n, study in exp.STUDIES.items():
+    assert list(exp.STUDIES) == ["noise_kinds", "weight_magnitude", "clipping", "rtn_vs_noise", "companding"]
+    for name, study in exp.STUDIES.items():
         study(ctx)
-        assert (tmp_path / f"study{n}.md").read_text().startswith(f"# Study {n}")
-        assert (tmp_path / f"study{n}.png").stat().st_size > 1000
+        assert (tmp_path / f"{name}.md").read_text().startswith(f"# {name}: ")
+        assert (tmp_path / f"{name}.png").stat().st_size > 1000
     lines = (tmp_path / "perturbation.jsonl").read_text().splitlines()
     rows = [json.loads(line) for line in lines]
     assert len({r["transform"] for r in rows}) == len(rows)  # one row per point
     studies = {r.get("study") for r in rows}
-    assert studies == {0, 1, 2, 3, 4, 5}
+    assert studies == {"float", *exp.STUDIES}
+    assert all(r["transform"] == "float" or r["transform"].startswith(r["study"] + "/") for r in rows)
     # a second run over the same store computes nothing and appends nothing
     ctx2 = _context(exp, tmp_path)
     for study in exp.STUDIES.values():
         study(ctx2)
     assert (tmp_path / "perturbation.jsonl").read_text().splitlines() == lines
+
+
+def test_rows_of_numbered_studies_are_read_under_the_names(tmp_path):
+    """Result files from before the studies had names: "s3/..." rows count as "clipping/..." points."""
+    exp = _load_experiment()
+    store = ResultStore(tmp_path / "perturbation.jsonl")
+    task = "wikitext2/test:1x8"
+    old = {"model": "m", "task": task, "metric": "perplexity", "value": 9.0, "nll": 2.2}
+    store.append({**old, "transform": "s3/weights/clip/share=0.001", "study": 3})
+    store.append({**old, "transform": "s1/activations/gaussian/rel_l2=0.1/seed=0", "study": 1})
+    store.append({**old, "transform": "float", "study": 0})
+    store.append({**old, "transform": "s3/weights/clip/share=0.001", "study": 3, "model": "other"})
+    points = exp.stored_points(store, "m", task)
+    assert sorted(points) == ["clipping/weights/clip/share=0.001", "float",
+                              "noise_kinds/activations/gaussian/rel_l2=0.1/seed=0"]
+    assert points["clipping/weights/clip/share=0.001"]["study"] == "clipping"

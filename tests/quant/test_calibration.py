@@ -9,10 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from qjax.models.llama import Decoder, _to_linen
+from qjax.models.llama import Decoder, linen_variables
 from qjax.quant import calibration
-from qjax.quant.calibration import (CalibrationData, calibration_tokens, copy_tree, load_jsonl_texts,
-                                    quantize_blockwise, sample_windows, site_node)
+from qjax.data.corpus import CalibrationData, calibration_tokens, load_jsonl_texts, sample_windows
+from qjax.quant.calibration import copy_tree, quantize_blockwise, site_node
 from qjax.formats.qarray import QArray
 from qjax.quant.quantize import QuantizeConfig, quantize
 from qjax.quant.rtn import quantize_rtn
@@ -53,10 +53,10 @@ def test_jsonl_calibration(tmp_path):
     assert len(load_jsonl_texts(path)) == 3
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine"}\n{"prompt": "no text"}\n')
-    with pytest.raises(ValueError, match=r"bad.jsonl:2: expected an object with a string field 'text'"):
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: missing field 'text'"):
         load_jsonl_texts(bad)
     bad.write_text('{"text": "fine"}\nnot json\n')
-    with pytest.raises(ValueError, match=r"bad.jsonl:2: not valid JSON"):
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: malformed JSON line"):
         load_jsonl_texts(bad)
     with pytest.raises(ValueError, match="num_windows must be a positive int"):
         CalibrationData(num_windows=0)
@@ -64,7 +64,7 @@ def test_jsonl_calibration(tmp_path):
 
 def _sown_inputs(params, tokens):
     """site path -> (N, T, in) inputs from one whole-model forward (the reference)."""
-    _, state = Decoder(CONFIG).apply(_to_linen(params), jnp.asarray(tokens), mutable=["intermediates"])
+    _, state = Decoder(CONFIG).apply(linen_variables(params), jnp.asarray(tokens), mutable=["intermediates"])
     inter = state["intermediates"]
     return {f"layers_{i}/{s}": np.asarray(site_node(inter[f"layers_{i}"], s)["input"][0], np.float64)
             for i in range(CONFIG.num_layers) for s in SITES}

@@ -48,9 +48,9 @@ def test_user_errors_stop_at_start_with_one_line(tmp_path, data_dir):
             "experiments/suite.py", "--config=configs/suite.py:tiny", "--config.transforms=('float','rtn_w5')",
             f"--config.results={tmp_path / 's.jsonl'}", f"--config.work_dir={tmp_path / 'work'}"],
         "models/nonexistent: no such local file or directory": [
-            "experiments/knowledge.py", "--model=models/nonexistent", "--tasks=arc_easy",
+            "experiments/task_experiment.py", "--config=configs/knowledge.py", "--model=models/nonexistent", "--tasks=arc_easy",
             f"--results={tmp_path / 'k.jsonl'}"],
-        "unknown task 'arc_eazy'": ["experiments/knowledge.py", "--tasks=arc_eazy", f"--results={tmp_path / 'k.jsonl'}"],
+        "unknown task 'arc_eazy'": ["experiments/task_experiment.py", "--config=configs/knowledge.py", "--tasks=arc_eazy", f"--results={tmp_path / 'k.jsonl'}"],
         "data directory /nonexistent/data does not exist": ppl + ["--data_dir=/nonexistent/data"],
     }
     procs = {expected: _start(args, {**env, "HF_HUB_OFFLINE": "1"}) for expected, args in probes.items()}
@@ -71,7 +71,7 @@ def test_damaged_and_mismatched_checkpoints(tmp_path, data_dir):
     truncated = tmp_path / "truncated"
     save_params(truncated, tiny_params(0))
     (truncated / "qjax_quant.json").write_text((truncated / "qjax_quant.json").read_text()[:30])
-    common = ["experiments/knowledge.py", "--tasks=arc_easy", "--limit=1", f"--results={tmp_path / 'k.jsonl'}"]
+    common = ["experiments/task_experiment.py", "--config=configs/knowledge.py", "--tasks=arc_easy", "--limit=1", f"--results={tmp_path / 'k.jsonl'}"]
     procs = {f"{other}: not a checkpoint of this model": _start(common + [f"--quant_config={other}"], env),
              f"{truncated}: qjax_quant.json is truncated or corrupt": _start(
                  common + [f"--quant_config={truncated}"], env)}
@@ -81,7 +81,7 @@ def test_damaged_and_mismatched_checkpoints(tmp_path, data_dir):
 
 
 def test_help_shows_the_task_flags():
-    help_text = run_script(["experiments/knowledge.py", "--help"], script_env(), timeout=120).stdout
+    help_text = run_script(["experiments/task_experiment.py", "--config=configs/knowledge.py", "--help"], script_env(), timeout=120).stdout
     for flag in ("--tasks", "--limit", "--num_fewshot", "--quant_config", "--results", "--[no]verbose"):
         assert flag in help_text, help_text
 

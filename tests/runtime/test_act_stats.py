@@ -43,7 +43,9 @@ def test_statistics_match_scipy(tmp_path):
     assert [r["site"] for r in ordered[:7]] == [f"layers_0/attn/{p}" for p in ("q_proj", "k_proj", "v_proj",
                                                                                 "o_proj")] + [
         f"layers_0/mlp/{p}" for p in ("gate_proj", "up_proj", "down_proj")]
-    table = act_stats.markdown_table(ordered)
+    from qjax.analysis.table import markdown_table
+
+    table = markdown_table(*act_stats.summary_cells(ordered))
     assert table.count("\n") == len(ordered) + 1 and "| layers_1/mlp/down_proj |" in table
     act_stats.plot(ordered, str(tmp_path / "stats.png"))
     assert (tmp_path / "stats.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

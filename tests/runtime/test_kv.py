@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from qjax.eval.perplexity import window_nll
+from qjax.models.nll import window_nll
 from qjax.models import forward, init_cache
 from qjax.models.kv_cache import cache_nbytes
 from qjax.ops import Runtime

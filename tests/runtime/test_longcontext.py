@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from qjax.data.longcontext import first_integer, make_sample, score
-from qjax.eval.longcontext import accuracy_table, evaluate_cell
+from qjax.analysis.table import markdown_table
+from qjax.eval.longcontext import accuracy_grid, evaluate_cell
 
 
 @pytest.fixture(scope="module")
@@ -69,5 +70,6 @@ def test_evaluate_cell_and_table(tokenizer):
                       batch_size=2, prefill_chunk=128)
     assert r["target_tokens"] == 296 and r["mean_tokens"] <= 296 and len(r["completions"]) == 2
     assert r["accuracy"] == np.mean([first_integer(c) == a for a, c in r["completions"]])
-    table = accuracy_table([{"config": "float", **r}, {"config": "KV4", **r, "accuracy": 0.5}], ["float", "KV4"])
+    table = markdown_table(*accuracy_grid([{"config": "float", **r}, {"config": "KV4", **r, "accuracy": 0.5}],
+                                          ["float", "KV4"]))
     assert table.splitlines()[2] == f"| 1000 | {r['accuracy']:.2f} | 0.50 |"

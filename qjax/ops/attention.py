@@ -1,5 +1,6 @@
-"""Softmax attention with grouped KV heads: the plain form, two that skip masked work, and the
-dispatch of cache-free causal forwards to the fused CPU kernel (`qjax.native.attention`).
+"""Softmax attention with grouped KV heads (the kernel seam's attention): the plain form, two that
+skip masked work, and the choice of kernel for cache-free causal forwards (`causal_attention`: the
+fused C++ kernel of `qjax.native.attention` on CPU, else the pure-XLA `causal_chunked_attention`).
 
 Shapes everywhere: q (B, T, H, D); k, v (B, S, KVH, D) with H a multiple of KVH; mask (B, 1, T, S)
 bool, True where query t may attend key slot s. Outputs (B, T, H, D) in q's dtype; scores and
@@ -66,8 +67,7 @@ def causal_chunked_attention(q, k, v, mask, chunk: int = CAUSAL_CHUNK):
 
     Query block j (rows [j*chunk, (j+1)*chunk)) attends only keys [0, (j+1)*chunk): the keys after
     it are masked anyway, so skipping them halves the work and keeps each softmax cache-sized. A
-    batch runs one row at a time (`lax.map`): batched score tiles outgrow the caches, and on
-    SmolLM2's calibration batches (8 x 2048 tokens) the row loop halves the attention time.
+    batch runs one row at a time (`lax.map`), so that the score tiles stay those of one row.
     """
     if q.shape[0] > 1:
         return jax.lax.map(lambda row: _causal_chunks(*(a[None] for a in row), chunk)[0], (q, k, v, mask))

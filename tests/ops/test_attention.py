@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from qjax import native
-from qjax.models.attention import blocked_attention, causal_chunked_attention, grouped_attention
+from qjax.ops.attention import blocked_attention, causal_chunked_attention, grouped_attention
 from qjax.native import attention as native_attention
 
 B, H, KVH, D = 2, 6, 2, 8
