@@ -282,6 +282,25 @@ def _read_meta(path: Path) -> dict:
     return meta
 
 
+def _drop_closed_loop_reports() -> None:
+    """After a failed Orbax read, its worker threads keep scheduling callbacks on the closed asyncio
+    loop; each is reported through `sys.unraisablehook` ("Event loop is closed", about 100 of them).
+    Chains a hook that drops exactly those reports (installed once) and collects them now."""
+    import gc
+    import sys
+
+    previous = sys.unraisablehook
+    if not getattr(previous, "_drops_closed_loop", False):
+        def hook(report):
+            if isinstance(report.exc_value, RuntimeError) and "Event loop is closed" in str(report.exc_value):
+                return
+            previous(report)
+
+        hook._drops_closed_loop = True
+        sys.unraisablehook = hook
+    gc.collect()
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     line = text[0] if text else type(e).__name__
@@ -312,6 +331,7 @@ def restore_params(path: Union[str, os.PathLike], *, like: Optional[Mapping] = N
             tree = ckptr.restore(arrays)
         params = _join(tree, "", meta["qarrays"])
     except Exception as e:  # Orbax / TensorStore raise many types; name the checkpoint and the first line
+        _drop_closed_loop_reports()
         raise StoredParamsError(f"{path}: the saved arrays cannot be read ({type(e).__name__}: "
                                 f"{_first_line(e)})") from e
     finally:

@@ -113,3 +113,13 @@ def test_missing_directory(tmp_path):
     with pytest.raises(StoredParamsError, match="no such checkpoint directory"):
         restore_params(tmp_path / "nothing")
     shutil.rmtree(tmp_path)
+
+
+def test_saves_do_not_log_orbax_info(tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO)
+    save_params(tmp_path / "c", tiny_params(0))
+    restore_params(tmp_path / "c")
+    orbax = [r for r in caplog.records if "orbax" in r.pathname]
+    assert not [r for r in orbax if r.levelno < logging.WARNING], [r.getMessage()[:80] for r in orbax[:3]]

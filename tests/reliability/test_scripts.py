@@ -71,10 +71,15 @@ def test_damaged_and_mismatched_checkpoints(tmp_path, data_dir):
     truncated = tmp_path / "truncated"
     save_params(truncated, tiny_params(0))
     (truncated / "qjax_quant.json").write_text((truncated / "qjax_quant.json").read_text()[:30])
+    damaged = tmp_path / "damaged"
+    save_params(damaged, tiny_params(0))
+    for data in damaged.glob("arrays/**/d/*"):
+        data.unlink()
     common = ["experiments/task_experiment.py", "--config=configs/knowledge.py", "--tasks=arc_easy", "--limit=1", f"--results={tmp_path / 'k.jsonl'}"]
     procs = {f"{other}: not a checkpoint of this model": _start(common + [f"--quant_config={other}"], env),
              f"{truncated}: qjax_quant.json is truncated or corrupt": _start(
-                 common + [f"--quant_config={truncated}"], env)}
+                 common + [f"--quant_config={truncated}"], env),
+             f"{damaged}: the saved arrays cannot be read": _start(common + [f"--quant_config={damaged}"], env)}
     for expected, proc in procs.items():
         out, err = proc.communicate(timeout=300)
         _one_line_error(proc, out, err, expected)
