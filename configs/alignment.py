@@ -1,5 +1,6 @@
-"""Alignment log-likelihood tasks (TruthfulQA MC1/MC2, BBQ) for experiments/task_experiment.py:
-`--config=configs/alignment.py[:quick|full]`.
+"""Alignment tasks for experiments/task_experiment.py (TruthfulQA MC1/MC2, BBQ; variant `breadth`:
+TruthfulQA generation, AdvGLUE, FollowBench and judged MT-Bench):
+`--config=configs/alignment.py[:quick|full|breadth]`.
 
 Fields are overridable as `--config.field=value` and by the experiment's flags (see
 configs/knowledge.py). BBQ rows include accuracy, the ambiguous / disambiguated bias scores and
@@ -25,12 +26,18 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.seed = 0
     config.batch_size = 16
     config.chat_template = False
+    config.judge = ""  # judge model name for judged generation tasks (mt_bench_judged, followbench)
     config.compute_dtype = "float32"
     config.results = "results/alignment.jsonl"
     if variant == "quick":
         config.limit = 48
     elif variant == "full":
         config.limit = -1
+    elif variant == "breadth":  # generation tasks with a judge (SmolLM2 judging itself: weak, say so)
+        config.tasks = ("truthfulqa_gen", "adv_glue", "followbench", "mt_bench_judged")
+        config.limit = 20
+        config.judge = "smollm2-135m"
+        config.results = "results/alignment_breadth.jsonl"
     elif variant:
-        raise ValueError(f"unknown alignment config variant {variant!r} (known: quick, full)")
+        raise ValueError(f"unknown alignment config variant {variant!r} (known: quick, full, breadth)")
     return config

@@ -26,6 +26,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.seed = 0
     config.batch_size = 16
     config.chat_template = False
+    config.judge = ""  # judge model name for judged generation tasks (mt_bench_judged, followbench)
     config.compute_dtype = "float32"
     config.results = "results/knowledge.jsonl"
     if variant == "quick":

@@ -4,9 +4,12 @@
   --config=configs/suite.py:quick      the same grid with tiny limits (smoke run)
   --config=configs/suite.py:demo       float / RTN W4 / GPTQ W4, a few tasks, small limits (`make demo`)
   --config=configs/suite.py:tiny       a random tiny model (tests: resume after kill -9)
+  --config=configs/suite.py:paper      full test sets of every local benchmark, float / RTN W4 g128 /
+                                       GPTQ W4 g128 / W8A8, task by task; prints a wall-time plan
 
-Transforms are "float" or "<method>_w<bits>" (method: rtn, gptq, spqr, ...), quantized with
-`qjax.quant.quantize.quantize`; `transform_options` (QuantizeConfig fields: group size etc.) apply to
+Transforms are "float", "<method>_w<bits>" (method: rtn, gptq, spqr, ...), quantized with
+`qjax.quant.quantize.quantize`, or a named W/A/KV setting ("W8A8", "KV4", "W8A8-SQ": RTN weights and
+activation / KV quantization at run time, `qjax.quant.activations`); `transform_options` (QuantizeConfig fields: group size etc.) apply to
 every method, `method_options.<method>` override them for one method. Tasks are perplexity
 corpora (wikitext2, ptb), "efficiency", log-likelihood tasks of `qjax.eval.tasks` (mmlu, arc_easy,
 truthfulqa_mc1, ...) and generation tasks of `qjax.eval.gen_tasks` (gsm8k, ifeval, ...);
@@ -30,6 +33,17 @@ def _task(limit=None, num_fewshot=None, chat_template=False, max_new_tokens=None
     return ml_collections.ConfigDict({"limit": limit, "num_fewshot": num_fewshot,
                                       "chat_template": chat_template, "max_new_tokens": max_new_tokens,
                                       "batch_size": batch_size}, type_safe=False)
+
+
+# The paper grid: full test sets of the benchmarks whose data is local (cheapest first).
+PAPER_TASKS = ("wikitext2", "ptb", "arc_challenge", "arc_easy", "piqa", "winogrande", "boolq", "lambada",
+               "truthfulqa_mc1", "truthfulqa_mc2", "adv_glue", "bbq", "truthfulqa_gen", "longeval_topics",
+               "longeval_lines", "litm_kv_75", "litm_qa_20", "mmlu", "ifeval", "followbench", "mt_bench_judged",
+               "gsm8k")
+# Seconds per cost unit of `qjax.eval.task_sizes` for SmolLM2-135M float32 on a shared 2-core CPU at
+# low priority (rough; the run replaces them with measured times after each task's first transform).
+PAPER_SECONDS_PER_ITEM = {"window": 6.0, "choice": 0.08, "choice_fewshot": 0.6, "generation": 6.0,
+                          "efficiency": 60.0}
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
@@ -64,6 +78,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     # every configuration); "efficiency" always runs the stored params.
     c.score_dequantized = True
     c.seed = 0
+    c.judge = ""  # judge model for judged generation tasks (mt_bench_judged, followbench); "" = none
+    c.order = "transform_major"  # or "task_major": every transform on a task before the next task
+    # seconds per cost unit of qjax.eval.task_sizes (kind -> seconds) for the wall-time plan; empty: none
+    c.seconds_per_item = ml_collections.ConfigDict()
     c.results = "results/suite.jsonl"
     c.work_dir = "results/suite_work"  # journal of finished tasks, quantized params cache, samples
     if variant == "quick":
@@ -102,6 +120,19 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         c.gen_batch_size = 2
         c.results = "results/suite_tiny.jsonl"
         c.work_dir = "results/suite_tiny_work"
+    elif variant == "paper":
+        c.transforms = ("float", "rtn_w4", "gptq_w4", "W8A8")
+        # cheapest first; every transform on a task before the next task (order = task_major), so a
+        # partial run still compares all transforms on the tasks it finished
+        c.tasks = PAPER_TASKS
+        c.order = "task_major"
+        c.task_options = ml_collections.ConfigDict({"gsm8k": _task(num_fewshot=8),
+                                                    "ifeval": _task(chat_template=True)})
+        c.judge = "smollm2-135m"  # weak: the model judging itself; reports name the judge
+        c.perplexity.max_windows = -1
+        c.seconds_per_item = ml_collections.ConfigDict(dict(PAPER_SECONDS_PER_ITEM))
+        c.results = "results/paper/suite.jsonl"
+        c.work_dir = "results/paper/work"
     elif variant:
-        raise ValueError(f"unknown suite config variant {variant!r} (known: quick, demo, tiny)")
+        raise ValueError(f"unknown suite config variant {variant!r} (known: quick, demo, tiny, paper)")
     return c

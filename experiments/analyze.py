@@ -28,16 +28,30 @@ def _measurement(text: str) -> tuple[str, str]:
     return task, metric
 
 
+def judge_notes(rows) -> list[str]:
+    """Who judged the judged tasks (rows whose details name a judge), with the caveat that a small
+    model, or a model judging its own answers, gives weak grades."""
+    judges: dict[str, set] = {}
+    for row in rows:
+        judge = (row.get("details") or {}).get("judge")
+        if judge:
+            judges.setdefault(judge, set()).add(row["task"].split("/")[0])
+    return [f"{', '.join(sorted(tasks))} judged by {judge}. A 135M-parameter judge, or a model judging its own "
+            "answers, grades weakly: read these scores as a consistency check, not a quality measure."
+            for judge, tasks in judges.items()]
+
+
 def main(argv):
     del argv
-    table = build_table(load_rows(_RESULTS.value))
+    rows = load_rows(_RESULTS.value)
+    table = build_table(rows)
     if not table.configs:
         raise app.UsageError(f"no result rows in {_RESULTS.value}")
     report = write_report(table, _OUT_DIR.value, perplexity=_measurement(_PERPLEXITY.value),
                           memory=_measurement(_MEMORY.value), efficiency_task=_EFFICIENCY_TASK.value,
                           benchmarks=None if _BENCHMARKS.value is None else [
                               _measurement(b) for b in _BENCHMARKS.value],
-                          sources=_RESULTS.value)
+                          sources=_RESULTS.value, notes=judge_notes(rows))
     print(f"wrote {report}")
 
 

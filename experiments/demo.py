@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from cli import run  # experiments/cli.py
 from qjax.checkpoints import load_model
-from qjax.data.corpus import load_windows
+from qjax.data.corpus import CalibrationData, calibration_tokens, load_windows
 from qjax.eval.perplexity import perplexity_of_windows
-from qjax.data.corpus import CalibrationData, calibration_tokens
 from qjax.quant.quantize import QuantizeConfig, quantize
 
 MODEL = "smollm2-135m"

@@ -100,16 +100,28 @@ class Transform:
 
 
 _TRANSFORM = re.compile(r"(?P<method>[a-z][a-z0-9]*)_w(?P<bits>\d+)")
+_SETTING = re.compile(r"(W\d+A\d+)?(KV\d+)?(-SQ)?")
+SETTING = "setting"  # Transform.method of a named W/A/KV setting (qjax.quant.activations)
 
 
 def parse_transform(name: str, options: dict, method_options: dict) -> Transform:
-    """The transform named "float" or "<method>_w<bits>"; its options are `options` updated by
-    `method_options[method]` (fields of `qjax.quant.quantize.QuantizeConfig`)."""
+    """The transform named "float", "<method>_w<bits>" (options: `options` updated by
+    `method_options[method]`, fields of `qjax.quant.quantize.QuantizeConfig`) or a named W/A/KV
+    setting of `qjax.quant.activations.parse_setting` ("W8A8", "W4A8KV4", "W8A8-SQ": RTN weights,
+    activation / KV fake quantization at run time)."""
     if name == "float":
         return Transform("float", "float", None)
+    if _SETTING.fullmatch(name) and name:
+        from qjax.quant.activations import parse_setting
+
+        setting = parse_setting(name)  # validates
+        if setting.astatic:
+            raise ValueError(f"transform {name!r}: static activation scales are not supported in the suite")
+        return Transform(name, SETTING, None)
     match = _TRANSFORM.fullmatch(name)
     if not match:
-        raise ValueError(f"transform {name!r} is neither 'float' nor '<method>_w<bits>' (e.g. gptq_w4)")
+        raise ValueError(f"transform {name!r} is neither 'float', '<method>_w<bits>' (e.g. gptq_w4) nor a "
+                         f"W/A/KV setting (e.g. W8A8, KV4)")
     merged = {**options, **method_options.get(match["method"], {})}
     return Transform(name, match["method"], int(match["bits"]), tuple(sorted(merged.items())))
 
@@ -128,12 +140,33 @@ def quantize_params(params, config: ModelConfig, tokenizer, transform: Transform
     return quantize(params, config, method_config, tokens, progress=False)
 
 
+def setting_params(params, config: ModelConfig, tokenizer, transform: Transform, calibration: dict,
+                   data_dir: Optional[str], compute_dtype: str):
+    """(params, runtime) of a named W/A/KV setting (`qjax.quant.activations.apply_setting`; the
+    calibration windows feed SmoothQuant when the name ends in -SQ)."""
+    from qjax.quant.activations import apply_setting, parse_setting
+    from qjax.quant.calibration import CalibrationData, calibration_tokens
+
+    setting = parse_setting(transform.name)
+    batches = None
+    if setting.smoothquant:
+        settings = {k: v for k, v in calibration.items() if k != "data"}  # "data": its provenance labels
+        tokens = calibration_tokens(tokenizer, CalibrationData(**settings), data_dir)
+        batches = [tokens[i:i + 4] for i in range(0, len(tokens), 4)]
+    qparams, runtime, _ = apply_setting(params, config, setting, calibration=batches,
+                                        compute_dtype=compute_dtype)
+    return qparams, runtime
+
+
 def transformed_params(model: str, params, config: ModelConfig, tokenizer, transform: Transform,
                        calibration: dict, work_dir: Path, data_dir: Optional[str]):
     """Params of `transform`: the float params, or quantized ones from the on-disk cache (quantized
-    and cached atomically on first use). Returns (params, cache info dict)."""
+    and cached atomically on first use). Returns (params, cache info dict). Named W/A/KV settings
+    go through `setting_params` instead."""
     if transform.method == "float":
         return params, {}
+    if transform.method == SETTING:
+        raise ValueError(f"{transform.name} is a W/A/KV setting: use setting_params")
     from qjax.quant.storage import StoredParamsError, restore_params, save_params
 
     folder = work_dir / "params" / _slug(model)
@@ -255,11 +288,16 @@ def task_run_id(model: str, transform: Transform, task: str, cfg, calibration: d
         settings["perplexity"] = cfg.perplexity.to_dict()
     if task == "efficiency":
         settings["efficiency"] = cfg.efficiency.to_dict()
+    if task in JUDGED_TASKS:
+        settings["judge"] = cfg.get("judge", "")
     settings["options"].pop("batch_size", None)  # batching does not change results
     transform_id = transform.fingerprint(calibration) if transform.method != "float" else "float"
     parts = [model, transform.name, transform_id, task, settings] + ([] if data is None else [data])
     blob = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+JUDGED_TASKS = ("mt_bench_judged", "followbench")  # their rows depend on the judge model
 
 
 def check_task_name(task: str) -> None:
@@ -300,6 +338,11 @@ def check_grid(cfg, data_dir: Optional[str]) -> tuple[list[Transform], dict, Opt
     for t in transforms:
         if t.method == "float":
             continue
+        if t.method == SETTING:  # validated by parse_transform
+            from qjax.quant.activations import parse_setting
+
+            calibrated |= parse_setting(t.name).smoothquant
+            continue
         try:
             qcfg = QuantizeConfig.from_dict({"method": t.method, "bits": t.bits, **dict(t.options)})
         except (ValueError, TypeError) as e:
@@ -322,8 +365,8 @@ def check_grid(cfg, data_dir: Optional[str]) -> tuple[list[Transform], dict, Opt
 
 
 def run_task_rows(task: str, params, config: ModelConfig, tokenizer, cfg, runtime: Runtime,
-                  data_dir: Optional[str], samples_dir: Path) -> list[dict]:
-    """Metric rows of one task (without model / transform)."""
+                  data_dir: Optional[str], samples_dir: Path, judge=None) -> list[dict]:
+    """Metric rows of one task (without model / transform); `judge` grades judged generation tasks."""
     opts = _options(cfg, task)
     if task in PERPLEXITY_DATASETS:
         from qjax.eval.perplexity import perplexity
@@ -342,7 +385,7 @@ def run_task_rows(task: str, params, config: ModelConfig, tokenizer, cfg, runtim
             task, params, config, tokenizer, limit=opts["limit"], num_fewshot=opts["num_fewshot"],
             seed=cfg.seed, runtime=runtime, chat_template=opts["chat_template"], data_dir=data_dir,
             batch_size=opts["batch_size"] or cfg.gen_batch_size, max_new_tokens=opts["max_new_tokens"],
-            output_dir=samples_dir)
+            output_dir=samples_dir, judge=judge if task in JUDGED_TASKS else None)
     from qjax.eval.tasks import run_task
 
     return run_task(task, params, config, tokenizer, limit=opts["limit"], num_fewshot=opts["num_fewshot"],
@@ -379,6 +422,90 @@ def full_rows(rows: list[dict], model: str, transform: Transform, cfg, run_id: s
     return out
 
 
+def prepare_transform(model: str, params, config: ModelConfig, tokenizer, t: Transform, cfg, calibration: dict,
+                      work_dir: Path, data_dir: Optional[str]):
+    """(stored params, scored params, runtime, cache info) of transform `t` (see `run_suite`)."""
+    runtime = Runtime(compute_dtype=cfg.compute_dtype)
+    if t.method == SETTING:
+        tparams, runtime = setting_params(params, config, tokenizer, t, calibration, data_dir, cfg.compute_dtype)
+        cache_info = {}
+    else:
+        tparams, cache_info = transformed_params(model, params, config, tokenizer, t, calibration, work_dir,
+                                                 data_dir)
+    scored = dequantized(tparams) if cfg.score_dequantized else tparams
+    return tparams, scored, runtime, cache_info
+
+
+def suite_judge(cfg, model: str, config: ModelConfig, params, tokenizer):
+    """The judge model of `cfg.judge` (a model name; "" = none) in float, as a `qjax.eval.judge.Judge`;
+    the model under test's own float params when it judges itself."""
+    name = cfg.get("judge", "")
+    if not name:
+        return None
+    from qjax.eval.judge import Judge
+
+    if name == model:
+        return Judge(f"{name} (float; the model under test judging itself)", params, config, tokenizer)
+    jconfig, jparams, jtokenizer = load_suite_model(name)
+    return Judge(name, jparams, jconfig, jtokenizer)
+
+
+def task_size_estimates(cfg, tokenizer, data_dir: Optional[str], tasks) -> dict[str, float]:
+    """Estimated seconds of each task on one transform: its item count (`qjax.eval.task_sizes`)
+    times `cfg.seconds_per_item[kind]` (absent: no estimate, the plan says so)."""
+    rates = cfg.get("seconds_per_item")
+    if rates is None:
+        return {}
+    from qjax.eval.task_sizes import task_size
+
+    out = {}
+    for task in dict.fromkeys(tasks):
+        opts = _options(cfg, task)
+        size = task_size(task, tokenizer, data_dir, limit=opts["limit"], perplexity=cfg.perplexity.to_dict())
+        if size.kind in rates:
+            out[task] = size.items * rates[size.kind]
+    return out
+
+
+class GridProgress:
+    """Wall-time plan and per-task progress of a suite run: estimates per task (seconds on one
+    transform), replaced by the measured time of the same task on an earlier transform."""
+
+    def __init__(self, todo, estimates: dict[str, float]):
+        self.todo = list(todo)
+        self.estimates = dict(estimates)
+        self.measured: dict[str, float] = {}
+        self.done = 0
+        self.start = time.perf_counter()
+
+    def _remaining(self) -> tuple[float, int]:
+        total, unknown = 0.0, 0
+        for t, task in self.todo[self.done:]:
+            guess = self.measured.get(task, self.estimates.get(task))
+            if guess is None:
+                unknown += 1
+            else:
+                total += guess
+        return total, unknown
+
+    def plan(self) -> str:
+        remaining, unknown = self._remaining()
+        lines = [f"[plan] {len(self.todo)} (transform, task) runs; estimated wall time {remaining / 3600:.1f} h"
+                 + (f" plus {unknown} runs without an estimate" if unknown else "")]
+        for task, seconds in self.estimates.items():
+            lines.append(f"[plan]   {task}: ~{seconds / 60:.1f} min per transform")
+        return "\n".join(lines)
+
+    def step(self, transform: str, task: str, seconds: float) -> str:
+        self.done += 1
+        self.measured.setdefault(task, seconds)
+        remaining, unknown = self._remaining()
+        elapsed = time.perf_counter() - self.start
+        extra = f" (+{unknown} unestimated)" if unknown else ""
+        return (f"progress {self.done}/{len(self.todo)}, elapsed {elapsed / 60:.1f} min, "
+                f"~{remaining / 60:.0f} min left{extra}")
+
+
 def run_suite(cfg, data_dir: Optional[str]) -> ResultStore:
     """Runs the grid of `cfg` (module docstring) holding the lock of its work directory; every
     transform, model, task and data file is checked before anything runs."""
@@ -395,7 +522,6 @@ def _run_grid(cfg, data_dir, transforms, sources, calibration_data, store, work_
     replayed = journal.replay(store, present)
     if replayed:
         print(f"[replay] {replayed} journaled rows appended to {cfg.results}", flush=True)
-    runtime = Runtime(compute_dtype=cfg.compute_dtype)
     calibration = cfg.calibration.to_dict()
     if calibration_data is not None:
         calibration["data"] = calibration_data
@@ -411,28 +537,36 @@ def _run_grid(cfg, data_dir, transforms, sources, calibration_data, store, work_
         if not todo:
             continue
         config, params, tokenizer = load_suite_model(model)
-        for t in transforms:
-            tasks = [task for tt, task in todo if tt == t]
-            if not tasks:
-                continue
-            tparams, cache_info = transformed_params(model, params, config, tokenizer, t, calibration,
-                                                     work_dir, data_dir)
-            scored = dequantized(tparams) if cfg.score_dequantized else tparams
-            for task in tasks:
-                print(f"[run] {model} {t.name} {task}", flush=True)
-                start = time.perf_counter()
-                samples_dir = work_dir / "samples" / _slug(model) / _slug(t.name)
-                rows = run_task_rows(task, tparams if task == "efficiency" else scored, config, tokenizer, cfg,
-                                     runtime, data_dir, samples_dir)
-                run_id = run_ids[t.name, task]
-                extra = {"params_cache": cache_info} if cache_info else {}
-                rows = full_rows(rows, model, t, cfg, run_id, extra, describe(sources[task]))
-                journal.write(model, t.name, task, run_id, rows)
-                append_missing(store, rows, present)
-                summary = ", ".join(f"{r['task']} {r['metric']}={r['value']:.4g}" for r in rows[-4:])
-                print(f"[done] {model} {t.name} {task} ({time.perf_counter() - start:.0f} s): {summary}",
-                      flush=True)
-            del tparams, scored
+        order = cfg.get("order", "transform_major")
+        if order not in ("transform_major", "task_major"):
+            raise ConfigError(f"suite order must be 'transform_major' or 'task_major', got {order!r}")
+        if order == "task_major":  # every transform on one task before the next task
+            todo.sort(key=lambda pair: cfg.tasks.index(pair[1]))
+        judge = suite_judge(cfg, model, config, params, tokenizer)
+        progress = GridProgress(todo, task_size_estimates(cfg, tokenizer, data_dir, [tk for _, tk in todo]))
+        print(progress.plan(), flush=True)
+        loaded: dict[str, tuple] = {}
+        for t, task in todo:
+            if t.name not in loaded:
+                loaded.clear()  # one transform's params in memory at a time
+                loaded[t.name] = prepare_transform(model, params, config, tokenizer, t, cfg, calibration,
+                                                   work_dir, data_dir)
+            tparams, scored, runtime_t, cache_info = loaded[t.name]
+            print(f"[run] {model} {t.name} {task}", flush=True)
+            start = time.perf_counter()
+            samples_dir = work_dir / "samples" / _slug(model) / _slug(t.name)
+            rows = run_task_rows(task, tparams if task == "efficiency" else scored, config, tokenizer, cfg,
+                                 runtime_t, data_dir, samples_dir, judge)
+            run_id = run_ids[t.name, task]
+            extra = {"params_cache": cache_info} if cache_info else {}
+            rows = full_rows(rows, model, t, cfg, run_id, extra, describe(sources[task]))
+            journal.write(model, t.name, task, run_id, rows)
+            append_missing(store, rows, present)
+            seconds = time.perf_counter() - start
+            summary = ", ".join(f"{r['task']} {r['metric']}={r['value']:.4g}" for r in rows[-4:])
+            print(f"[done] {model} {t.name} {task} ({seconds:.0f} s): {summary} | {progress.step(t.name, task, seconds)}",
+                  flush=True)
+        loaded.clear()
     return store
 
 

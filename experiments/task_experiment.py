@@ -75,6 +75,8 @@ def run_experiment(cfg, data_dir: Optional[str] = None, log: Callable[[str], Non
     """The task experiment: load `cfg.model` (float, or the quantized checkpoint at
     `cfg.quant_config` restored with `qjax.quant.storage` and checked against the model's shapes),
     run `cfg.tasks` into `cfg.results`, skipping tasks whose rows of the same run id are there.
+    `judge` (a model name, "" = none) loads a float judge model for judged generation tasks
+    (mt_bench_judged, followbench).
 
     Before the model loads, the results file must be writable and every task known and its data
     readable. Rows of a checkpoint are labelled `<directory name>@<digest of its params>` (unless
@@ -102,6 +104,12 @@ def run_experiment(cfg, data_dir: Optional[str] = None, log: Callable[[str], Non
         params = restore_params(cfg.quant_config, like=params)
         transform_id = params_digest(params)
         transform = cfg.transform or f"{Path(cfg.quant_config).name}@{transform_id[:8]}"
+    judge = None
+    if cfg.get("judge"):
+        from qjax.eval.judge import Judge
+
+        jconfig, jparams, jtokenizer = load_model(cfg.judge)  # in float
+        judge = Judge(cfg.judge + (" (judging itself)" if cfg.judge == cfg.model else ""), jparams, jconfig, jtokenizer)
     experiment_config = {k: v for k, v in cfg.to_dict().items() if k not in ("tasks", "results")}
     appended = run_tasks_into_store(
         store, list(cfg.tasks), params, config, tokenizer, model=cfg.model, transform=transform,
@@ -109,7 +117,7 @@ def run_experiment(cfg, data_dir: Optional[str] = None, log: Callable[[str], Non
         limit=None if cfg.limit < 0 else cfg.limit,
         num_fewshot=None if cfg.num_fewshot < 0 else cfg.num_fewshot, seed=cfg.seed,
         runtime=Runtime(compute_dtype=cfg.compute_dtype), chat_template=cfg.chat_template,
-        data_dir=data_dir, batch_size=cfg.batch_size, progress=True)
+        data_dir=data_dir, batch_size=cfg.batch_size, judge=judge, progress=True)
     log(f"{appended} rows appended to {cfg.results}")
     return appended
 

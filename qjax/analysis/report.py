@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from qjax.analysis import plots
-from qjax.analysis.stats import correlate, pareto_front
+from qjax.analysis.stats import correlate, pareto_front, pearson_interval
 from qjax.analysis.table import (Measurement, ResultTable, format_value, markdown_table,
                                  results_markdown)
 
@@ -40,11 +40,13 @@ def correlation_markdown(table: ResultTable, perplexity: Measurement,
     body = []
     correlations = correlate(table, perplexity, benchmarks)
     for c in correlations:
+        low, high = pearson_interval(c.pearson_r, c.n)
         body.append([f"{c.benchmark[0]} {c.benchmark[1]}", c.n, format_value(c.pearson_r),
-                     _p(c.pearson_p), format_value(c.spearman_rho), _p(c.spearman_p),
+                     "–" if math.isnan(low) else f"[{low:.2f}, {high:.2f}]", _p(c.pearson_p),
+                     format_value(c.spearman_rho), _p(c.spearman_p),
                      format_value(c.log_pearson_r), _p(c.log_pearson_p)])
-    text = markdown_table(["benchmark", "n", "Pearson r", "p", "Spearman ρ", "p", "Pearson r (log ppl)", "p"],
-                          body)
+    text = markdown_table(["benchmark", "n", "Pearson r", "95% CI (Fisher z)", "p", "Spearman ρ", "p",
+                           "Pearson r (log ppl)", "p"], body)
     for name, values in (("Pearson r", [c.pearson_r for c in correlations]),
                          ("Spearman ρ", [c.spearman_rho for c in correlations]),
                          ("Pearson r (log ppl)", [c.log_pearson_r for c in correlations])):
@@ -71,10 +73,11 @@ def pareto_markdown(table: ResultTable, model: str, memory: Measurement,
 def write_report(table: ResultTable, out_dir: str | Path, *, perplexity: Measurement,
                  memory: Measurement, efficiency_task: str = "efficiency",
                  benchmarks: Optional[Sequence[Measurement]] = None, sources: Sequence[str] = (),
-                 title: str = "qjax suite report") -> Path:
+                 title: str = "qjax suite report", notes: Sequence[str] = ()) -> Path:
     """Writes `<out_dir>/report.md` and its PNG plots under `<out_dir>/plots/`; returns the report path.
 
     benchmarks: the measurements to tabulate, correlate and plot (default: `split_measurements`).
+    notes: lines for a "Notes" section after the configurations (who judged, data caveats).
     """
     out_dir = Path(out_dir)
     default_benchmarks, efficiency = split_measurements(table, perplexity, efficiency_task)
@@ -91,6 +94,8 @@ def write_report(table: ResultTable, out_dir: str | Path, *, perplexity: Measure
         ["model", "transform", "method", "weight bits"],
         [[c[0], c[1], table.info[c].method, "float" if table.info[c].bits is None else
           f"{table.info[c].bits:g}"] for c in table.configs]), ""]
+    if notes:
+        lines += ["## Notes", ""] + [f"- {note}" for note in notes] + [""]
     ppl_columns = [m for m in table.measurements() if m[1] == "perplexity"]
     lines += ["## Benchmarks", "", "Value ± standard error (where defined).", "",
               results_markdown(table, ppl_columns + benchmarks), ""]
@@ -101,7 +106,7 @@ def write_report(table: ResultTable, out_dir: str | Path, *, perplexity: Measure
         lines += [f"## Correlation of {perplexity[0]} {perplexity[1]} with each benchmark", "",
                   "Across all configurations that have both (scipy.stats.pearsonr / spearmanr, "
                   "two-sided p-values; – where undefined: fewer than 3 configurations or a constant "
-                  "column). A negative coefficient means higher perplexity goes with a lower score.",
+                  "column; the 95% interval of Pearson's r by Fisher's z needs at least 4). A negative coefficient means higher perplexity goes with a lower score.",
                   "", correlation_markdown(table, perplexity, benchmarks), ""]
     for model in models:
         slug = model.replace("/", "_")

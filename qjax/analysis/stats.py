@@ -54,6 +54,16 @@ def correlation(x: Sequence[float], y: Sequence[float]) -> tuple[float, float, f
             float(spearman.pvalue))
 
 
+def pearson_interval(r: float, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Confidence interval of Pearson's r from n pairs by Fisher's z (atanh r +- z_q / sqrt(n - 3),
+    mapped back with tanh); (nan, nan) when n <= 3 or r is undefined or +-1."""
+    if n <= 3 or math.isnan(r) or abs(r) >= 1.0:
+        return math.nan, math.nan
+    half = stats.norm.ppf(0.5 + level / 2) / math.sqrt(n - 3)
+    z = math.atanh(r)
+    return math.tanh(z - half), math.tanh(z + half)
+
+
 def correlate(table: ResultTable, perplexity: Measurement,
               benchmarks: Optional[Sequence[Measurement]] = None) -> list[Correlation]:
     """Correlation of `perplexity` with each benchmark (default: every other measurement)."""

@@ -2,54 +2,44 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
+import jax
 import numpy as np
 
 from qjax.checkpoints.errors import CheckpointError
 from qjax.models.config import ModelConfig
+from qjax.models.decoder import init_params
 
 
 def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Path ('layers_0/attn/q_proj/kernel', ...) -> shape, for every parameter of `config`."""
-    d, f = config.hidden_size, config.intermediate_size
-    shapes = {"embed/embedding": (config.vocab_size, d), "final_norm/scale": (d,)}
-    if not config.tie_word_embeddings:
-        shapes["lm_head/kernel"] = (d, config.vocab_size)
-    for i in range(config.num_layers):
-        p = f"layers_{i}"
-        shapes.update({
-            f"{p}/input_norm/scale": (d,),
-            f"{p}/post_attn_norm/scale": (d,),
-            f"{p}/attn/q_proj/kernel": (d, config.q_size),
-            f"{p}/attn/k_proj/kernel": (d, config.kv_size),
-            f"{p}/attn/v_proj/kernel": (d, config.kv_size),
-            f"{p}/attn/o_proj/kernel": (config.q_size, d),
-            f"{p}/mlp/gate_proj/kernel": (d, f),
-            f"{p}/mlp/up_proj/kernel": (d, f),
-            f"{p}/mlp/down_proj/kernel": (f, d),
-        })
-        if config.attention_bias:
-            shapes.update({f"{p}/attn/q_proj/bias": (config.q_size,),
-                           f"{p}/attn/k_proj/bias": (config.kv_size,),
-                           f"{p}/attn/v_proj/bias": (config.kv_size,)})
-    return shapes
+    """Path ('layers_0/attn/q_proj/kernel', ...) -> shape, for every parameter of `config`: the
+    decoder's own parameter tree, traced abstractly (`jax.eval_shape`, nothing allocated)."""
+    tree = jax.eval_shape(lambda: init_params(config, jax.random.PRNGKey(0)))
+    return {"/".join(str(k.key) for k in path): tuple(leaf.shape)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def build_params(flat: dict[str, np.ndarray], config: ModelConfig, source: str) -> dict:
+def build_params(flat: dict[str, np.ndarray], config: ModelConfig, source: str,
+                 tensor_name: Callable[[str], str] = lambda path: path) -> dict:
     """Checks `flat` (path -> array) against `config` and nests it into the params pytree.
 
-    Raises CheckpointError naming `source` for a missing tensor or a shape that disagrees with the
-    config. Extra tensors (e.g. rotary caches) are ignored.
+    Raises CheckpointError naming `source` and the tensor (the qjax path and, when it differs, the
+    checkpoint's own name `tensor_name(path)`) for a missing tensor or a shape that disagrees with the config.
+    Extra tensors (e.g. rotary caches) are ignored.
     """
     params: dict = {}
     for path, shape in expected_shapes(config).items():
+        name = tensor_name(path)
+        named = "" if name == path else f" (checkpoint tensor {name})"
         if path not in flat:
-            raise CheckpointError(f"{source}: tensor for {path} is missing")
+            raise CheckpointError(f"{source}: tensor for {path} is missing{named}")
         value = flat[path]
         if tuple(value.shape) != shape:
-            raise CheckpointError(
-                f"{source}: tensor for {path} has shape {tuple(value.shape)}, but the config implies {shape}")
+            raise CheckpointError(f"{source}: tensor for {path} has shape {tuple(value.shape)}, but the config "
+                                  f"implies {shape}{named}")
         if not np.all(np.isfinite(np.asarray(value, np.float32))):
-            raise CheckpointError(f"{source}: tensor for {path} contains NaN or Inf")
+            raise CheckpointError(f"{source}: tensor for {path} contains NaN or Inf{named}")
         node = params
         *parents, leaf = path.split("/")
         for name in parents:

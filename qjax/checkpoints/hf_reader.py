@@ -2,48 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 
 from qjax.checkpoints.convert import build_params
 from qjax.checkpoints.errors import CheckpointError
-from qjax.models.config import ModelConfig, RopeScaling
-
-_ARCHITECTURES = {
-    "LlamaForCausalLM": "llama",
-    "MistralForCausalLM": "mistral",
-    "Qwen2ForCausalLM": "qwen2",
-}
-_LAYER_TENSORS = {
-    "input_layernorm.weight": "input_norm/scale",
-    "post_attention_layernorm.weight": "post_attn_norm/scale",
-    "self_attn.q_proj.weight": "attn/q_proj/kernel",
-    "self_attn.k_proj.weight": "attn/k_proj/kernel",
-    "self_attn.v_proj.weight": "attn/v_proj/kernel",
-    "self_attn.o_proj.weight": "attn/o_proj/kernel",
-    "self_attn.q_proj.bias": "attn/q_proj/bias",
-    "self_attn.k_proj.bias": "attn/k_proj/bias",
-    "self_attn.v_proj.bias": "attn/v_proj/bias",
-    "mlp.gate_proj.weight": "mlp/gate_proj/kernel",
-    "mlp.up_proj.weight": "mlp/up_proj/kernel",
-    "mlp.down_proj.weight": "mlp/down_proj/kernel",
-}
+from qjax.checkpoints.hf_families import FAMILIES, Family, rope_fields
+from qjax.models.config import ModelConfig
 
 
-def _rope_scaling(raw: dict | None, path: Path) -> RopeScaling | None:
-    if not raw:
-        return None
-    kind = raw.get("rope_type", raw.get("type"))
-    if kind in (None, "default"):
-        return None
-    if kind == "linear":
-        return RopeScaling("linear", float(raw["factor"]))
-    if kind == "llama3":
-        return RopeScaling("llama3", float(raw["factor"]), float(raw["low_freq_factor"]),
-                           float(raw["high_freq_factor"]), int(raw["original_max_position_embeddings"]))
-    raise CheckpointError(f"{path}: unsupported rope_scaling type {kind!r} (supported: linear, llama3)")
+def family_of(raw: dict, path: Path) -> Family:
+    """The `Family` of a config.json's `architectures`; CheckpointError naming them when unknown."""
+    archs = raw.get("architectures") or []
+    known = [a for a in archs if a in FAMILIES]
+    if not known:
+        raise CheckpointError(
+            f"{path}: unknown architecture {archs or raw.get('model_type')!r}; supported: {sorted(FAMILIES)}")
+    return FAMILIES[known[0]]
 
 
 def read_config(directory: Path) -> ModelConfig:
@@ -54,35 +33,37 @@ def read_config(directory: Path) -> ModelConfig:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: not valid JSON: {e}") from e
-    archs = raw.get("architectures") or []
-    known = [a for a in archs if a in _ARCHITECTURES]
-    if not known:
-        raise CheckpointError(
-            f"{path}: unknown architecture {archs or raw.get('model_type')!r}; supported: {sorted(_ARCHITECTURES)}")
-    arch = _ARCHITECTURES[known[0]]
-    heads = raw["num_attention_heads"]
-    rope_scaling = raw.get("rope_scaling") or raw.get("rope_parameters")
-    rope_theta = raw.get("rope_theta") or (rope_scaling or {}).get("rope_theta") or 10000.0
-    eos = raw.get("eos_token_id")
-    return ModelConfig(
-        architecture=arch,
-        vocab_size=raw["vocab_size"],
-        hidden_size=raw["hidden_size"],
-        intermediate_size=raw["intermediate_size"],
-        num_layers=raw["num_hidden_layers"],
-        num_heads=heads,
-        num_kv_heads=raw.get("num_key_value_heads") or heads,
-        head_dim=raw.get("head_dim") or raw["hidden_size"] // heads,
-        rms_norm_eps=raw.get("rms_norm_eps", 1e-6),
-        rope_theta=float(rope_theta),
-        rope_scaling=_rope_scaling(rope_scaling, path),
-        max_position_embeddings=raw.get("max_position_embeddings", 2048),
-        tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
-        attention_bias=arch == "qwen2" or bool(raw.get("attention_bias", False)),
-        sliding_window=raw.get("sliding_window") if (arch == "mistral" or raw.get("use_sliding_window")) else None,
-        bos_token_id=raw.get("bos_token_id"),
-        eos_token_id=eos[0] if isinstance(eos, list) else eos,
-    )
+    family = family_of(raw, path)
+    try:
+        parts = family.parts(raw, path)
+        heads = parts.get("num_heads") or raw["num_attention_heads"]
+        hidden = parts.get("hidden_size") or raw["hidden_size"]
+        eos = raw.get("eos_token_id")
+        fields = dict(
+            architecture=family.architecture,
+            vocab_size=raw["vocab_size"],
+            hidden_size=hidden,
+            intermediate_size=raw.get("intermediate_size"),
+            num_layers=raw.get("num_hidden_layers"),
+            num_heads=heads,
+            num_kv_heads=raw.get("num_key_value_heads") or heads,
+            head_dim=raw.get("head_dim") or hidden // heads,
+            rms_norm_eps=raw.get("rms_norm_eps", 1e-6),
+            max_position_embeddings=raw.get("max_position_embeddings", 2048),
+            tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+            attention_bias=bool(raw.get("attention_bias", False)),
+            bos_token_id=raw.get("bos_token_id"),
+            eos_token_id=eos[0] if isinstance(eos, list) else eos,
+            **rope_fields(raw, path),
+        )
+        fields.update(parts)
+        return ModelConfig(**fields)
+    except KeyError as e:
+        raise CheckpointError(f"{path}: config.json lacks {e.args[0]!r}, which {family.architecture} needs") from e
+    except (TypeError, ValueError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"{path}: inconsistent {family.architecture} config: {e}") from e
 
 
 def _safetensors_files(directory: Path) -> list[Path]:
@@ -116,24 +97,43 @@ def _read_tensors(file: Path) -> dict[str, np.ndarray]:
         raise CheckpointError(f"{file}: not a readable safetensors file (truncated or corrupt?): {e}") from e
 
 
+def map_tensor_names(names, family: Family, directory: Path) -> dict[str, tuple[str, str]]:
+    """HF tensor name -> (qjax path, layer prefix) for every name the family knows (others, e.g.
+    rotary caches, are left out)."""
+    top, layer = family.compiled()
+    layer_name = re.compile(rf"{re.escape(family.layers)}\.(\d+)\.(.+)")
+    out = {}
+    for name in names:
+        short = next((name[len(p):] for p in family.prefixes if name.startswith(p)), name)
+        m = layer_name.fullmatch(short)
+        table, rest, stem = (layer, m.group(2), f"layers_{m.group(1)}/") if m else (top, short, "")
+        for pattern, target in table:
+            e = pattern.fullmatch(rest)
+            if e:
+                out[name] = stem + (target.replace("{e}", e.group(1)) if e.groups() else target)
+                break
+    return out
+
+
 def load_hf_dir(directory: str | Path) -> tuple[ModelConfig, dict]:
     """Loads config.json and every (possibly sharded) safetensors file into float32 qjax params."""
     directory = Path(directory)
     config = read_config(directory)
+    raw = json.loads((directory / "config.json").read_text())
+    family = family_of(raw, directory)
+    reorder = family.qkv(raw, dataclasses.asdict(config)) if family.qkv else None
     flat: dict[str, np.ndarray] = {}
     for file in _safetensors_files(directory):
-        for name, w in _read_tensors(file).items():
-            name = name.removeprefix("model.")
-            if name == "embed_tokens.weight":
-                flat["embed/embedding"] = w
-            elif name == "norm.weight":
-                flat["final_norm/scale"] = w
-            elif name == "lm_head.weight":
-                flat["lm_head/kernel"] = w.T
-            elif name.startswith("layers."):
-                _, layer, rest = name.split(".", 2)
-                if rest in _LAYER_TENSORS:
-                    flat[f"layers_{layer}/{_LAYER_TENSORS[rest]}"] = w.T if w.ndim == 2 else w
+        tensors = _read_tensors(file)
+        for name, path in map_tensor_names(tensors, family, directory).items():
+            w = tensors[name]
+            if reorder is not None and "/qkv_proj/" in path:
+                try:
+                    w = reorder(w)
+                except ValueError as e:
+                    raise CheckpointError(f"{file}: tensor {name} has shape {tuple(w.shape)}, which does not split "
+                                          f"into the config's q/k/v heads: {e}") from e
+            flat[path] = w.T if path.endswith("/kernel") else w
     if config.tie_word_embeddings:
         flat.pop("lm_head/kernel", None)
-    return config, build_params(flat, config, str(directory))
+    return config, build_params(flat, config, str(directory), family.hf_name)

@@ -8,6 +8,7 @@ Every error is a `DataError` naming the file (and line or record).
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import os
 from pathlib import Path
@@ -26,25 +27,31 @@ def task_file(relative: str, data_dir: Optional[str | os.PathLike]) -> Path:
 
 def read_jsonl(path: str | os.PathLike, required: Sequence[str] = ()) -> list[dict]:
     """One JSON object per non-blank line, each having the `required` fields; at least one record.
+    A path ending in ".gz" is read through gzip.
 
-    DataError naming file and line for a missing file, a line that is not JSON or not an object, or
-    a missing field.
+    DataError naming file and line for a missing or unreadable file, a line that is not JSON or not
+    an object, or a missing field.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file {path} is missing")
     rows = []
     record_file(path)
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: malformed JSON line: {e}") from None
-            check_fields(row, required, f"{path}:{lineno}")
-            rows.append(row)
+    try:
+        with (gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz"
+              else open(path, encoding="utf-8")) as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}:{lineno}: malformed JSON line: {e}") from None
+                check_fields(row, required, f"{path}:{lineno}")
+                rows.append(row)
+    except (OSError, EOFError) as e:  # gzip: not a gzip file, truncated
+        kind = "gzip file" if path.suffix == ".gz" else "file"
+        raise DataError(f"{path}: not a readable {kind}: {e}") from None
     if not rows:
         raise DataError(f"{path}: no records")
     return rows

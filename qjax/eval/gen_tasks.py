@@ -91,6 +91,7 @@ class Metric:
     name: str
     value: MetricValue
     details: dict = dataclasses.field(default_factory=dict)
+    part: Optional[str] = None  # a part of the task (GenerationSpec.part_field): row task "<task>/<part>"
 
 
 Scorer = Callable[[TaskSpec, Sequence[Doc], Sequence, TaskContext], list[Metric]]
@@ -110,9 +111,10 @@ def truncate_tokens(tokenizer, text: str, max_tokens: int) -> str:
     return text if len(ids) <= max_tokens else tokenizer.decode(ids[:max_tokens])
 
 
-def prompts_for(spec: TaskSpec, docs: Sequence[Doc], ctx: TaskContext) -> list:
-    """The prompt of each document (a string, or chat messages with chat_template=True), few-shot
-    examples drawn per document as the declaration says (seeded by (seed, document index))."""
+def prompts_for(spec: TaskSpec, docs: Sequence[Doc], ctx: TaskContext, chat: Optional[bool] = None) -> list:
+    """The prompt of each document (a string, or chat messages with chat_template=True or `chat`),
+    few-shot examples drawn per document as the declaration says (seeded by (seed, document index))."""
+    chat = ctx.chat_template if chat is None else chat
     n_shot = spec.num_fewshot if ctx.num_fewshot is None else ctx.num_fewshot
     if n_shot < 0:
         raise ValueError(f"num_fewshot must be >= 0, got {n_shot}")
@@ -130,7 +132,7 @@ def prompts_for(spec: TaskSpec, docs: Sequence[Doc], ctx: TaskContext) -> list:
         examples = select_examples(spec, pool, n_shot, seed=ctx.seed, doc_key=i,
                                    exclude=i if same_split else None)
         question = spec.doc_text(doc)
-        prompts.append(build_messages(spec, doc, examples, question) if ctx.chat_template
+        prompts.append(build_messages(spec, doc, examples, question) if chat
                        else build_context(spec, doc, examples, question))
     return prompts
 
@@ -341,19 +343,50 @@ def run_generation_task(name: str, params, config: ModelConfig, tokenizer, *, li
     gen = spec.generation
     start = time.perf_counter()
     docs = _take(spec.load(spec.eval_split, data_dir), limit)
+    fit_metrics: list[Metric] = []
     if gen.turns_field is not None:
         outputs = generate_turns(spec, docs, ctx)
         shots = 0
     else:
-        outputs = ctx.generate(prompts_for(spec, docs, ctx), max_new_tokens=gen.max_new_tokens, stop=gen.until)
+        chat = ctx.chat_template or gen.chat
+        prompts = prompts_for(spec, docs, ctx, chat)
+        if gen.fit_context:
+            docs, prompts, fit_metrics = fitting_documents(spec, docs, prompts, ctx, chat)
+        outputs = ctx.generate(prompts, max_new_tokens=gen.max_new_tokens, stop=gen.until, chat=chat)
         if gen.strip:
             outputs = [o.strip() for o in outputs]
         shots = spec.num_fewshot if num_fewshot is None else num_fewshot
-    metrics = SCORERS[gen.scorer](spec, docs, outputs, ctx)
+    metrics = fit_metrics + (SCORERS[gen.scorer](spec, docs, outputs, ctx) if docs else [])
     seconds = time.perf_counter() - start
     options = {"limit": limit, "num_fewshot": num_fewshot, "seed": seed, "chat_template": chat_template,
                "max_new_tokens": max_new_tokens}
     shared = {"num_fewshot": shots, "chat_template": chat_template}
-    return [{"task": name, "metric": m.name, "value": m.value.value, "stderr": m.value.stderr,
-             "items": m.value.items, "seconds": seconds, "config": options,
+    return [{"task": name if m.part is None else f"{name}/{m.part}", "metric": m.name, "value": m.value.value,
+             "stderr": m.value.stderr, "items": m.value.items, "seconds": seconds, "config": options,
              "details": {**shared, **m.details}} for m in metrics]
+
+
+def fitting_documents(spec: TaskSpec, docs: Sequence[Doc], prompts: Sequence, ctx: TaskContext, chat: bool):
+    """(documents, prompts) whose prompt tokens + the task's budget fit the model's context, and the
+    `fits` metrics: the share of documents that fit, per part (`part_field`) and over the task."""
+    from qjax.eval.generate import encode_prompts
+
+    budget = ctx.max_new_tokens or spec.generation.max_new_tokens
+    lengths = [len(ids) for ids in encode_prompts(ctx.tokenizer, list(prompts), chat)]
+    fits = [n + budget <= ctx.config.max_position_embeddings for n in lengths]
+    part_field = spec.generation.part_field
+    metrics = []
+    if part_field is not None:
+        parts: dict = {}
+        for d, ok, n in zip(docs, fits, lengths):
+            parts.setdefault(d[part_field], []).append((ok, n))
+        for part, values in parts.items():
+            metrics.append(Metric("fits", MetricValue(sum(ok for ok, _ in values) / len(values), None, len(values)),
+                                  {"max_tokens": max(n for _, n in values)}, part=str(part)))
+    metrics.append(Metric("fits", MetricValue(sum(fits) / len(fits), None, len(fits)),
+                          {"context": ctx.config.max_position_embeddings, "max_new_tokens": budget}))
+    kept = [i for i, ok in enumerate(fits) if ok]
+    return [docs[i] for i in kept], [prompts[i] for i in kept], metrics
+
+
+from qjax.eval import breadth_scorers  # noqa: E402,F401  (LongEval, multi-document QA, AdvGLUE, ... scorers)

@@ -52,6 +52,7 @@ class TaskOptions:
     batch_size: int = 16
     max_length: Optional[int] = None
     progress: bool = False
+    judge: Any = None  # a qjax.eval.judge.Judge for judged generation tasks (MT-Bench, FollowBench)
 
     def row_config(self, spec: TaskSpec) -> dict:
         return {"num_fewshot": self.fewshot_count(spec), "limit": self.limit, "seed": self.seed,
@@ -82,7 +83,8 @@ def register_runner(kind: str, runner: Runner) -> None:
 def run_task(name: str, params, config, tokenizer, *, limit: Optional[int] = None,
              num_fewshot: Optional[int] = None, seed: int = 0, runtime: Runtime = Runtime(),
              runtime_state: Any = None, chat_template: bool = False, data_dir: Optional[str] = None,
-             batch_size: int = 16, max_length: Optional[int] = None, progress: bool = False) -> list[dict]:
+             batch_size: int = 16, max_length: Optional[int] = None, progress: bool = False,
+             judge: Any = None) -> list[dict]:
     """Metric rows of task `name` (see the module docstring)."""
     spec = get_task(name)
     if spec.kind not in RUNNERS:
@@ -92,7 +94,7 @@ def run_task(name: str, params, config, tokenizer, *, limit: Optional[int] = Non
             metric_fn(spec.kind, metric)  # an unknown metric fails before any scoring
     options = TaskOptions(limit=limit, num_fewshot=num_fewshot, seed=seed, runtime=runtime,
                           runtime_state=runtime_state, chat_template=chat_template, data_dir=data_dir,
-                          batch_size=batch_size, max_length=max_length, progress=progress)
+                          batch_size=batch_size, max_length=max_length, progress=progress, judge=judge)
     return RUNNERS[spec.kind](spec, params, config, tokenizer, options)
 
 
@@ -221,7 +223,7 @@ def run_generate_until(spec: TaskSpec, params, config, tokenizer, options: TaskO
     return run_generation_task(spec.name, params, config, tokenizer, limit=options.limit,
                                num_fewshot=options.num_fewshot, seed=options.seed, runtime=options.runtime,
                                runtime_state=options.runtime_state, chat_template=options.chat_template,
-                               data_dir=options.data_dir, batch_size=options.batch_size)
+                               data_dir=options.data_dir, batch_size=options.batch_size, judge=options.judge)
 
 
 register_runner(MULTIPLE_CHOICE, run_multiple_choice)
@@ -282,11 +284,13 @@ def task_run_id(name: str, *, model: str, transform: str, transform_id: Any = No
     """The run id of a task's rows (`qjax.eval.results.run_id`): model, transform and its identity
     (the recipe's text, a checkpoint's digest), the task, the `run_task` options that change its
     result (batching, progress and the data directory's path do not; the data's content does,
-    through `data_sources`)."""
+    through `data_sources`; a judge counts by its name)."""
     from qjax.eval.results import run_id
 
     settings = {k: v for k, v in sorted(options.items())
-                if k not in ("batch_size", "progress", "data_dir", "runtime_state")}
+                if k not in ("batch_size", "progress", "data_dir", "runtime_state", "judge")}
+    if options.get("judge") is not None:
+        settings["judge"] = getattr(options["judge"], "name", str(type(options["judge"])))
     return run_id(model=model, transform=transform, transform_id=transform_id, task=name, settings=settings,
                   data=list(data_sources))
 

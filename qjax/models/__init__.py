@@ -1,8 +1,8 @@
-"""Llama-family decoder, its config and KV cache."""
+"""Decoder models assembled from declared parts (`ModelConfig`), their KV cache, and Mamba."""
 
 from qjax.models.config import ModelConfig, RopeScaling
+from qjax.models.decoder import Decoder, DecoderLayer, forward, init_params, stack_cache, stack_layers
 from qjax.models.kv_cache import cache_nbytes, init_cache
-from qjax.models.llama import Decoder, DecoderLayer, forward, init_params, stack_cache, stack_layers
 
 __all__ = ["ModelConfig", "RopeScaling", "Decoder", "DecoderLayer", "forward", "init_params", "stack_layers",
            "stack_cache",

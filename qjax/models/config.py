@@ -1,11 +1,26 @@
-"""Static description of a Llama-family decoder."""
+"""Static description of a decoder: its sizes and the parts its architecture declares.
+
+A family is a choice of parts (`FAMILY_PARTS` lists what each supported family sets); the decoder in
+`qjax.models.decoder` is assembled from them, with no per-family code path.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Optional
 
-SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2")
+NORMS = ("rms", "rms_one_plus", "layer")  # RMSNorm * w | RMSNorm * (1 + w) (Gemma) | LayerNorm * w + b
+ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu")
+MLPS = ("gated", "plain")  # act(gate(x)) * up(x) -> down | act(up(x)) -> down
+POSITIONALS = ("rope", "alibi", "learned")
+RESIDUALS = ("sequential", "parallel", "sandwich")
+QK_NORMS = (None, "head", "full")  # RMSNorm over each head's dims (Qwen3, Gemma 3) | over all heads (OLMoE)
+LAYER_TYPES = ("full", "sliding")
+
+# The families qjax reads, and the architecture string each is stored under.
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3",
+                           "stablelm", "gpt_neox", "falcon", "opt", "bloom", "mixtral", "qwen2_moe",
+                           "qwen3_moe", "olmoe")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,10 +36,36 @@ class RopeScaling:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Hyper-parameters of a Llama-family decoder (Llama, Mistral, SmolLM2, Qwen2).
+    """Hyper-parameters of a decoder and the parts it is assembled from (defaults: Llama's).
 
     Frozen and hashable, so it can be a static argument of jitted functions.
     `head_dim * num_heads` need not equal `hidden_size` (some checkpoints decouple them).
+
+    Sizes: vocab_size, hidden_size, intermediate_size (dense MLP width), num_layers, num_heads,
+    num_kv_heads (1: multi-query; < num_heads: grouped), head_dim.
+    Parts:
+      norm: one of NORMS, for every norm of the model (eps rms_norm_eps, whatever the kind).
+      mlp, activation: one of MLPS and ACTIVATIONS (SwiGLU = gated silu, GeGLU = gated gelu_tanh).
+      fused_qkv / fused_gate_up: the checkpoint holds one kernel attn/qkv_proj ([q | k | v] columns) /
+        mlp/gate_up_proj ([gate | up] columns) instead of separate ones.
+      attention_bias (q/k/v bias), o_bias, mlp_bias: which linears carry a bias.
+      qk_norm: one of QK_NORMS; clip_qkv: q, k, v clamped to [-clip, clip] (OLMoE).
+      positional: one of POSITIONALS; rotary_fraction: the leading share of each head's dims that
+        RoPE rotates (partial rotary); position_offset: row offset into the learned table (OPT: 2).
+      residual: "sequential" (x += attn(n1(x)); x += mlp(n2(x))), "parallel" (x += attn(n1(x)) +
+        mlp(n2(x)); with parallel_shared_norm both read n1(x)), "sandwich" (Gemma 2/3: the block
+        outputs are normed again before the residual add).
+      query_scale: attention's score scale (None: head_dim ** -0.5).
+      attn_softcap / final_softcap: cap * tanh(x / cap) on the attention scores / the logits.
+      sliding_window, layer_types: layer i attends only its last sliding_window keys when
+        layer_types[i] == "sliding" (layer_types None: every layer, when sliding_window is set).
+      local_rope_theta: RoPE base of the sliding layers (Gemma 3; None: rope_theta, unscaled).
+      embed_scale: embeddings multiplied by sqrt(hidden_size) (Gemma); embed_norm: a norm right after
+        the embedding (BLOOM).
+      MoE (num_experts > 0): each layer not in dense_layers holds `num_experts` SwiGLU experts of
+        width moe_intermediate_size and a router; each token's top num_experts_per_tok experts by
+        softmax probability, their weights renormalised to sum 1 when norm_topk_prob;
+        shared_expert_size > 0 adds an always-on expert scaled by sigmoid(shared_expert_gate(x)).
     """
 
     architecture: str
@@ -44,6 +85,34 @@ class ModelConfig:
     sliding_window: Optional[int] = None
     bos_token_id: Optional[int] = None
     eos_token_id: Optional[int] = None
+    # declared parts (defaults: Llama)
+    norm: str = "rms"
+    mlp: str = "gated"
+    activation: str = "silu"
+    fused_qkv: bool = False
+    fused_gate_up: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    qk_norm: Optional[str] = None
+    clip_qkv: Optional[float] = None
+    positional: str = "rope"
+    rotary_fraction: float = 1.0
+    position_offset: int = 0
+    residual: str = "sequential"
+    parallel_shared_norm: bool = False
+    query_scale: Optional[float] = None
+    attn_softcap: Optional[float] = None
+    final_softcap: Optional[float] = None
+    layer_types: Optional[tuple] = None
+    local_rope_theta: Optional[float] = None
+    embed_scale: bool = False
+    embed_norm: bool = False
+    num_experts: int = 0
+    num_experts_per_tok: int = 0
+    moe_intermediate_size: int = 0
+    norm_topk_prob: bool = False
+    shared_expert_size: int = 0
+    dense_layers: tuple = ()
 
     def __post_init__(self):
         if self.architecture not in SUPPORTED_ARCHITECTURES:
@@ -52,6 +121,20 @@ class ModelConfig:
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
+        for name, allowed in (("norm", NORMS), ("mlp", MLPS), ("activation", ACTIVATIONS),
+                              ("positional", POSITIONALS), ("residual", RESIDUALS), ("qk_norm", QK_NORMS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}; expected one of {allowed}")
+        if self.layer_types is not None:
+            if len(self.layer_types) != self.num_layers or any(t not in LAYER_TYPES for t in self.layer_types):
+                raise ValueError(f"ModelConfig.layer_types must hold {self.num_layers} entries of {LAYER_TYPES}, "
+                                 f"got {self.layer_types!r}")
+        if not 0.0 < self.rotary_fraction <= 1.0 or self.rotary_dim % 2:
+            raise ValueError(f"ModelConfig.rotary_fraction={self.rotary_fraction} gives an odd or empty rotary "
+                             f"dim {self.rotary_dim} of head_dim {self.head_dim}")
+        if self.num_experts and not 0 < self.num_experts_per_tok <= self.num_experts:
+            raise ValueError(f"ModelConfig: num_experts_per_tok={self.num_experts_per_tok} must be in "
+                             f"[1, num_experts={self.num_experts}]")
 
     @property
     def q_size(self) -> int:
@@ -60,3 +143,24 @@ class ModelConfig:
     @property
     def kv_size(self) -> int:
         return self.num_kv_heads * self.head_dim
+
+    @property
+    def rotary_dim(self) -> int:
+        """Leading dims of each head that RoPE rotates (head_dim unless partial rotary)."""
+        return int(self.head_dim * self.rotary_fraction)
+
+    def is_sliding(self, layer: int) -> bool:
+        """Whether layer `layer` attends through the sliding window."""
+        if self.sliding_window is None:
+            return False
+        return self.layer_types is None or self.layer_types[layer] == "sliding"
+
+    def is_moe(self, layer: int) -> bool:
+        """Whether layer `layer` holds a sparse MoE block instead of a dense MLP."""
+        return self.num_experts > 0 and layer not in self.dense_layers
+
+    @property
+    def uniform_layers(self) -> bool:
+        """Every layer has the same structure and attention (so they can run in one `lax.scan`)."""
+        return (len({self.is_sliding(i) for i in range(self.num_layers)}) <= 1
+                and len({self.is_moe(i) for i in range(self.num_layers)}) <= 1)

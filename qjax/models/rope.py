@@ -11,9 +11,14 @@ import numpy as np
 from qjax.models.config import ModelConfig
 
 
-def inverse_frequencies(config: ModelConfig) -> np.ndarray:
-    """(head_dim // 2,) float64 inverse frequencies, with `linear` or `llama3` scaling applied."""
-    dim = config.head_dim
+def inverse_frequencies(config: ModelConfig, *, local: bool = False) -> np.ndarray:
+    """(rotary_dim // 2,) float64 inverse frequencies, with `linear` or `llama3` scaling applied.
+
+    local: the frequencies of a sliding-window layer, which use `local_rope_theta` unscaled when the
+    config sets one (Gemma 3)."""
+    dim = config.rotary_dim
+    if local and config.local_rope_theta is not None:
+        return 1.0 / (config.local_rope_theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
     inv_freq = 1.0 / (config.rope_theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
     scaling = config.rope_scaling
     if scaling is None:
@@ -35,7 +40,12 @@ def inverse_frequencies(config: ModelConfig) -> np.ndarray:
 
 
 def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
-    """Rotates x: (batch, T, heads, head_dim) at integer positions (batch, T)."""
+    """Rotates x: (batch, T, heads, head_dim) at integer positions (batch, T). With fewer
+    frequencies than head_dim // 2 (partial rotary), only the leading 2 * len(inv_freq) dims of each
+    head rotate; the rest pass through."""
+    rot = 2 * len(inv_freq)
+    if rot < x.shape[-1]:
+        return jnp.concatenate([apply_rope(x[..., :rot], positions, inv_freq), x[..., rot:]], axis=-1)
     angles = positions[..., None].astype(jnp.float32) * jnp.asarray(inv_freq, jnp.float32)
     angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]  # (B, T, 1, head_dim)
     cos, sin = jnp.cos(angles), jnp.sin(angles)

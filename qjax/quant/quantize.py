@@ -151,7 +151,7 @@ def _block_sites(params: Mapping, config: ModelConfig, pattern: str) -> tuple[di
     for path, leaf in flatten_params(params).items():
         if not regex.fullmatch(path):
             continue
-        m = re.fullmatch(r"layers_(\d+)/(\w+/\w+)/kernel", path)
+        m = re.fullmatch(r"layers_(\d+)/(.+)/kernel", path)
         if m and int(m.group(1)) < config.num_layers:
             per_layer[int(m.group(1))].append(m.group(2))
         else:

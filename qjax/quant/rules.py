@@ -17,7 +17,9 @@ from typing import Any, Callable, Optional, Sequence
 
 log = logging.getLogger(__name__)
 
-DEFAULT_WEIGHT_PATTERN = r"layers_\d+/(attn|mlp)/\w+_proj/kernel"
+# attention, MLP, MoE experts (one by one) and the shared expert, Mamba's mixer; MoE routers
+# (moe/router, moe/shared_expert_gate) and Mamba's conv1d stay float unless a rule names them.
+DEFAULT_WEIGHT_PATTERN = r"layers_\d+/(attn|mlp|moe/experts_\d+|moe/shared_expert|mixer)/\w+_proj/kernel"
 
 Rule = tuple  # (regex: str, spec | None)
 

@@ -136,7 +136,8 @@ def test_report_with_plots(tmp_path):
         png = tmp_path / "plots" / name
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
         assert f"(plots/{name})" in text
-    assert "| benchmark | n | Pearson r | p | Spearman ρ | p | Pearson r (log ppl) | p |" in text
+    assert ("| benchmark | n | Pearson r | 95% CI (Fisher z) | p | Spearman ρ | p | Pearson r (log ppl) | p |"
+            in text)
     assert "| mmlu acc | 6 |" in text
     # Pareto front for mmlu over weight bytes: gptq_w2 (50), gptq_w3 (65), gptq_w4 (80), rtn_w8 (140)
     assert ("| mmlu acc | gptq_w2 (50.0 MiB, 0.2500), gptq_w3 (65.0 MiB, 0.2600), "

@@ -31,8 +31,8 @@ def _edit_config(directory, **changes):
 
 
 def test_unknown_architecture(tiny_dir):
-    _edit_config(tiny_dir, architectures=["GPTNeoXForCausalLM"], model_type="gpt_neox")
-    with pytest.raises(CheckpointError, match=r"config.json: unknown architecture .*GPTNeoX"):
+    _edit_config(tiny_dir, architectures=["RwkvForCausalLM"], model_type="rwkv")
+    with pytest.raises(CheckpointError, match=r"config.json: unknown architecture .*Rwkv"):
         load_model(str(tiny_dir))
 
 
@@ -65,7 +65,7 @@ def test_corrupt_safetensors_header(tiny_dir):
 
 def test_shape_disagrees_with_config(tiny_dir):
     _edit_config(tiny_dir, intermediate_size=50)
-    with pytest.raises(CheckpointError, match=r"mlp/gate_proj/kernel has shape \(32, 48\), but the config implies \(32, 50\)"):
+    with pytest.raises(CheckpointError, match=r"mlp/down_proj/kernel has shape \(48, 32\), but the config implies \(50, 32\)"):
         load_model(str(tiny_dir))
 
 

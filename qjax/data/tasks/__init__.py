@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-from qjax.data.tasks import (arc, bbq, boolq, ceval, flores, gsm8k, hellaswag, ifeval, lambada, mmlu,
-                             mt_bench, piqa, snli, summarization, truthfulqa, wikitext, winogrande)
+from qjax.data.tasks import (adv_glue, arc, bbq, boolq, ceval, ethics, flores, followbench, gsm8k, hellaswag,
+                             ifeval, lambada, longeval, mmlu, mt_bench, mt_bench_judged, multidoc, piqa, snli,
+                             strategyqa, summarization, truthfulqa, truthfulqa_gen, wikitext, winogrande)
 from qjax.data.tasks.spec import (GENERATE_UNTIL, KINDS, LOGLIKELIHOOD, MULTIPLE_CHOICE, ROLLING, Doc,
                                   GenerationSpec, TaskSpec)
 
@@ -45,7 +46,8 @@ def get_task(name: str) -> TaskSpec:
 
 
 for _family in (mmlu, arc, piqa, boolq, winogrande, lambada, hellaswag, truthfulqa, bbq, ceval, snli,
-                wikitext, gsm8k, ifeval, mt_bench, summarization):
+                wikitext, gsm8k, ifeval, mt_bench, summarization, strategyqa, ethics, longeval, multidoc,
+                adv_glue, truthfulqa_gen, followbench, mt_bench_judged):
     for _spec in _family.TASKS:
         register_task(_spec)
 register_family(flores.PREFIX, flores.task)

@@ -58,6 +58,13 @@ class GenerationSpec:
     turns_field: multi-turn tasks: the document field holding the user turns; each turn is a chat
       turn seeing the model's earlier answers (always through the chat template).
     strip: strip surrounding whitespace off completions before scoring.
+    chat: the protocol sends every prompt through the conversation template (the description as a
+      system turn), whatever the run's chat_template option (LongEval, lost in the middle, AdvGLUE,
+      FollowBench: their reference scripts do so for chat models).
+    fit_context: documents whose prompt plus `max_new_tokens` exceed the model's context are not
+      generated; the share that fits is reported as metric `fits` (per part, see `part_field`).
+    part_field: the document field naming the part a document belongs to (a size, a gold position,
+      a subtask); scorers report per part as task "<task>/<part>" besides the whole task.
     """
 
     until: tuple[str, ...] = ("\n\n",)
@@ -68,6 +75,9 @@ class GenerationSpec:
     truncate: Optional[tuple[str, int]] = None
     turns_field: Optional[str] = None
     strip: bool = False
+    chat: bool = False
+    fit_context: bool = False
+    part_field: Optional[str] = None
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
