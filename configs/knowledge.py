@@ -17,6 +17,7 @@ RANGES = {"limit": (1, None, (-1,)), "num_fewshot": (0, None, (-1,)), "batch_siz
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
+    config.mesh = ""  # "data:4,model:2" (qjax.parallel.mesh); "" = every device on data
     config.model = "smollm2-135m"
     config.quant_config = ""  # path of a saved quantized checkpoint (qjax.quant.storage); "" = float
     config.transform = ""  # row label; "" = "float", or the quantized checkpoint's directory name

@@ -23,6 +23,7 @@ RANGES = {"lengths": (1, None), "depths": (0.0, 1.0), "samples": (1, None), "max
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
+    config.mesh = ""  # "data:4,model:2" (qjax.parallel.mesh); "" = every device on data
     config.model = "smollm2-135m"
     config.tasks = ("longeval_topics", "longeval_lines", "passkey")
     config.settings = ("float", "KV8", "KV4", "KV2")  # qjax.quant.activations.parse_setting names

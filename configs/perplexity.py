@@ -17,6 +17,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.max_windows = -1  # -1: every window
     config.batch_size = 1
     config.compute_dtype = "float32"
+    config.mesh = ""  # "data:4,model:2": see qjax.parallel.mesh; "" = every device on data
     config.results = "results/perplexity.jsonl"
     if variant == "quick":
         config.max_windows = 4

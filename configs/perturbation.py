@@ -25,6 +25,7 @@ RANGES = {"seqlen": (1, None), "windows": (1, None), "window_batch": (1, None), 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
+    c.mesh = ""  # "data:4,model:2" (qjax.parallel.mesh); "" = every device on data
     c.model = "smollm2-135m"
     c.dataset = "wikitext2"
     c.split = "test"

@@ -86,6 +86,7 @@ def _method(variant: str) -> ml_collections.ConfigDict:
 def get_config(variant: str = "gptq_w4") -> ml_collections.ConfigDict:
     """`variant` as in the module docstring, or "float" (no quantization)."""
     config = ml_collections.ConfigDict()
+    config.mesh = ""  # "data:4,model:2" (qjax.parallel.mesh); "" = every device on data
     config.name = variant
     config.model = "smollm2-135m"
     config.method = _method("none" if variant == "float" else variant)

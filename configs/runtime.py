@@ -13,6 +13,7 @@ RANGES = {"seqlen": (1, None), "max_windows": (1, None), "calib_windows": (1, No
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
+    config.mesh = ""  # "data:4,model:2" (qjax.parallel.mesh); "" = every device on data
     config.model = "smollm2-135m"
     # named settings (qjax.quant.activations.parse_setting); the absl flags --wbits/--abits/--kvbits
     # of the experiment replace this list by one composed setting

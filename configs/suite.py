@@ -78,6 +78,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     # every configuration); "efficiency" always runs the stored params.
     c.score_dequantized = True
     c.seed = 0
+    c.mesh = ""  # "data:4,model:2" (qjax.parallel.mesh); "" = every device on data
     c.judge = ""  # judge model for judged generation tasks (mt_bench_judged, followbench); "" = none
     c.order = "transform_major"  # or "task_major": every transform on a task before the next task
     # seconds per cost unit of qjax.eval.task_sizes (kind -> seconds) for the wall-time plan; empty: none

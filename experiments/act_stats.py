@@ -17,6 +17,10 @@ import numpy as np
 from absl import flags
 
 from cli import run  # experiments/cli.py
+try:  # run as a script (experiments/ on sys.path) or imported as experiments.*
+    from multihost import setup_mesh
+except ImportError:
+    from experiments.multihost import setup_mesh
 from qjax.analysis.table import markdown_table
 from qjax.checkpoints import load_model
 from qjax.data.corpus import CalibrationData, calibration_tokens
@@ -35,7 +39,7 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "data directory (default: $QJA
 
 def main(argv):
     del argv
-    config, params, tokenizer = load_model(_MODEL.value)
+    config, params, tokenizer = load_model(_MODEL.value, mesh=setup_mesh(None))
     windows = calibration_tokens(tokenizer, CalibrationData(num_windows=_WINDOWS.value, seqlen=_SEQLEN.value,
                                                             seed=_SEED.value), _DATA_DIR.value)
     batches = [windows[i:i + 4] for i in range(0, len(windows), 4)]

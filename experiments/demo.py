@@ -9,6 +9,10 @@ from __future__ import annotations
 
 
 from cli import run  # experiments/cli.py
+try:  # run as a script (experiments/ on sys.path) or imported as experiments.*
+    from multihost import setup_mesh
+except ImportError:
+    from experiments.multihost import setup_mesh
 from qjax.checkpoints import load_model
 from qjax.data.corpus import CalibrationData, calibration_tokens, load_windows
 from qjax.eval.perplexity import perplexity_of_windows
@@ -24,7 +28,7 @@ METHODS = (("RTN W4 g128", QuantizeConfig(method="rtn", bits=4, group_size=128))
 
 def main(argv):
     del argv
-    config, params, tokenizer = load_model(MODEL)
+    config, params, tokenizer = load_model(MODEL, mesh=setup_mesh(None))
     windows = load_windows(tokenizer, "wikitext2", "test", SEQLEN, WINDOWS)
     result = perplexity_of_windows(params, config, windows)
     rows = [("float32", None, None, result)]

@@ -23,6 +23,10 @@ from pathlib import Path
 from ml_collections import config_flags
 
 from cli import run  # experiments/cli.py
+try:  # run as a script (experiments/ on sys.path) or imported as experiments.*
+    from multihost import setup_mesh
+except ImportError:
+    from experiments.multihost import setup_mesh
 from qjax.analysis.table import format_value, markdown_table
 from qjax.checkpoints import load_model
 from qjax.data.longcontext import TASKS as SYNTHETIC_TASKS
@@ -37,8 +41,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", "configs/longcontext.py", "e
 def main(argv):
     del argv
     cfg = _CONFIG.value
+    mesh = setup_mesh(cfg)
     store = ResultStore(cfg.results)
-    config, params, tokenizer = load_model(cfg.model)
+    config, params, tokenizer = load_model(cfg.model, mesh=mesh)
     settings = {}
     for name in cfg.settings:
         qparams, runtime, state = apply_setting(params, config, parse_setting(name),

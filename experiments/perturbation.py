@@ -38,12 +38,17 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from cli import run  # experiments/cli.py
+try:  # run as a script (experiments/ on sys.path) or imported as experiments.*
+    from multihost import setup_mesh
+except ImportError:
+    from experiments.multihost import setup_mesh
 from qjax.analysis.table import markdown_table
 from qjax.checkpoints import load_model
 from qjax.data.corpus import load_windows
 from qjax.eval.results import ResultStore, make_row
 from qjax.models.llama import Decoder, linen_variables
 from qjax.ops.runtime import Runtime
+from qjax.parallel import active_mesh
 from qjax.perturb.activations import FakeQuantActivation, linear_sites, with_activation_rule
 from qjax.perturb.kinds import Clip, Confined, Gaussian, Kind, Proportional, make_kind, relative_l2
 from qjax.perturb.sweep import ActivationTarget, NLLEvaluator, WeightTarget, evaluate_point, sweep
@@ -86,7 +91,7 @@ class Context:
 
     @classmethod
     def create(cls, cfg, data_dir: Optional[str]) -> "Context":
-        config, params, tokenizer = load_model(cfg.model)
+        config, params, tokenizer = load_model(cfg.model, mesh=active_mesh())
         windows = load_windows(tokenizer, cfg.dataset, cfg.split, cfg.seqlen, cfg.windows, data_dir)
         if len(windows) < cfg.windows:
             raise ValueError(f"{cfg.dataset}/{cfg.split} has only {len(windows)} windows of {cfg.seqlen}")
@@ -450,6 +455,7 @@ def main(argv):
     unknown = [s for s in studies if s not in STUDIES]
     if unknown:
         raise app.UsageError(f"unknown study {unknown}; choose from {sorted(STUDIES)}")
+    setup_mesh(_CONFIG.value)
     ctx = Context.create(_CONFIG.value, _DATA_DIR.value)
     print(f"float perplexity on {ctx.task}: {ctx.baseline():.3f}", flush=True)
     for s in studies:

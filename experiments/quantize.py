@@ -24,6 +24,10 @@ from absl import flags
 from ml_collections import config_flags
 
 from cli import ConfigError, run  # experiments/cli.py
+try:  # run as a script (experiments/ on sys.path) or imported as experiments.*
+    from multihost import setup_mesh
+except ImportError:
+    from experiments.multihost import setup_mesh
 from qjax.checkpoints import load_model
 from qjax.eval.perplexity import perplexity
 from qjax.data.provenance import corpus_sources, describe
@@ -42,6 +46,7 @@ def main(argv):
     logging.getLogger("qjax").setLevel(logging.INFO)
     cfg = _CONFIG.value
     task = f"{cfg.eval.dataset}/{cfg.eval.split}"
+    mesh = setup_mesh(cfg)
     store = ResultStore(cfg.results)
     if cfg.save_dir and cfg.method.method != "none":
         check_writable_dir(Path(cfg.save_dir))
@@ -61,7 +66,7 @@ def main(argv):
     if store.has(key, rid) and not cfg.overwrite:
         print(f"{key} (run {rid}) already in {cfg.results}; skipping (--config.overwrite=True to recompute)")
         return
-    config, params, tokenizer = load_model(cfg.model)
+    config, params, tokenizer = load_model(cfg.model, mesh=mesh)
     report = {"method": "float", "bits": None, "group_size": None, "bits_per_param": None,
               "quantized_bytes": None, "model_bytes": None, "weight_rel_error": None, "seconds": 0.0}
     if quantized:

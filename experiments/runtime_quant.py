@@ -16,6 +16,10 @@ from absl import flags
 from ml_collections import config_flags
 
 from cli import run  # experiments/cli.py
+try:  # run as a script (experiments/ on sys.path) or imported as experiments.*
+    from multihost import setup_mesh
+except ImportError:
+    from experiments.multihost import setup_mesh
 from qjax.checkpoints import load_model
 from qjax.data.corpus import CalibrationData, calibration_tokens, load_windows
 from qjax.data.provenance import corpus_sources, describe
@@ -45,8 +49,9 @@ def settings(cfg) -> list[QuantSetting]:
 def main(argv):
     del argv
     cfg = _CONFIG.value
+    mesh = setup_mesh(cfg)
     store = ResultStore(cfg.results)
-    config, params, tokenizer = load_model(cfg.model)
+    config, params, tokenizer = load_model(cfg.model, mesh=mesh)
     windows = load_windows(tokenizer, cfg.dataset, cfg.split, cfg.seqlen, cfg.max_windows, _DATA_DIR.value)
     task = f"{cfg.dataset}/{cfg.split}[:{len(windows)}x{cfg.seqlen}]"
     calibration = None

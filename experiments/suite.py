@@ -27,12 +27,18 @@ params' dequantized float weights, which is the same arithmetic as the QArray le
 dequantize-then-matmul path (x @ dequantize()), so the float configuration's compiled forwards are
 reused instead of compiling every task's shapes again per bit width and storage layout;
 "efficiency" always measures the stored (packed) params.
+Multi-host (`--config.mesh`, `--coordinator` ... or a TPU slice, see experiments/multihost.py): every
+item of the grid runs on the whole mesh, all processes together (weights over "model", batches over
+"data"); process 0 alone owns the journal and the store: it replays, decides which tasks are done
+(its answer broadcast to every process, so all run the same items) and appends the rows, each once.
+Quantized params are saved and restored by every process (Orbax writes each process's shards).
 Progress lines: "[run] model transform task" when a task starts, "[done] ..." when its rows are in
 the store, "[skip] ..." for tasks already done.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -49,11 +55,16 @@ from ml_collections import config_flags
 
 from cli import ConfigError, run, work_dir_lock  # experiments/cli.py
 from qjax.data.provenance import describe
+try:  # run as a script (experiments/ on sys.path) or imported as experiments.*
+    from multihost import setup_mesh
+except ImportError:
+    from experiments.multihost import setup_mesh
 from qjax.data.text import DATASETS as PERPLEXITY_DATASETS
 from qjax.eval.gen_tasks import is_generation_task, run_generation_task
 from qjax.eval.results import ResultStore, make_row, row_key
 from qjax.models.config import ModelConfig
 from qjax.ops.runtime import Runtime
+from qjax.parallel import active_mesh, is_primary, primary_value, shard_params, sync
 from qjax.quant.calibration import dequantized
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/suite.py", "suite config")
@@ -73,11 +84,14 @@ def load_suite_model(name: str):
         from qjax.checkpoints.tokenizer import tokenizer_from_gguf
         from qjax.models import init_params
 
-        return RANDOM_TINY, init_params(RANDOM_TINY, jax.random.PRNGKey(0)), tokenizer_from_gguf(
+        params = init_params(RANDOM_TINY, jax.random.PRNGKey(0))
+        if active_mesh() is not None:
+            params = shard_params(params, active_mesh())
+        return RANDOM_TINY, params, tokenizer_from_gguf(
             resolve("smollm2-135m"))
     from qjax.checkpoints import load_model
 
-    return load_model(name)
+    return load_model(name, mesh=active_mesh())
 
 
 # --- transforms -----------------------------------------------------------------------------------
@@ -171,9 +185,9 @@ def transformed_params(model: str, params, config: ModelConfig, tokenizer, trans
 
     folder = work_dir / "params" / _slug(model)
     final = folder / f"{transform.name}-{transform.fingerprint(calibration)}"
-    for stale in folder.glob(f".{transform.name}-*.tmp*"):
+    for stale in folder.glob(f".{transform.name}-*.tmp*") if is_primary() else ():
         shutil.rmtree(stale, ignore_errors=True)  # a run killed while saving
-    if final.is_dir():
+    if primary_value(final.is_dir()):
         start = time.perf_counter()
         try:
             restored = restore_params(final, like=params)
@@ -185,11 +199,13 @@ def transformed_params(model: str, params, config: ModelConfig, tokenizer, trans
     quantized, report = quantize_params(params, config, tokenizer, transform, calibration, data_dir)
     seconds = time.perf_counter() - start
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{final.name}.tmp{os.getpid()}"
+    tmp = folder / f".{final.name}.tmp{primary_value(os.getpid())}"  # one name on every process
     save_params(tmp, quantized)
-    (tmp / "quantize_report.json").write_text(json.dumps(
-        {"seconds": seconds, "report": report}, default=str, indent=1))
-    os.replace(tmp, final)
+    if is_primary():
+        (tmp / "quantize_report.json").write_text(json.dumps(
+            {"seconds": seconds, "report": report}, default=str, indent=1))
+        os.replace(tmp, final)
+    sync(f"saved {final.name}")
     return quantized, {"cache": str(final), "quantize_seconds": seconds}
 
 
@@ -512,14 +528,14 @@ def run_suite(cfg, data_dir: Optional[str]) -> ResultStore:
     transforms, sources, calibration_data = check_grid(cfg, data_dir)
     store = ResultStore(cfg.results, echo=None)  # rows are journaled on disk before they are appended
     work_dir = Path(cfg.work_dir)
-    with work_dir_lock(work_dir):
+    with work_dir_lock(work_dir) if is_primary() else contextlib.nullcontext():  # process 0 holds it
         return _run_grid(cfg, data_dir, transforms, sources, calibration_data, store, work_dir)
 
 
 def _run_grid(cfg, data_dir, transforms, sources, calibration_data, store, work_dir) -> ResultStore:
     journal = Journal(work_dir / "journal")
     present = run_keys(store)
-    replayed = journal.replay(store, present)
+    replayed = journal.replay(store, present) if is_primary() else 0
     if replayed:
         print(f"[replay] {replayed} journaled rows appended to {cfg.results}", flush=True)
     calibration = cfg.calibration.to_dict()
@@ -529,7 +545,7 @@ def _run_grid(cfg, data_dir, transforms, sources, calibration_data, store, work_
         run_ids = {(t.name, task): task_run_id(model, t, task, cfg, calibration, sources[task])
                    for t in transforms for task in cfg.tasks}
         todo = [(t, task) for t in transforms for task in cfg.tasks
-                if not journal.done(model, t.name, task, run_ids[t.name, task])]
+                if not primary_value(journal.done(model, t.name, task, run_ids[t.name, task]))]
         for t in transforms:
             for task in cfg.tasks:
                 if (t, task) not in todo:
@@ -560,8 +576,9 @@ def _run_grid(cfg, data_dir, transforms, sources, calibration_data, store, work_
             run_id = run_ids[t.name, task]
             extra = {"params_cache": cache_info} if cache_info else {}
             rows = full_rows(rows, model, t, cfg, run_id, extra, describe(sources[task]))
-            journal.write(model, t.name, task, run_id, rows)
-            append_missing(store, rows, present)
+            if is_primary():
+                journal.write(model, t.name, task, run_id, rows)
+                append_missing(store, rows, present)
             seconds = time.perf_counter() - start
             summary = ", ".join(f"{r['task']} {r['metric']}={r['value']:.4g}" for r in rows[-4:])
             print(f"[done] {model} {t.name} {task} ({seconds:.0f} s): {summary} | {progress.step(t.name, task, seconds)}",
@@ -573,6 +590,7 @@ def _run_grid(cfg, data_dir, transforms, sources, calibration_data, store, work_
 def main(argv):
     del argv
     cfg = _CONFIG.value
+    setup_mesh(cfg)
     store = run_suite(cfg, _DATA_DIR.value)
     print(f"{len(list(store.rows()))} rows in {cfg.results}", flush=True)
 

@@ -27,6 +27,10 @@ from absl import flags
 from ml_collections import config_flags
 
 from cli import run  # experiments/cli.py
+try:  # run as a script (experiments/ on sys.path) or imported as experiments.*
+    from multihost import setup_mesh
+except ImportError:
+    from experiments.multihost import setup_mesh
 from qjax.ops.runtime import Runtime
 
 
@@ -76,7 +80,8 @@ def run_experiment(cfg, data_dir: Optional[str] = None, log: Callable[[str], Non
     `cfg.quant_config` restored with `qjax.quant.storage` and checked against the model's shapes),
     run `cfg.tasks` into `cfg.results`, skipping tasks whose rows of the same run id are there.
     `judge` (a model name, "" = none) loads a float judge model for judged generation tasks
-    (mt_bench_judged, followbench).
+    (mt_bench_judged, followbench). Runs on the mesh of `cfg.mesh` (`setup_mesh`: the script's one
+    set-up).
 
     Before the model loads, the results file must be writable and every task known and its data
     readable. Rows of a checkpoint are labelled `<directory name>@<digest of its params>` (unless
@@ -89,6 +94,7 @@ def run_experiment(cfg, data_dir: Optional[str] = None, log: Callable[[str], Non
     from qjax.eval.results import ResultStore
     from qjax.eval.tasks import run_tasks_into_store
 
+    mesh = setup_mesh(cfg)
     store = ResultStore(cfg.results)
     for name in cfg.tasks:
         try:
@@ -96,7 +102,7 @@ def run_experiment(cfg, data_dir: Optional[str] = None, log: Callable[[str], Non
         except ValueError as e:
             raise ConfigError(f"--config.tasks: {e}") from None
         task_sources(spec, data_dir)  # DataError now, not after the model ran the tasks before it
-    config, params, tokenizer = load_model(cfg.model)
+    config, params, tokenizer = load_model(cfg.model, mesh=mesh)
     transform, transform_id = cfg.transform or "float", None
     if cfg.quant_config:
         from qjax.quant.storage import params_digest, restore_params

@@ -40,6 +40,14 @@ def build_params(flat: dict[str, np.ndarray], config: ModelConfig, source: str,
                                   f"implies {shape}{named}")
         if not np.all(np.isfinite(np.asarray(value, np.float32))):
             raise CheckpointError(f"{source}: tensor for {path} contains NaN or Inf{named}")
+        params[path] = value
+    return nest(params)
+
+
+def nest(flat: dict) -> dict:
+    """{"a/b/c": x} -> {"a": {"b": {"c": x}}}."""
+    params: dict = {}
+    for path, value in flat.items():
         node = params
         *parents, leaf = path.split("/")
         for name in parents:

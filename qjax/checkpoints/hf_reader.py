@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from pathlib import Path
 
-import numpy as np
 
-from qjax.checkpoints.convert import build_params
 from qjax.checkpoints.errors import CheckpointError
 from qjax.checkpoints.hf_families import FAMILIES, Family, rope_fields
 from qjax.models.config import ModelConfig
@@ -66,37 +63,6 @@ def read_config(directory: Path) -> ModelConfig:
         raise CheckpointError(f"{path}: inconsistent {family.architecture} config: {e}") from e
 
 
-def _safetensors_files(directory: Path) -> list[Path]:
-    index = directory / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as e:
-            raise CheckpointError(f"{index}: malformed safetensors index: {e}") from e
-        files = [directory / name for name in sorted(set(weight_map.values()))]
-    else:
-        files = sorted(directory.glob("*.safetensors"))
-    if not files:
-        raise CheckpointError(f"{directory}: no *.safetensors files found")
-    for f in files:
-        if not f.is_file():
-            raise CheckpointError(f"{f}: safetensors shard listed in the index is missing")
-    return files
-
-
-def _read_tensors(file: Path) -> dict[str, np.ndarray]:
-    from safetensors import safe_open
-
-    try:
-        out = {}
-        with safe_open(str(file), framework="flax") as f:
-            for name in f.keys():
-                out[name] = np.asarray(f.get_tensor(name), np.float32)
-        return out
-    except Exception as e:  # SafetensorError on truncated or corrupt headers/data
-        raise CheckpointError(f"{file}: not a readable safetensors file (truncated or corrupt?): {e}") from e
-
-
 def map_tensor_names(names, family: Family, directory: Path) -> dict[str, tuple[str, str]]:
     """HF tensor name -> (qjax path, layer prefix) for every name the family knows (others, e.g.
     rotary caches, are left out)."""
@@ -116,24 +82,8 @@ def map_tensor_names(names, family: Family, directory: Path) -> dict[str, tuple[
 
 
 def load_hf_dir(directory: str | Path) -> tuple[ModelConfig, dict]:
-    """Loads config.json and every (possibly sharded) safetensors file into float32 qjax params."""
-    directory = Path(directory)
-    config = read_config(directory)
-    raw = json.loads((directory / "config.json").read_text())
-    family = family_of(raw, directory)
-    reorder = family.qkv(raw, dataclasses.asdict(config)) if family.qkv else None
-    flat: dict[str, np.ndarray] = {}
-    for file in _safetensors_files(directory):
-        tensors = _read_tensors(file)
-        for name, path in map_tensor_names(tensors, family, directory).items():
-            w = tensors[name]
-            if reorder is not None and "/qkv_proj/" in path:
-                try:
-                    w = reorder(w)
-                except ValueError as e:
-                    raise CheckpointError(f"{file}: tensor {name} has shape {tuple(w.shape)}, which does not split "
-                                          f"into the config's q/k/v heads: {e}") from e
-            flat[path] = w.T if path.endswith("/kernel") else w
-    if config.tie_word_embeddings:
-        flat.pop("lm_head/kernel", None)
-    return config, build_params(flat, config, str(directory), family.hf_name)
+    """(config, float32 params on the default device) of an HF directory (config.json and possibly
+    sharded safetensors), streamed tensor by tensor (`mesh_loader.load_hf_dir_on_mesh`)."""
+    from qjax.checkpoints.mesh_loader import load_hf_dir_on_mesh  # it builds on this module
+
+    return load_hf_dir_on_mesh(directory, None, dtype="float32")

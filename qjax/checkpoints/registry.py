@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
 
 from qjax.checkpoints.errors import CheckpointError
 from qjax.checkpoints.gguf_reader import load_gguf
-from qjax.checkpoints.hf_reader import load_hf_dir
+from qjax.checkpoints.mesh_loader import load_hf_dir_on_mesh
 from qjax.checkpoints.tokenizer import check_vocabulary, tokenizer_from_gguf, tokenizer_from_hf_dir
 from qjax.models.config import ModelConfig
+from qjax.parallel import shard_params
 
 
 class LoadedModel(NamedTuple):
@@ -60,10 +62,13 @@ def resolve(name_or_path: str) -> Path:
         f"{name_or_path}: no such file or directory, and not a built-in name ({sorted(BUILTIN_MODELS)})")
 
 
-def load_model(name_or_path: str, *, dtype=jnp.float32) -> LoadedModel:
+def load_model(name_or_path: str, *, dtype=jnp.float32, mesh: Optional[Mesh] = None) -> LoadedModel:
     """(config, params, tokenizer) for a built-in name, a GGUF file, an HF directory or a hub id.
 
-    Params are jax arrays of `dtype` in the layout of `qjax.models.llama`.
+    Params are jax arrays of `dtype` in the layout of `qjax.models.llama`, placed on `mesh` by
+    `qjax.parallel.DEFAULT_RULES` when one is given (else on the default device). HF directories are
+    streamed tensor by tensor, each device's slice read from the memory-mapped files
+    (`mesh_loader.load_hf_dir_on_mesh`): no full float copy of the model on the host.
     """
     path = resolve(name_or_path)
     if path.is_file():
@@ -71,9 +76,12 @@ def load_model(name_or_path: str, *, dtype=jnp.float32) -> LoadedModel:
             raise CheckpointError(f"{path}: expected a .gguf file or a Hugging Face directory")
         config, params = load_gguf(path)
         tokenizer = tokenizer_from_gguf(path)
-    else:
-        config, params = load_hf_dir(path)
-        tokenizer = tokenizer_from_hf_dir(path)
+        check_vocabulary(tokenizer, config.vocab_size, str(path))
+        params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), params)
+        if mesh is not None:
+            params = shard_params(params, mesh)
+        return LoadedModel(config, params, tokenizer)
+    config, params = load_hf_dir_on_mesh(path, mesh, dtype=jnp.dtype(dtype).name)
+    tokenizer = tokenizer_from_hf_dir(path)
     check_vocabulary(tokenizer, config.vocab_size, str(path))
-    params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), params)
     return LoadedModel(config, params, tokenizer)

@@ -34,6 +34,7 @@ from qjax.models.config import ModelConfig
 from qjax.models.kv_cache import init_cache
 from qjax.models.llama import forward
 from qjax.ops.runtime import Runtime
+from qjax.parallel import padded_batch_size, shard_batch, to_host
 
 Message = dict  # {"role": str, "content": str}
 Prompt = Union[str, Sequence[Message]]
@@ -224,6 +225,7 @@ def generate_ids(params, config: ModelConfig, prompt_ids: Sequence[Sequence[int]
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     sampling = Sampling(float(temperature), float(top_p))
+    batch_size = padded_batch_size(batch_size)  # rows split over an active mesh's data axis
     longest = max((len(p) for p in prompt_ids), default=0)
     if longest + max_new_tokens > config.max_position_embeddings:
         raise ValueError(f"the longest prompt ({longest} tokens) plus max_new_tokens ({max_new_tokens}) "
@@ -240,20 +242,20 @@ def generate_ids(params, config: ModelConfig, prompt_ids: Sequence[Sequence[int]
         length = bucket_length(max(len(prompt_ids[i]) for i in rows), prefill_chunk)
         tokens, valid, positions = left_pad([prompt_ids[i] for i in rows], length, pad_id)
         row_keys = jax.vmap(lambda i: jax.random.fold_in(base_key, i))(jnp.asarray(rows, jnp.uint32))
-        cache, first, _ = prefill(params, jnp.asarray(tokens), jnp.asarray(valid), jnp.asarray(positions),
-                                  row_keys, runtime_state, config=config, runtime=runtime,
+        tokens, valid, positions = shard_batch((tokens, valid, positions))
+        cache, first, _ = prefill(params, tokens, valid, positions, row_keys, runtime_state, config=config, runtime=runtime,
                                   sampling=sampling, max_new_tokens=max_new_tokens,
                                   prefill_chunk=prefill_chunk)
         out = jnp.zeros((batch_size, max_new_tokens), jnp.int32).at[:, 0].set(first)
         state = {"cache": cache, "out": out, "step": jnp.int32(1),
-                 "position": jnp.asarray(positions[:, -1] + 1), "done": jnp.isin(first, eos)}
+                 "position": positions[:, -1] + 1, "done": jnp.isin(first, eos)}
         budget = stop_check_every if stop_fn is not None else max_new_tokens
         ends = [max_new_tokens] * len(index)  # where a stop_fn retired a row (its later slots repeat)
         while True:
             if stop_fn is not None:
-                host_out = np.asarray(state["out"])
+                host_out = to_host(state["out"])
                 step = int(state["step"])
-                host_done = np.asarray(state["done"])
+                host_done = to_host(state["done"])
                 stopped = np.ones(batch_size, bool)  # padding rows: retire at once
                 for r, i in enumerate(index):
                     stopped[r] = host_done[r] or stop_fn(i, _cut(host_out[r, :step], eos_set))
@@ -264,7 +266,7 @@ def generate_ids(params, config: ModelConfig, prompt_ids: Sequence[Sequence[int]
                 break
             state = decode(params, state, jnp.int32(budget), eos, row_keys, runtime_state,
                            config=config, runtime=runtime, sampling=sampling)
-        host_out = np.asarray(state["out"])
+        host_out = to_host(state["out"])
         step = int(state["step"])
         for r, i in enumerate(index):
             results[i] = _cut(host_out[r, :min(step, ends[r])], eos_set)

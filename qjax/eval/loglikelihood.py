@@ -54,6 +54,7 @@ from qjax.models.config import ModelConfig
 from qjax.models.kv_cache import init_cache
 from qjax.models.llama import forward, stack_cache, stack_layers
 from qjax.ops.runtime import Runtime
+from qjax.parallel import shard_batch, to_host
 
 PREFIX_BUCKETS = (16, 32, 64, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
 CONTINUATION_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
@@ -216,8 +217,8 @@ def score_requests(params, config: ModelConfig, requests: Sequence[Request], *,
         else:
             arrays, index = _batch_arrays(batch)
             score = _score_batch
-        ll, greedy = score(scored, *arrays, config=config, runtime=runtime, runtime_state=runtime_state)
-        ll, greedy = np.asarray(ll), np.asarray(greedy)
+        arrays = shard_batch(arrays)  # rows over an active mesh's data axis where it divides them
+        ll, greedy = to_host(score(scored, *arrays, config=config, runtime=runtime, runtime_state=runtime_state))
         for r, request_index in enumerate(index):
             results[request_index] = (float(ll[r]), bool(greedy[r]))
     return results  # type: ignore[return-value]

@@ -21,6 +21,7 @@ from qjax.data.corpus import load_windows
 from qjax.models.config import ModelConfig
 from qjax.models.nll import window_nll
 from qjax.ops.runtime import Runtime
+from qjax.parallel import padded_batch_size, shard_batch, to_host
 
 
 _window_nll_jit = jax.jit(window_nll, static_argnames=("config", "runtime"))
@@ -29,8 +30,15 @@ _window_nll_jit = jax.jit(window_nll, static_argnames=("config", "runtime"))
 def perplexity_of_windows(params, config: ModelConfig, windows: np.ndarray, *, batch_size: int = 1,
                           runtime: Runtime = Runtime(), runtime_state: Any = None,
                           progress: bool = True) -> dict:
-    """Perplexity over (num_windows, seqlen) token windows; see the module docstring."""
+    """Perplexity over (num_windows, seqlen) token windows; see the module docstring.
+
+    With an active mesh (`qjax.parallel.use_mesh`) each batch's windows go over the "data" axis
+    (batch_size rounded up to a multiple of it; padding rows are dropped) and params are used as
+    placed (e.g. `qjax.parallel.shard_params`); the sum of NLLs is formed on the host in window order,
+    so the result does not depend on the mesh beyond float rounding inside each window's forward.
+    """
     num, seqlen = windows.shape
+    batch_size = padded_batch_size(batch_size)
     total = 0.0
     start = time.perf_counter()
     batches = range(0, num, batch_size)
@@ -39,7 +47,8 @@ def perplexity_of_windows(params, config: ModelConfig, windows: np.ndarray, *, b
         pad = batch_size - len(batch)  # keep one compiled shape: pad the last batch, drop its NLL
         if pad:
             batch = np.concatenate([batch, np.repeat(batch[-1:], pad, axis=0)])
-        nll = np.asarray(_window_nll_jit(params, jnp.asarray(batch), config, runtime, runtime_state))
+        nll = to_host(_window_nll_jit(params, shard_batch(batch), config, runtime,
+                                      runtime_state))
         total += float(np.sum(nll[: batch_size - pad], dtype=np.float64))
     seconds = time.perf_counter() - start
     scored = num * (seqlen - 1)

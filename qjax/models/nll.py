@@ -15,8 +15,14 @@ from qjax.ops.runtime import Runtime
 def window_nll(params, windows: jax.Array, config: ModelConfig, runtime: Runtime = Runtime(),
                runtime_state: Any = None) -> jax.Array:
     """Summed next-token NLL of each window: (batch, seqlen) int -> (batch,) float32; the first token
-    of a window is context only (seqlen - 1 predictions). Traceable."""
+    of a window is context only (seqlen - 1 predictions). Traceable.
+
+    NLL of token t = logsumexp(logits) - logits[t], both as reductions over the vocabulary (the
+    target's logit picked by a masked sum): XLA fuses them into the logits' consumers, so no second
+    (batch, seqlen, vocab) array (log-softmax, gathered copy) is formed, and on a mesh whose model
+    axis splits the vocabulary each device reduces its own columns."""
     logits, _ = forward(params, windows, config, runtime, runtime_state=runtime_state)
-    logp = jax.nn.log_softmax(logits[:, :-1], axis=-1)
-    target = jnp.take_along_axis(logp, windows[:, 1:, None], axis=-1)[..., 0]
-    return -jnp.sum(target, axis=-1)
+    logits = logits[:, :-1]
+    vocab = jax.lax.broadcasted_iota(jnp.int32, logits.shape, 2)
+    target = jnp.sum(jnp.where(vocab == windows[:, 1:, None], logits, 0.0), axis=-1)
+    return jnp.sum(jax.nn.logsumexp(logits, axis=-1) - target, axis=-1)

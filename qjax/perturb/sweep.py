@@ -22,10 +22,12 @@ from typing import Any, Callable, Optional, Sequence, Union
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 from qjax.models.nll import window_nll
 from qjax.models.config import ModelConfig
 from qjax.ops.runtime import Runtime
+from qjax.parallel import DATA, active_mesh, data_size, padded_batch_size, to_host
 from qjax.perturb.activations import PerturbActivation, matching_sites, perturb_state
 from qjax.perturb.kinds import Kind, check_amount
 from qjax.perturb.weights import perturb_params
@@ -93,16 +95,27 @@ def evaluate_point(evaluate: Evaluate, params: dict, kind: Kind, amount: Any, ke
     raise TypeError(f"target must be a WeightTarget or ActivationTarget, got {type(target).__name__}")
 
 
-@functools.partial(jax.jit, static_argnames=("evaluate", "kind", "target", "runtime", "batch_size"))
+@functools.partial(jax.jit, static_argnames=("evaluate", "kind", "target", "runtime", "batch_size", "mesh"))
 def _sweep_kind(params, data, runtime_state, amounts, keys, *, evaluate, kind, target, runtime,
-                batch_size):
-    """(P,) amounts and (P,) keys -> (P,) metric values, one traced body for all P points."""
-    def point(amount_key):
-        amount, key = amount_key
-        return evaluate_point(evaluate, params, kind, amount, key, target=target, runtime=runtime,
-                              data=data, runtime_state=runtime_state)
+                batch_size, mesh=None):
+    """(P,) amounts and (P,) keys -> (P,) metric values, one traced body for all P points.
 
-    return jax.lax.map(point, (amounts, keys), batch_size=batch_size)
+    With a mesh, the points are split over its "data" axis (P a multiple of its size): each data
+    shard maps its own points with the whole params and data (replicated into the shard_map body).
+    """
+    def points(params, data, runtime_state, amounts, keys):
+        def point(amount_key):
+            amount, key = amount_key
+            return evaluate_point(evaluate, params, kind, amount, key, target=target, runtime=runtime,
+                                  data=data, runtime_state=runtime_state)
+
+        return jax.lax.map(point, (amounts, keys), batch_size=batch_size)
+
+    if mesh is None:
+        return points(params, data, runtime_state, amounts, keys)
+    spread = jax.shard_map(points, mesh=mesh, in_specs=(P(), P(), P(), P(DATA), P(DATA)), out_specs=P(DATA),
+                           axis_names={DATA}, check_vma=False)
+    return spread(params, data, runtime_state, amounts, keys)
 
 
 @dataclasses.dataclass
@@ -159,14 +172,19 @@ def sweep(evaluate: Evaluate, params: dict, kinds: Sequence[Kind], amounts: Sequ
         if config is None:
             raise ValueError("an ActivationTarget sweep needs the model config to check its pattern")
         matching_sites(target.pattern, config)
-    grid_amounts = jnp.asarray(np.repeat(amounts, len(seeds)))
+    grid_amounts = np.repeat(amounts, len(seeds))
     grid_keys = jnp.tile(seed_keys(seeds), (amounts.size,))
+    mesh = active_mesh() if data_size() > 1 else None  # points over the data axis
+    num_points = grid_amounts.size
+    pad = padded_batch_size(num_points) - num_points  # repeat the last point; its values are dropped
+    grid_amounts = jnp.asarray(np.concatenate([grid_amounts, np.repeat(grid_amounts[-1:], pad)]))
+    grid_keys = jnp.concatenate([grid_keys, jnp.repeat(grid_keys[-1:], pad)])
     values = np.zeros((len(kinds), amounts.size, len(seeds)), np.float64)
     seconds = np.zeros(len(kinds))
     for k, kind in enumerate(kinds):
         start = time.perf_counter()
         out = _sweep_kind(params, data, runtime_state, grid_amounts, grid_keys, evaluate=evaluate,
-                          kind=kind, target=target, runtime=runtime, batch_size=batch_size)
-        values[k] = np.asarray(out, np.float64).reshape(amounts.size, len(seeds))
+                          kind=kind, target=target, runtime=runtime, batch_size=batch_size, mesh=mesh)
+        values[k] = np.asarray(to_host(out)[:num_points], np.float64).reshape(amounts.size, len(seeds))
         seconds[k] = time.perf_counter() - start
     return SweepResult(kinds, amounts, seeds, values, seconds)

@@ -51,6 +51,7 @@ from qjax.data.corpus import CalibrationData, calibration_tokens  # noqa: F401  
 from qjax.models.config import ModelConfig
 from qjax.models.decoder import DecoderLayer, causal_mask, embed_inputs, layer_kind
 from qjax.ops.runtime import Runtime
+from qjax.parallel import place_batch, spread_batches, spread_rows, unspread_rows
 
 log = logging.getLogger(__name__)
 
@@ -310,9 +311,17 @@ class BlockCapture:
         n = self.inputs.shape[0]
         return max(d for d in range(1, min(self.batch_size, n) + 1) if n % d == 0)
 
+    def _spread(self) -> tuple[int, int]:
+        """(data shards d, windows per shard s) of the statistic batches (`spread_batches`)."""
+        return spread_batches(self.inputs.shape[0], self.step)
+
     def _batches(self):
-        for start in range(0, self.inputs.shape[0], self.step):
-            yield self.inputs[start:start + self.step]
+        """Batches of the inputs for statistics (sums over windows, any order): with an active mesh
+        whose data axis divides N, every batch takes windows from each data shard (the inputs are
+        sharded over "data" by `quantize_blockwise`), so the reductions run data-parallel."""
+        d, s = self._spread()
+        for b in range(self.inputs.shape[0] // (d * s)):
+            yield spread_rows(self.inputs, b, d, s)
 
     def hessians(self) -> dict[str, jax.Array]:
         """site -> H = X^T X / n, (in, in) float32 over every calibration token (cached)."""
@@ -369,9 +378,9 @@ class BlockCapture:
         (default: every calibration input), in batches."""
         x = self.inputs if x is None else x
         lp = dequantized(layer_params)
-        return jnp.concatenate([
-            _forward_batch(lp, x[s:s + self.step], self.config, self.runtime, self.name, self.kind)
-            for s in range(0, x.shape[0], self.step)])
+        d, s = spread_batches(x.shape[0], self.step)
+        return unspread_rows([_forward_batch(lp, spread_rows(x, b, d, s), self.config, self.runtime, self.name,
+                                             self.kind) for b in range(x.shape[0] // (d * s))], d)
 
 
 def copy_tree(tree):
@@ -430,7 +439,7 @@ def quantize_blockwise(params: Mapping, config: ModelConfig, tokens: np.ndarray,
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    x = embed(params, tokens, config)
+    x = place_batch(embed(params, tokens, config))  # windows over an active mesh's data axis
     new_params = dict(params)
     infos = []
     for i in range(config.num_layers):
