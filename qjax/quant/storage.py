@@ -208,7 +208,9 @@ def save_params(path: Union[str, os.PathLike], params: Mapping, *, overwrite: bo
     so `path` always holds either the complete old checkpoint or the complete new one, even if the
     process is killed during the save (with overwrite=True the two are exchanged atomically on Linux;
     elsewhere a kill between the two renames leaves the old one at `.<name>.old-<pid>-*`).
-    Temporaries of killed saves are removed by the next save to the same path.
+    Temporaries of killed saves are removed by the next save to the same path. In a multi-process
+    run every process calls it with the same params: Orbax writes each array once, process 0 writes
+    the metadata and renames, and all return after the rename.
 
     Returns {"path", "disk_bytes", "nbytes"} (bytes on disk and `params_nbytes`).
     Raises FileExistsError if `path` exists and overwrite is False.
@@ -218,17 +220,27 @@ def save_params(path: Union[str, os.PathLike], params: Mapping, *, overwrite: bo
     path = Path(path).absolute()
     if path.exists() and not overwrite:
         raise FileExistsError(f"save_params: {path} exists (pass overwrite=True to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(path)
+    # Several processes (multi-host) save together: one temporary name on all of them, Orbax writes
+    # each array once, and process 0 alone writes the metadata and renames.
+    multi, primary = jax.process_count() > 1, jax.process_index() == 0
+    tag = "0-multiprocess" if multi else f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = path.with_name(f".{path.name}.tmp-{tag}")
+    if primary:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(path)
+        if multi:
+            shutil.rmtree(tmp, ignore_errors=True)  # left by a killed multi-process save
+        tmp.mkdir()
+    _barrier(multi, f"qjax save_params start {path}")
     meta: dict = {}
     tree = _split(params, "", meta)
     tree = jax.tree_util.tree_map(np.asarray, tree)
-    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp = path.with_name(f".{path.name}.tmp-{tag}")
-    tmp.mkdir()
     try:
         with ocp.PyTreeCheckpointer(use_compression=False) as ckptr:
             ckptr.save(tmp / ARRAYS_DIR, tree)
+        if not primary:
+            _barrier(multi, f"qjax save_params done {path}")
+            return {"path": str(path), "disk_bytes": disk_bytes(path), "nbytes": params_nbytes(params)}
         with open(tmp / META_FILE, "w", encoding="utf-8") as f:
             f.write(json.dumps({"format": FORMAT_VERSION, "qarrays": meta}, indent=1))
             f.flush()
@@ -246,9 +258,17 @@ def save_params(path: Union[str, os.PathLike], params: Mapping, *, overwrite: bo
             os.rename(tmp, path)
         _fsync_dir(path.parent)
     finally:
-        if tmp.exists():
+        if primary and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+    _barrier(multi, f"qjax save_params done {path}")
     return {"path": str(path), "disk_bytes": disk_bytes(path), "nbytes": params_nbytes(params)}
+
+
+def _barrier(multi: bool, name: str) -> None:
+    if multi:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def params_digest(params: Mapping) -> str:
