@@ -22,6 +22,7 @@ from qjax.checkpoints import load_model
 from qjax.data.provenance import corpus_sources, describe as describe_sources
 from qjax.eval.perplexity import perplexity
 from qjax.eval.results import ResultStore, make_row, run_id
+from qjax.models import model_facts
 from qjax.ops import Runtime
 from qjax.parallel import describe
 
@@ -48,6 +49,7 @@ def main(argv):
     if not todo:
         return
     config, params, tokenizer = load_model(cfg.model, mesh=mesh)
+    facts = model_facts(config, params)
     runtime = Runtime(compute_dtype=cfg.compute_dtype)
     max_windows = None if cfg.max_windows < 0 else cfg.max_windows
     say(f"mesh {describe(mesh)}")
@@ -59,7 +61,7 @@ def main(argv):
         store.append(make_row(model=cfg.model, transform="float", task=task, metric="perplexity",
                               value=result["ppl"], items=result["tokens"], seconds=result["seconds"],
                               config=cfg.to_dict(), details={**result, "mesh": describe(mesh)}, run_id=rid,
-                              data_source=source))
+                              data_source=source, **facts))
         say(f"{dataset:<10} {result['windows']:>7} {result['tokens']:>8} {result['ppl']:>9.6f} "
             f"{result['seconds']:>8.1f} {result['tokens_per_s']:>8.0f}")
     say(f"rows appended to {cfg.results}")

@@ -32,6 +32,7 @@ from qjax.checkpoints import load_model
 from qjax.eval.perplexity import perplexity
 from qjax.data.provenance import corpus_sources, describe
 from qjax.eval.results import ResultStore, check_writable_dir, make_row, run_id
+from qjax.models import model_facts
 from qjax.quant.calibration import CalibrationData, calibration_tokens
 from qjax.quant.int8_outliers import to_storable
 from qjax.quant.quantize import QuantizeConfig, quantize
@@ -67,6 +68,7 @@ def main(argv):
         print(f"{key} (run {rid}) already in {cfg.results}; skipping (--config.overwrite=True to recompute)")
         return
     config, params, tokenizer = load_model(cfg.model, mesh=mesh)
+    facts = model_facts(config, params)
     report = {"method": "float", "bits": None, "group_size": None, "bits_per_param": None,
               "quantized_bytes": None, "model_bytes": None, "weight_rel_error": None, "seconds": 0.0}
     if quantized:
@@ -99,7 +101,7 @@ def main(argv):
         model_bytes=report["model_bytes"], weight_rel_error=report.get("weight_rel_error"),
         quantize_seconds=report["seconds"], eval_seconds=eval_seconds,
         eval_windows=result["windows"], report=summary, run_id=rid, data_source=describe(eval_data),
-        calibration_source=None if calib_data is None else describe(calib_data)))
+        calibration_source=None if calib_data is None else describe(calib_data), **facts))
     reports = Path(cfg.results).parent / "quantize_reports"
     reports.mkdir(parents=True, exist_ok=True)
     (reports / f"{cfg.name}.json").write_text(json.dumps({"report": report, "perplexity": result}, indent=1,

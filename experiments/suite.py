@@ -62,6 +62,7 @@ except ImportError:
 from qjax.data.text import DATASETS as PERPLEXITY_DATASETS
 from qjax.eval.gen_tasks import is_generation_task, run_generation_task
 from qjax.eval.results import ResultStore, make_row, row_key
+from qjax.models import model_facts
 from qjax.models.config import ModelConfig
 from qjax.ops.runtime import Runtime
 from qjax.parallel import active_mesh, is_primary, primary_value, shard_params, sync
@@ -553,6 +554,7 @@ def _run_grid(cfg, data_dir, transforms, sources, calibration_data, store, work_
         if not todo:
             continue
         config, params, tokenizer = load_suite_model(model)
+        facts = model_facts(config, params)  # family and parameter count, on every row
         order = cfg.get("order", "transform_major")
         if order not in ("transform_major", "task_major"):
             raise ConfigError(f"suite order must be 'transform_major' or 'task_major', got {order!r}")
@@ -575,7 +577,7 @@ def _run_grid(cfg, data_dir, transforms, sources, calibration_data, store, work_
                                  runtime_t, data_dir, samples_dir, judge)
             run_id = run_ids[t.name, task]
             extra = {"params_cache": cache_info} if cache_info else {}
-            rows = full_rows(rows, model, t, cfg, run_id, extra, describe(sources[task]))
+            rows = [{**r, **facts} for r in full_rows(rows, model, t, cfg, run_id, extra, describe(sources[task]))]
             if is_primary():
                 journal.write(model, t.name, task, run_id, rows)
                 append_missing(store, rows, present)

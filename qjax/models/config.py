@@ -145,6 +145,11 @@ class ModelConfig:
         return self.num_kv_heads * self.head_dim
 
     @property
+    def recurrent(self) -> bool:
+        """False: every token attends to its keys (see `qjax.models.mamba.MambaConfig.recurrent`)."""
+        return False
+
+    @property
     def rotary_dim(self) -> int:
         """Leading dims of each head that RoPE rotates (head_dim unless partial rotary)."""
         return int(self.head_dim * self.rotary_fraction)

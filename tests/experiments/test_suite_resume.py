@@ -140,6 +140,9 @@ def test_bad_transform_and_task_names(tmp_path):
     cfg.transforms = ("gptq4",)
     with pytest.raises(ValueError, match="transform 'gptq4' is neither 'float', '<method>_w<bits>'"):
         run_suite(cfg, None)
+    cfg.transforms = ("W8A5",)  # a W/A/KV setting name with an unsupported activation width
+    with pytest.raises(ValueError, match="activation bits"):
+        run_suite(cfg, None)
     cfg.transforms = ("float",)
     cfg.tasks = ("wikitext2", "mmlu_pro")
     with pytest.raises(ValueError, match="unknown task 'mmlu_pro'"):
