@@ -433,7 +433,8 @@ class GridProgress:
 
     def plan(self) -> str:
         remaining, unknown = self._remaining()
-        lines = [f"[plan] {len(self.todo)} (transform, task) runs; estimated wall time {remaining / 3600:.1f} h"
+        lines = [f"[plan] {len(self.todo)} (transform, task) runs; estimated wall time {remaining / 3600:.1f} h "
+                 "(from the config's seconds_per_item; each task's measured time replaces it once it ran)"
                  + (f" plus {unknown} runs without an estimate" if unknown else "")]
         for task, seconds in self.estimates.items():
             lines.append(f"[plan]   {task}: ~{seconds / 60:.1f} min per transform")
