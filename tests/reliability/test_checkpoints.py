@@ -51,7 +51,7 @@ def test_overwrite_killed_leaves_a_whole_checkpoint(tmp_path):
                                       str(REPO)], env=script_env(), cwd=REPO, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True) for point in points}
     for point, proc in procs.items():
-        out = proc.communicate(timeout=120)[0]
+        out = proc.communicate(timeout=600)[0]
         assert proc.returncode == -signal.SIGKILL, (point, out[-2000:])
         path = tmp_path / point / "ckpt"
         restored = restore_params(path)

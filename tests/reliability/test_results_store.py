@@ -80,7 +80,7 @@ def test_concurrent_appenders_with_large_rows_and_readers(tmp_path):
     readers = [subprocess.Popen([sys.executable, "-c", _READER, str(path), "6"], env=env, cwd=REPO)
                for _ in range(2)]
     for p in writers + readers:
-        assert p.wait(timeout=120) == 0
+        assert p.wait(timeout=600) == 0
     lines = path.read_bytes().split(b"\n")
     assert lines[-1] == b""
     rows = [json.loads(line) for line in lines[:-1]]
@@ -155,7 +155,7 @@ def test_two_processes_write_each_row_and_checkpoint_once(tmp_path):
     procs = [subprocess.Popen([sys.executable, "-c", _TWO_PROCESS, f"127.0.0.1:{port}", str(i), str(path), str(ckpt)],
                               env=script_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True) for i in range(2)]
-    outs = [p.communicate(timeout=300)[0] for p in procs]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert [(r["task"], r["process"]) for r in rows] == [("ppl", 0)]

@@ -56,9 +56,9 @@ def test_user_errors_stop_at_start_with_one_line(tmp_path, data_dir):
     procs = {expected: _start(args, {**env, "HF_HUB_OFFLINE": "1"}) for expected, args in probes.items()}
     verbose = _start(ppl + ["--config.batch_size=-2", "--verbose"], env)
     for expected, proc in procs.items():
-        out, err = proc.communicate(timeout=300)
+        out, err = proc.communicate(timeout=900)
         _one_line_error(proc, out, err, expected)
-    err = verbose.communicate(timeout=300)[1]
+    err = verbose.communicate(timeout=900)[1]
     assert verbose.returncode == 1 and "Traceback" in err and err.strip().splitlines()[-1].startswith("error: ")
     assert _rows(tmp_path / "p.jsonl") == [] and _rows(tmp_path / "s.jsonl") == []
     assert not (tmp_path / "work" / "journal").exists()  # the suite ran nothing before failing
@@ -81,7 +81,7 @@ def test_damaged_and_mismatched_checkpoints(tmp_path, data_dir):
                  common + [f"--quant_config={truncated}"], env),
              f"{damaged}: the saved arrays cannot be read": _start(common + [f"--quant_config={damaged}"], env)}
     for expected, proc in procs.items():
-        out, err = proc.communicate(timeout=300)
+        out, err = proc.communicate(timeout=900)
         _one_line_error(proc, out, err, expected)
 
 
@@ -105,7 +105,7 @@ def test_standalone_script_killed_resumes_and_reruns_stale_rows(tmp_path, data_d
     proc = subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     seen = []
-    deadline = time.time() + 240
+    deadline = time.time() + 900
     for line in proc.stdout:
         seen.append(line)
         if line.startswith("row: ") or time.time() > deadline:
