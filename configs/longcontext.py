@@ -20,6 +20,11 @@ import ml_collections
 from qjax.data.corpus import CalibrationData
 
 
+# Allowed values, checked before the experiment runs (experiments/cli.py: (lo, hi[, specials]) or a set).
+RANGES = {"lengths": (1, None), "depths": (0.0, 1.0), "samples": (1, None), "max_new_tokens": (1, None),
+          "batch_size": (1, None), "seed": (0, None)}
+
+
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.mesh = ""  # "data:4,model:2" (qjax.parallel.mesh); "" = every device on data

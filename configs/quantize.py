@@ -17,6 +17,13 @@ import ml_collections
 from qjax.data.corpus import CalibrationData
 
 
+# Allowed values, checked before the experiment runs (experiments/cli.py: (lo, hi[, specials]) or a set);
+# the recipe's own values are checked where it is parsed (qjax.quant.recipe).
+RANGES = {"batch_size": (1, None), "calibration.num_windows": (1, None), "calibration.seqlen": (1, None),
+          "calibration.seed": (0, None), "eval.seqlen": (1, None), "eval.max_windows": (1, None, (-1,)),
+          "eval.batch_size": (1, None)}
+
+
 def get_config(recipe: str = "gptq:w4g128") -> ml_collections.ConfigDict:
     """`recipe` as in the module docstring ("float": no quantization)."""
     config = ml_collections.ConfigDict()
@@ -31,6 +38,6 @@ def get_config(recipe: str = "gptq:w4g128") -> ml_collections.ConfigDict:
                                                  max_windows=16, batch_size=1))
     config.batch_size = 8  # calibration windows per jitted call (memory, not results)
     config.results = "results/quantize.jsonl"
-    config.save_dir = "results/checkpoints"  # "" skips saving; else <save_dir>/<name slug>-<recipe hash>
+    config.save_dir = "results/checkpoints"  # "" skips saving; else <save_dir>/<name slug>
     config.overwrite = False  # recompute a row already in the results file
     return config

@@ -13,6 +13,11 @@ import ml_collections
 from qjax.data.corpus import CalibrationData
 
 
+# Allowed values, checked before the experiment runs (experiments/cli.py: (lo, hi[, specials]) or a set).
+RANGES = {"seqlen": (1, None), "max_windows": (1, None), "calibration.num_windows": (1, None),
+          "calibration.seqlen": (1, None), "calibration.seed": (0, None)}
+
+
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.mesh = ""  # "data:4,model:2" (qjax.parallel.mesh); "" = every device on data

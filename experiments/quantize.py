@@ -7,10 +7,11 @@ result row.
   python experiments/quantize.py --config=configs/quantize.py:float        # the unquantized baseline
 
 The row (results file `config.results`, key (model, name, dataset/split, "perplexity"); name = the
-recipe text unless `config.name`) holds the recipe text and hash, method, bits, group_size,
-bits_per_param (exact bytes of the quantized linears), bytes, model_bytes, quantize_seconds, eval
-windows and the perplexity (through the recipe's runtime: activations and KV cache); an existing row
-is skipped unless --config.overwrite. The full report (per block / per linear details) goes to
+recipe text unless `config.name`; a run id of the recipe, the calibration and the data read, also
+stored as `data_source`) holds the recipe text and hash, method, bits, group_size, bits_per_param
+(exact bytes of the quantized linears), bytes, model_bytes, quantize_seconds, eval windows and the
+perplexity (through the recipe's runtime: activations and KV cache); a row of the same run id is
+skipped unless --config.overwrite. The full report (per block / per linear details) goes to
 <results dir>/quantize_reports/<name slug>.json.
 """
 
@@ -22,16 +23,18 @@ import re
 import time
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from cli import ConfigError, run  # experiments/cli.py
 try:  # run as a script (experiments/ on sys.path) or imported as experiments.*
     from multihost import setup_mesh
 except ImportError:
     from experiments.multihost import setup_mesh
 from qjax.checkpoints import load_model
 from qjax.eval.perplexity import perplexity
-from qjax.eval.results import ResultStore, make_row
+from qjax.data.provenance import corpus_sources, describe
+from qjax.eval.results import ResultStore, check_writable_dir, make_row, run_id
 from qjax.models import model_facts
 from qjax.quant.int8_outliers import to_storable
 from qjax.quant.recipe import Recipe, apply_recipe
@@ -45,29 +48,42 @@ def main(argv):
     del argv
     logging.getLogger("qjax").setLevel(logging.INFO)
     cfg = _CONFIG.value
-    recipe = Recipe.parse(cfg.recipe)
+    try:
+        recipe = Recipe.parse(cfg.recipe)
+    except ValueError as e:
+        raise ConfigError(f"--config.recipe: {e}") from None
     name = cfg.name or str(recipe)
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
     task = f"{cfg.eval.dataset}/{cfg.eval.split}"
+    mesh = setup_mesh(cfg)
     store = ResultStore(cfg.results)
+    quantized = any(rule.weight is not None for rule in recipe.rules)
+    if cfg.save_dir and quantized:
+        check_writable_dir(Path(cfg.save_dir))
+    c = cfg.calibration
+    calibrated = recipe.calibrated
+    eval_data = corpus_sources(cfg.eval.dataset, cfg.eval.split, _DATA_DIR.value)
+    calib_data = corpus_sources(c.dataset, c.split, _DATA_DIR.value, c.jsonl or None) if calibrated else None
+    rid = run_id(model=cfg.model, transform=name, recipe=str(recipe),
+                 calibration={**c.to_dict(), "data": calib_data} if calibrated else None,
+                 eval={k: v for k, v in cfg.eval.to_dict().items() if k != "batch_size"}, data=eval_data)
     key = (cfg.model, name, task, "perplexity")
-    if store.has(key) and not cfg.overwrite:
-        print(f"{key} already in {cfg.results}; skipping (--config.overwrite=True to recompute)")
+    if store.has(key, rid) and not cfg.overwrite:
+        print(f"{key} (run {rid}) already in {cfg.results}; skipping (--config.overwrite=True to recompute)")
         return
-    config, params, tokenizer = load_model(cfg.model, mesh=setup_mesh(cfg))
+    config, params, tokenizer = load_model(cfg.model, mesh=mesh)
     facts = model_facts(config, params)
-    applied = apply_recipe(recipe, params, config, tokenizer, cfg.calibration, data_dir=_DATA_DIR.value,
-                           progress=True)
+    applied = apply_recipe(recipe, params, config, tokenizer, c, data_dir=_DATA_DIR.value, progress=True)
     params, report = applied.params, applied.report
     if "calibration" in report:
-        c = report["calibration"]
-        print(f"calibration: {c['windows']} x {c['seqlen']} tokens from {c['source']} (seed {c['seed']})")
+        r = report["calibration"]
+        print(f"calibration: {r['windows']} x {r['seqlen']} tokens from {r['source']} (seed {r['seed']})")
     if report["quantized"]:
         print(f"{name}: {report['quantized']} linears, {report['bits_per_param']:.3f} bits/param, "
               f"{report['quantized_bytes']} bytes, weight error {report['weight_rel_error']:.4f}, "
               f"quantized in {report['seconds']:.1f}s")
         if cfg.save_dir:
-            saved = save_params(Path(cfg.save_dir) / f"{slug}-{recipe.hash}", to_storable(params), overwrite=True)
+            saved = save_params(Path(cfg.save_dir) / slug, to_storable(params), overwrite=True)
             report["disk_bytes"] = saved["disk_bytes"]
             print(f"saved {saved['path']} ({saved['disk_bytes']} bytes on disk)")
     max_windows = None if cfg.eval.max_windows < 0 else cfg.eval.max_windows
@@ -85,7 +101,8 @@ def main(argv):
         group_size=report["group_size"], bits_per_param=bits_per_param, bytes=report["quantized_bytes"],
         model_bytes=report["model_bytes"], weight_rel_error=report.get("weight_rel_error"),
         quantize_seconds=report["seconds"], eval_seconds=eval_seconds,
-        eval_windows=result["windows"], report=summary, **facts))
+        eval_windows=result["windows"], report=summary, run_id=rid, data_source=describe(eval_data),
+        calibration_source=None if calib_data is None else describe(calib_data), **facts))
     reports = Path(cfg.results).parent / "quantize_reports"
     reports.mkdir(parents=True, exist_ok=True)
     (reports / f"{slug}.json").write_text(json.dumps({"report": report, "perplexity": result}, indent=1,
@@ -96,4 +113,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main, config=_CONFIG)

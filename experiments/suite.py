@@ -22,6 +22,12 @@ params' dequantized float weights, which is the same arithmetic as the QArray le
 dequantize-then-matmul path (x @ dequantize()), so the float configuration's compiled forwards are
 reused instead of compiling every task's shapes again per bit width and storage layout;
 "efficiency" always measures the stored (packed) params.
+Before any work: every recipe, model, task and data file of the grid is checked (one error naming
+the first problem), and the work directory is locked (`<work_dir>/lock`, a kernel flock released
+when the process dies; a second run of the same work directory stops at once, naming the holder's
+pid, host and start time). The run id also digests the data each task reads (file hashes or hub
+revision, stored as the rows' `data_source`). A cached params entry that cannot be restored, or
+does not fit the model, is removed and quantized again.
 Multi-host (`--config.mesh`, `--coordinator` ... or a TPU slice, see experiments/multihost.py): every
 item of the grid runs on the whole mesh, all processes together (weights over "model", batches over
 "data"); process 0 alone owns the journal and the store: it replays, decides which tasks are done
@@ -33,6 +39,7 @@ the store, "[skip] ..." for tasks already done.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -44,14 +51,16 @@ from pathlib import Path
 from typing import Optional
 
 import jax
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from cli import ConfigError, run, work_dir_lock  # experiments/cli.py
 try:  # run as a script (experiments/ on sys.path) or imported as experiments.*
     from multihost import setup_mesh
 except ImportError:
     from experiments.multihost import setup_mesh
 from qjax.data.longcontext import TASKS as LONGCONTEXT_TASKS
+from qjax.data.provenance import describe
 from qjax.data.text import DATASETS as PERPLEXITY_DATASETS
 from qjax.eval.gen_tasks import is_generation_task, run_generation_task
 from qjax.eval.results import ResultStore, make_row, row_key
@@ -62,7 +71,7 @@ from qjax.parallel import active_mesh, is_primary, primary_value, shard_params, 
 from qjax.quant.calibration import dequantized
 from qjax.quant.int8_outliers import from_storable, to_storable
 from qjax.quant.recipe import Recipe, apply_recipe
-from qjax.quant.storage import restore_params, save_params
+from qjax.quant.storage import StoredParamsError, restore_params, save_params
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/suite.py", "suite config")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "data directory (default: $QJAX_DATA_DIR)")
@@ -128,7 +137,8 @@ def transformed_params(model: str, params, config: ModelConfig, tokenizer, recip
     if not any(rule.weight is not None for rule in recipe.rules) and recipe.smoothquant is None:
         state = None
         if recipe.static_activations:
-            state = apply_recipe(recipe, params, config, tokenizer, calibration, data_dir=data_dir,
+            settings = {k: v for k, v in calibration.items() if k != "data"}
+            state = apply_recipe(recipe, params, config, tokenizer, settings, data_dir=data_dir,
                                  compute_dtype=compute_dtype).runtime_state
         return params, runtime, state, {}
     if recipe.static_activations:
@@ -141,10 +151,16 @@ def transformed_params(model: str, params, config: ModelConfig, tokenizer, recip
         shutil.rmtree(stale, ignore_errors=True)  # a run killed while saving
     if primary_value(final.is_dir()):
         start = time.perf_counter()
-        restored = from_storable(restore_params(final))
-        return restored, runtime, None, {"cache": str(final), "restored_seconds": time.perf_counter() - start}
+        try:
+            restored = from_storable(restore_params(final, like=params))
+            return restored, runtime, None, {"cache": str(final),
+                                             "restored_seconds": time.perf_counter() - start}
+        except StoredParamsError as e:  # damaged on disk: quantize again
+            print(f"[cache] {e}; quantizing again", flush=True)
+            shutil.rmtree(final)
     start = time.perf_counter()
-    applied = apply_recipe(weights, params, config, tokenizer, calibration, data_dir=data_dir,
+    settings = {k: v for k, v in calibration.items() if k != "data"}  # "data": its provenance labels
+    applied = apply_recipe(weights, params, config, tokenizer, settings, data_dir=data_dir,
                            compute_dtype=compute_dtype)
     seconds = time.perf_counter() - start
     folder.mkdir(parents=True, exist_ok=True)
@@ -242,9 +258,11 @@ def _options(cfg, task: str) -> dict:
     return defaults
 
 
-def task_run_id(model: str, recipe: Recipe, task: str, cfg, calibration: dict) -> str:
-    """Digest of what a task's rows depend on: model, recipe and calibration, the task's options and
-    the suite settings its runner reads."""
+def task_run_id(model: str, recipe: Recipe, task: str, cfg, calibration: dict,
+                data: Optional[list[str]] = None) -> str:
+    """Digest of what a task's rows depend on: model, recipe and calibration, the task's options, the
+    suite settings its runner reads and the data it reads (`qjax.data.provenance` labels; None for
+    runs journaled before data sources were recorded)."""
     settings = {"options": _options(cfg, task), "seed": cfg.seed, "compute_dtype": cfg.compute_dtype,
                 "score_dequantized": cfg.score_dequantized}
     if task in PERPLEXITY_DATASETS:
@@ -256,8 +274,8 @@ def task_run_id(model: str, recipe: Recipe, task: str, cfg, calibration: dict) -
     if task in LONGCONTEXT_TASKS:
         settings["longcontext"] = cfg.longcontext.to_dict()
     settings["options"].pop("batch_size", None)  # batching does not change results
-    blob = json.dumps([model, str(recipe), recipe_fingerprint(recipe, calibration), task, settings],
-                      sort_keys=True, default=str)
+    parts = [model, str(recipe), recipe_fingerprint(recipe, calibration), task, settings]
+    blob = json.dumps(parts + ([] if data is None else [data]), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -271,6 +289,45 @@ def check_task_name(task: str) -> None:
     from qjax.data.tasks import get_task
 
     get_task(task)
+
+
+def task_data_sources(task: str, cfg, data_dir: Optional[str]) -> list[str]:
+    """The `qjax.data.provenance` labels of the data `task` reads (DataError if it cannot be read)."""
+    from qjax.data.provenance import corpus_sources, task_sources
+
+    if task in PERPLEXITY_DATASETS:
+        return corpus_sources(task, cfg.perplexity.split, data_dir)
+    if task == "efficiency" or task in LONGCONTEXT_TASKS:  # synthetic prompts
+        return []
+    from qjax.data.tasks import get_task
+
+    return task_sources(get_task(task), data_dir)
+
+
+def check_grid(cfg, data_dir: Optional[str]) -> tuple[list[Recipe], dict, Optional[list[str]]]:
+    """Every check that can fail before any work: the recipes, models, task names and every task's
+    (and the calibration's) data. Returns (recipes, task -> data labels, calibration data labels or
+    None when no recipe calibrates)."""
+    from qjax.data.provenance import corpus_sources
+
+    try:
+        recipes = suite_recipes(cfg)
+    except ValueError as e:
+        raise ConfigError(f"--config.recipes: {e}") from None
+    for task in cfg.tasks:
+        try:
+            check_task_name(task)
+        except ValueError as e:
+            raise ConfigError(f"--config.tasks: {e}") from None
+    for model in cfg.models:
+        if model != "random-tiny":
+            from qjax.checkpoints import resolve
+
+            resolve(model)
+    sources = {task: task_data_sources(task, cfg, data_dir) for task in cfg.tasks}
+    c = cfg.calibration
+    calibration = corpus_sources(c.dataset, c.split, data_dir) if any(r.calibrated for r in recipes) else None
+    return recipes, sources, calibration
 
 
 def run_task_rows(task: str, params, config: ModelConfig, tokenizer, cfg, runtime: Runtime,
@@ -347,7 +404,8 @@ def efficiency_rows(params, config: ModelConfig, cfg, runtime: Runtime, runtime_
             if name not in inputs and isinstance(value, (int, float))]
 
 
-def full_rows(rows: list[dict], model: str, recipe: Recipe, cfg, run_id: str, extra: dict) -> list[dict]:
+def full_rows(rows: list[dict], model: str, recipe: Recipe, cfg, run_id: str, extra: dict,
+              data_source: Optional[str] = None) -> list[dict]:
     out = []
     for row in rows:
         row = dict(row)
@@ -356,7 +414,8 @@ def full_rows(rows: list[dict], model: str, recipe: Recipe, cfg, run_id: str, ex
                             config={"transform": recipe_info(recipe), "task": task_config,
                                     "suite": {"seed": cfg.seed, "compute_dtype": cfg.compute_dtype,
                                               "score_dequantized": cfg.score_dequantized},
-                                    **extra}, run_id=run_id, recipe=str(recipe), recipe_hash=recipe.hash, **row))
+                                    **extra}, run_id=run_id, data_source=data_source, recipe=str(recipe),
+                            recipe_hash=recipe.hash, **row))
     return out
 
 
@@ -443,19 +502,26 @@ class GridProgress:
 
 
 def run_suite(cfg, data_dir: Optional[str]) -> ResultStore:
-    for task in cfg.tasks:
-        check_task_name(task)
-    transforms = suite_recipes(cfg)
+    """Runs the grid of `cfg` (module docstring) holding the lock of its work directory; every
+    recipe, model, task and data file is checked before anything runs."""
+    transforms, sources, calibration_data = check_grid(cfg, data_dir)
     store = ResultStore(cfg.results, echo=None)  # rows are journaled on disk before they are appended
     work_dir = Path(cfg.work_dir)
+    with work_dir_lock(work_dir) if is_primary() else contextlib.nullcontext():  # process 0 holds it
+        return _run_grid(cfg, data_dir, transforms, sources, calibration_data, store, work_dir)
+
+
+def _run_grid(cfg, data_dir, transforms, sources, calibration_data, store, work_dir) -> ResultStore:
     journal = Journal(work_dir / "journal")
     present = run_keys(store)
     replayed = journal.replay(store, present) if is_primary() else 0
     if replayed:
         print(f"[replay] {replayed} journaled rows appended to {cfg.results}", flush=True)
     calibration = cfg.calibration.to_dict()
+    if calibration_data is not None:
+        calibration["data"] = calibration_data
     for model in cfg.models:
-        run_ids = {(str(t), task): task_run_id(model, t, task, cfg, calibration)
+        run_ids = {(str(t), task): task_run_id(model, t, task, cfg, calibration, sources[task])
                    for t in transforms for task in cfg.tasks}
         todo = [(t, task) for t in transforms for task in cfg.tasks
                 if not primary_value(journal.done(model, str(t), task, run_ids[str(t), task]))]
@@ -469,7 +535,7 @@ def run_suite(cfg, data_dir: Optional[str]) -> ResultStore:
         facts = model_facts(config, params)  # family and parameter count, on every row
         order = cfg.get("order", "transform_major")
         if order not in ("transform_major", "task_major"):
-            raise ValueError(f"suite order must be 'transform_major' or 'task_major', got {order!r}")
+            raise ConfigError(f"suite order must be 'transform_major' or 'task_major', got {order!r}")
         if order == "task_major":  # every transform on one task before the next task
             todo.sort(key=lambda pair: cfg.tasks.index(pair[1]))
         judge = suite_judge(cfg, model, config, params, tokenizer)
@@ -490,7 +556,7 @@ def run_suite(cfg, data_dir: Optional[str]) -> ResultStore:
                                  runtime_t, data_dir, samples_dir, judge, runtime_state=state_t)
             run_id = run_ids[name, task]
             extra = {"params_cache": cache_info} if cache_info else {}
-            rows = [{**r, **facts} for r in full_rows(rows, model, t, cfg, run_id, extra)]
+            rows = [{**r, **facts} for r in full_rows(rows, model, t, cfg, run_id, extra, describe(sources[task]))]
             if is_primary():
                 journal.write(model, name, task, run_id, rows)
                 append_missing(store, rows, present)
@@ -511,4 +577,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main, config=_CONFIG)

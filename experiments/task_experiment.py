@@ -9,8 +9,9 @@ One script, one config per study:
 `run_experiment(cfg)` loads the model (float, or a saved quantized checkpoint), applies the config's
 recipe (`qjax.quant.recipe`: weights, activations, KV cache) and runs the config's tasks into its
 results store, one row per (task, metric) (per MMLU subject and BBQ category too; rows carry the
-recipe text and hash); tasks already in the results file are skipped. It lives with the scripts, not
-in `qjax.eval`, because loading checkpoints is an experiment's job: the task core stays free of it.
+recipe text and hash); tasks whose rows of the same run id (options, recipe, checkpoint, data) are in
+the results file are skipped. It lives with the scripts, not in `qjax.eval`, because loading
+checkpoints is an experiment's job: the task core stays free of it.
 
 Flags: --config (an ml_collections config file, fields overridable as --config.field=value; default
 configs/knowledge.py) and the shortcuts --model, --tasks, --limit, --num_fewshot, --results,
@@ -24,9 +25,10 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from cli import run  # experiments/cli.py
 try:  # run as a script (experiments/ on sys.path) or imported as experiments.*
     from multihost import setup_mesh
 except ImportError:
@@ -42,11 +44,15 @@ class TaskFlags:
     data_dir_flag: Any
 
     def config(self):
-        """The experiment config with the given shortcut flags applied (tasks as a tuple)."""
+        """The experiment config with the given shortcut flags applied (tasks as a tuple), checked
+        against its config file's RANGES (ConfigError naming the field otherwise)."""
+        from cli import check_config, declared_ranges  # experiments/cli.py
+
         cfg = self.config_flag.value
         for key, flag in self.shortcuts.items():
             if flag.value is not None:
                 setattr(cfg, key, tuple(flag.value) if key == "tasks" else flag.value)
+        check_config(cfg, declared_ranges(self.config_flag), self.config_flag.name)
         return cfg
 
     @property
@@ -74,27 +80,49 @@ def define_task_flags(default_config: str) -> TaskFlags:
 
 def run_experiment(cfg, data_dir: Optional[str] = None, log: Callable[[str], None] = print) -> int:
     """The task experiment: load `cfg.model` (float, or the quantized checkpoint at
-    `cfg.quant_config` restored with `qjax.quant.storage`), apply `cfg.recipe` (`qjax.quant.recipe`),
-    run `cfg.tasks` into `cfg.results`, skipping tasks already there. cfg fields: see
-    configs/knowledge.py; `judge` (a model name, "" = none) loads a float judge model for judged
-    generation tasks (mt_bench_judged, followbench). Returns rows appended. Runs on the mesh of
-    `cfg.mesh` (`setup_mesh`: the script's one set-up)."""
+    `cfg.quant_config` restored with `qjax.quant.storage` and checked against the model's shapes),
+    apply `cfg.recipe` (`qjax.quant.recipe`), run `cfg.tasks` into `cfg.results`, skipping tasks whose
+    rows of the same run id are there.
+    `judge` (a model name, "" = none) loads a float judge model for judged generation tasks
+    (mt_bench_judged, followbench). Runs on the mesh of `cfg.mesh` (`setup_mesh`: the script's one
+    set-up).
+
+    Before the model loads, the results file must be writable and every task known and its data
+    readable. Rows of a checkpoint are labelled `<directory name>@<digest of its params>` (unless
+    `cfg.transform` names them), so two different checkpoints in folders of the same name never
+    share rows. cfg fields: see configs/knowledge.py. Returns rows appended."""
+    from cli import ConfigError  # experiments/cli.py
     from qjax.checkpoints import load_model
+    from qjax.data.provenance import task_sources
+    from qjax.data.tasks import get_task
     from qjax.eval.results import ResultStore
     from qjax.eval.tasks import run_tasks_into_store
     from qjax.quant.recipe import Recipe, apply_recipe
 
-    config, params, tokenizer = load_model(cfg.model, mesh=setup_mesh(cfg))
-    recipe = Recipe.parse(cfg.recipe)
-    transform = cfg.transform or str(recipe)
+    mesh = setup_mesh(cfg)
+    store = ResultStore(cfg.results)
+    for name in cfg.tasks:
+        try:
+            spec = get_task(name)
+        except ValueError as e:
+            raise ConfigError(f"--config.tasks: {e}") from None
+        task_sources(spec, data_dir)  # DataError now, not after the model ran the tasks before it
+    try:
+        recipe = Recipe.parse(cfg.recipe)
+    except ValueError as e:
+        raise ConfigError(f"--config.recipe: {e}") from None
+    config, params, tokenizer = load_model(cfg.model, mesh=mesh)
+    extra_id = None if str(recipe) == "float" else str(recipe)  # float rows keep their run ids
+    transform, transform_id = cfg.transform or str(recipe), extra_id
     if cfg.quant_config:
-        from qjax.quant.storage import restore_params
+        from qjax.quant.storage import params_digest, restore_params
 
         if any(rule.weight is not None for rule in recipe.rules):
-            raise ValueError(f"quant_config {cfg.quant_config!r} holds quantized weights already; the recipe "
-                             f"{recipe} may only add activation / KV quantization (no w<bits> rules)")
-        params = restore_params(cfg.quant_config)
-        transform = cfg.transform or Path(cfg.quant_config).name
+            raise ConfigError(f"quant_config {cfg.quant_config!r} holds quantized weights already; the recipe "
+                              f"{recipe} may only add activation / KV quantization (no w<bits> rules)")
+        params = restore_params(cfg.quant_config, like=params)
+        transform_id = params_digest(params) + (f"+{extra_id}" if extra_id else "")
+        transform = cfg.transform or f"{Path(cfg.quant_config).name}@{transform_id[:8]}"
     applied = apply_recipe(recipe, params, config, tokenizer, cfg.calibration, data_dir=data_dir,
                            compute_dtype=cfg.compute_dtype)
     judge = None
@@ -103,15 +131,15 @@ def run_experiment(cfg, data_dir: Optional[str] = None, log: Callable[[str], Non
 
         jconfig, jparams, jtokenizer = load_model(cfg.judge)  # in float
         judge = Judge(cfg.judge + (" (judging itself)" if cfg.judge == cfg.model else ""), jparams, jconfig, jtokenizer)
-    store = ResultStore(cfg.results)
     experiment_config = {k: v for k, v in cfg.to_dict().items() if k not in ("tasks", "results")}
     appended = run_tasks_into_store(
         store, list(cfg.tasks), applied.params, config, tokenizer, model=cfg.model, transform=transform,
-        experiment_config=experiment_config, log=log, limit=None if cfg.limit < 0 else cfg.limit,
+        transform_id=transform_id, experiment_config=experiment_config, log=log,
+        limit=None if cfg.limit < 0 else cfg.limit,
         num_fewshot=None if cfg.num_fewshot < 0 else cfg.num_fewshot, seed=cfg.seed,
         runtime=applied.runtime, runtime_state=applied.runtime_state, chat_template=cfg.chat_template,
         row_fields={"recipe": str(recipe), "recipe_hash": recipe.hash},
-        data_dir=data_dir, batch_size=cfg.batch_size, judge=judge)
+        data_dir=data_dir, batch_size=cfg.batch_size, judge=judge, progress=True)
     log(f"{appended} rows appended to {cfg.results}")
     return appended
 
@@ -125,4 +153,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

@@ -1,7 +1,8 @@
 """Static description of a decoder: its sizes and the parts its architecture declares.
 
-A family is a choice of parts (`FAMILY_PARTS` lists what each supported family sets); the decoder in
-`qjax.models.decoder` is assembled from them, with no per-family code path.
+A family is a choice of parts (what each supported family sets is read from its config.json by
+`qjax.checkpoints.hf_families`); the decoder in `qjax.models.decoder` is assembled from them, with no
+per-family code path. Mamba, which has no attention, has its own `qjax.models.mamba.MambaConfig`.
 """
 
 from __future__ import annotations
