@@ -69,6 +69,7 @@ def test_two_host_perplexity_equals_one_process(tmp_path):
     assert "wikitext2" in outs[0] and "wikitext2" not in outs[1]  # only process 0 reports
 
 
+@pytest.mark.slow  # four suite runs (two of them 2-process): several minutes on 2 cores
 def test_two_host_suite_equals_one_process_and_resumes(tmp_path):
     common = ["experiments/suite.py", "--config=configs/suite.py:tiny", "--config.transforms=('float','rtn_w4')",
               "--config.tasks=('wikitext2','arc_easy')"]
