@@ -27,6 +27,13 @@ Scorers (per-item values give mean and sample standard error; corpus metrics hav
 - rouge: ROUGE-1/2/L/Lsum F1 x 100 (Google's `rouge-score`, Porter stemming, Lsum over
   sentence-split text).
 - bleu_chrf: corpus BLEU and chrF from `sacrebleu` (0-100).
+- longeval_topics / longeval_lines, litm_qa / litm_kv, adv_glue, truthfulqa_gen, followbench,
+  mt_bench_judged: registered by `qjax.eval.breadth_scorers` (imported at the end of this module).
+
+Declared options the runner honours besides the prompt: `chat` (always the conversation template),
+`fit_context` (documents whose prompt + budget exceed the model's context are skipped and the share
+that fits is a `fits` row, per part too) and `part_field` (a scorer's `Metric.part` makes the row's
+task "<task>/<part>": per size, gold position, subtask).
 """
 
 from __future__ import annotations

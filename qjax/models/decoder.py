@@ -34,6 +34,7 @@ import numpy as np
 
 from qjax.models import kv_cache as kv_cache_lib
 from qjax.ops.attention import blocked_attention, causal_attention, grouped_attention
+from qjax.ops.kv_attention import quantized_cache_attention
 from qjax.models.config import ModelConfig
 from qjax.models.layers import FUSE_MIN_ROWS, Linear, Norm, sibling_linears
 from qjax.models.mlp import MLP, MoE
@@ -116,11 +117,15 @@ class Attention(nn.Module):
         if layer_cache is not None:
             spec = kv_cache_lib.resolve_spec(rt.kv_cache)
             layer_cache = spec.write_layer(layer_cache, k, v, cache_start)
-            k, v = spec.read_layer(layer_cache, x.dtype)
-            if t >= BLOCKED_MIN_QUERIES:  # a prefill chunk: only the slots written so far
-                out = blocked_attention(q, k, v, mask, num_keys=cache_start + t, **mods)
-            else:
-                out = grouped_attention(q, k, v, mask, **mods)
+            out = None  # a decode step over a packed quantized cache: a Pallas kernel where one is in force
+            if mods["softcap"] is None and mods["alibi"] is None:
+                out = quantized_cache_attention(q, layer_cache, spec, mask, cache_start + t)
+            if out is None:
+                k, v = spec.read_layer(layer_cache, x.dtype)
+                if t >= BLOCKED_MIN_QUERIES:  # a prefill chunk: only the slots written so far
+                    out = blocked_attention(q, k, v, mask, num_keys=cache_start + t, **mods)
+                else:
+                    out = grouped_attention(q, k, v, mask, **mods)
         else:
             out = causal_attention(q, k, v, mask, **mods)
         out = Linear(cfg.hidden_size, rt, cfg.o_bias, name="o_proj")(out.reshape(b, t, cfg.q_size), runtime_state)

@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from qjax.formats.qarray import QArray
 from qjax.ops import Runtime, linear, linear_many, runs_natively
 
 FUSE_MIN_ROWS = 64  # on the pure-XLA path, sibling projections are concatenated from this many tokens (sibling_linears)
@@ -33,7 +34,7 @@ class Linear(nn.Module):
     @nn.compact
     def __call__(self, x, runtime_state=None, token_mask: Optional[jax.Array] = None):
         site = "/".join(self.scope.path)
-        x = self.runtime.activation(site, x, runtime_state)
+        x_in, x = x, self.runtime.activation(site, x, runtime_state)
         self.sow("intermediates", "input", x)
         if token_mask is not None:
             self.sow("intermediates", "token_mask", token_mask)
@@ -42,6 +43,9 @@ class Linear(nn.Module):
         else:
             kernel = self.param("kernel", nn.initializers.normal(0.02), (x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,)) if self.use_bias else None
+        integer = self.runtime.integer_activation(site)
+        if integer is not None and isinstance(kernel, QArray):  # W8A8: qjax.ops may run it in integers
+            return linear(x_in, kernel, bias, integer=integer)
         return linear(x, kernel, bias)
 
 

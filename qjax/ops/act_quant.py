@@ -16,6 +16,7 @@ Granularity (the axes the range is taken over), for activations x of shape (...,
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal
 
 import jax
@@ -106,3 +107,18 @@ def fake_quant(x: jax.Array, bits: int, symmetric: bool, granularity: Granularit
 def fake_quant_static(x: jax.Array, scale: jax.Array, zero: jax.Array, bits: int) -> jax.Array:
     """x quantized on a fixed grid (scale, zero broadcastable to x) and dequantized, in x's dtype."""
     return dequantize(quantize(x, scale, zero, bits), scale, zero, x.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class IntegerActivation:
+    """An activation quantization that a linear may run as integer arithmetic: symmetric, per token,
+    dynamic scales, `bits` <= 8 (int8 codes). Its simulated form is `fake_quant(x)`; an integer
+    kernel feeds the codes round(x / scale) with scale = max|x| / (2^(bits-1) - 1) per token instead."""
+
+    bits: int = 8
+
+    def __post_init__(self):
+        check_bits(self.bits, "integer activation bits")
+
+    def fake_quant(self, x: jax.Array) -> jax.Array:
+        return fake_quant(x, self.bits, True, "token")

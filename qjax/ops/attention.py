@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from qjax.native import attention as native_attention
+from qjax.ops import kernels
 
 MASK_VALUE = -1e30
 CAUSAL_CHUNK = 256  # query block of the cache-free causal prefill (causal_chunked_attention)
@@ -76,7 +77,7 @@ def causal_attention(q, k, v, mask, softcap=None, alibi=None):
     """
     if softcap is not None or alibi is not None:
         return causal_chunked_attention(q, k, v, mask, softcap=softcap, alibi=alibi)
-    if not native_attention.supports(q.shape[-1]):
+    if not (kernels.native_allowed() and native_attention.supports(q.shape[-1])):
         return causal_chunked_attention(q, k, v, mask)
     return jax.lax.platform_dependent(q, k, v, mask, cpu=native_attention.causal_attention,
                                       default=causal_chunked_attention)

@@ -13,11 +13,13 @@ from typing import Any, Optional
 import jax
 
 from qjax.formats.qarray import QArray
+from qjax.ops.act_quant import IntegerActivation
 from qjax.ops.dense import float_matmul
-from qjax.ops.quantized import qarray_matmul
+from qjax.ops.quantized import integer_matmul, qarray_matmul
 
 
-def linear(x: jax.Array, w: Any, bias: Optional[jax.Array] = None) -> jax.Array:
+def linear(x: jax.Array, w: Any, bias: Optional[jax.Array] = None,
+           integer: Optional[IntegerActivation] = None) -> jax.Array:
     """y = x @ w (+ bias).
 
     Args:
@@ -25,11 +27,16 @@ def linear(x: jax.Array, w: Any, bias: Optional[jax.Array] = None) -> jax.Array:
       w: (in_features, out_features) array, a `QArray`, or a weight object with a `matmul(x) -> y`
         method.
       bias: optional (out_features,).
+      integer: x is to be quantized by this per-token integer quantization first (W8A8): with a
+        QArray w, `qjax.ops.quantized.integer_matmul` runs it as integer arithmetic where a kernel
+        allows, else simulates it; other weights get the fake-quantized x.
     Returns:
       (..., out_features).
     """
+    if integer is not None and not isinstance(w, QArray):
+        x = integer.fake_quant(x)
     if isinstance(w, QArray):
-        y = qarray_matmul(x, w)
+        y = qarray_matmul(x, w) if integer is None else integer_matmul(x, w, integer)
     elif hasattr(w, "matmul"):
         y = w.matmul(x)
     else:

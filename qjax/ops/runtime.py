@@ -55,6 +55,11 @@ class Runtime:
     def transform_for(self, site: str) -> Optional[ActivationTransform]:
         return _first_match(self.activations, site)
 
+    def integer_activation(self, site: str):
+        """The site's transform in integer form (`qjax.ops.act_quant.IntegerActivation`: symmetric
+        per-token dynamic quantization a kernel can run as int8 x int8), or None."""
+        return getattr(self.transform_for(site), "integer_form", None)
+
     def activation(self, site: str, x: jax.Array, state: Any) -> jax.Array:
         transform = self.transform_for(site)
         return x if transform is None else transform(x, site=site, state=state)

@@ -81,6 +81,14 @@ class ActQuant:
             raise ValueError(f"static activation scales are per tensor or per channel, not "
                              f"{self.granularity!r} (per-token / per-group scales can only be dynamic)")
 
+    @property
+    def integer_form(self) -> Optional[act_quant.IntegerActivation]:
+        """This transform as an integer-kernel input (8-bit symmetric per-token dynamic: W8A8 / W4A8
+        run as int8 x int8 where `qjax.ops` has a kernel), else None."""
+        if self.bits == 8 and self.symmetric and self.granularity == "token" and not self.static:
+            return act_quant.IntegerActivation(self.bits)
+        return None
+
     def __call__(self, x: jax.Array, *, site: str, state: Any) -> jax.Array:
         if not self.static:
             if self.granularity == "group" and x.shape[-1] % self.group_size:

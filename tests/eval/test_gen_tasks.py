@@ -366,3 +366,16 @@ def test_a_new_task_runs_from_its_declaration_alone(monkeypatch):
     gen = ScriptedGenerator(lambda p: "")
     run_generation_task("toy_sums", None, None, None, generate_fn=gen, num_fewshot=0, max_new_tokens=3)
     assert gen.calls[0]["prompts"][0] == "Sum 3+3 =" and gen.calls[0]["max_new_tokens"] == 3
+
+
+def test_every_declared_generation_task_names_a_known_scorer():
+    from qjax.data.tasks import GENERATE_UNTIL, TASKS
+    from qjax.eval.gen_tasks import SCORERS, generation_spec, is_generation_task
+
+    names = [n for n, spec in TASKS.items() if spec.kind == GENERATE_UNTIL]
+    assert {"gsm8k", "gsm8k_cot", "ifeval", "mt_bench", "xsum", "cnn_dailymail"} <= set(names)
+    for name in names + ["flores200:eng_Latn-deu_Latn"]:
+        spec = generation_spec(name)
+        assert spec.generation.scorer in SCORERS and spec.metrics, name
+        assert is_generation_task(name)
+    assert not is_generation_task("arc_easy") and not is_generation_task("nonexistent")

@@ -138,7 +138,10 @@ def test_bad_transform_and_task_names(tmp_path):
     cfg = get_config("tiny")
     cfg.results, cfg.work_dir = str(tmp_path / "r.jsonl"), str(tmp_path / "w")
     cfg.transforms = ("gptq4",)
-    with pytest.raises(ValueError, match="transform 'gptq4' is neither 'float' nor '<method>_w<bits>'"):
+    with pytest.raises(ValueError, match="transform 'gptq4' is neither 'float', '<method>_w<bits>'"):
+        run_suite(cfg, None)
+    cfg.transforms = ("W8A5",)  # a W/A/KV setting name with an unsupported activation width
+    with pytest.raises(ValueError, match="activation bits"):
         run_suite(cfg, None)
     cfg.transforms = ("float",)
     cfg.tasks = ("wikitext2", "mmlu_pro")

@@ -83,7 +83,7 @@ def load_task(split: str = "dev", data_dir: Optional[str] = None) -> list[dict]:
 
 
 ADV_GLUE = TaskSpec("adv_glue", GENERATE_UNTIL, load_task, "dev", text="{message}", description=SYSTEM_PROMPT,
-                    metrics=("accuracy",), hub="AI-Secure/adv_glue",
+                    metrics=("accuracy",),
                     generation=GenerationSpec(until=(), max_new_tokens=32, scorer="adv_glue", chat=True,
                                               part_field="task"))
 

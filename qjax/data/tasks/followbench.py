@@ -69,6 +69,5 @@ def load_task(split: str = "test", data_dir: Optional[str] = None) -> list[dict]
 
 
 TASKS = (TaskSpec("followbench", GENERATE_UNTIL, load_task, "test", text="{instruction}", metrics=("hsr", "ssr"),
-                  hub="YuxinJiang/FollowBench",
                   generation=GenerationSpec(until=(), max_new_tokens=1024, scorer="followbench", chat=True,
                                             part_field="part")),)

@@ -195,8 +195,6 @@ def _generation(scorer: str) -> GenerationSpec:
 
 TASKS = tuple(
     [TaskSpec(f"litm_qa_{k}", GENERATE_UNTIL, lambda split, data_dir=None, k=k: load_qa_task(k, split, data_dir),
-              "test", text=qa_text, metrics=("accuracy",), generation=_generation("litm_qa"),
-              hub="nelson-liu/lost-in-the-middle") for k in QA_DOCUMENT_COUNTS]
+              "test", text=qa_text, metrics=("accuracy",), generation=_generation("litm_qa")) for k in QA_DOCUMENT_COUNTS]
     + [TaskSpec(f"litm_kv_{n}", GENERATE_UNTIL, lambda split, data_dir=None, n=n: load_kv_task(n, split, data_dir),
-                "test", text=kv_text, metrics=("accuracy",), generation=_generation("litm_kv"),
-                hub="nelson-liu/lost-in-the-middle") for n in KV_KEY_COUNTS])
+                "test", text=kv_text, metrics=("accuracy",), generation=_generation("litm_kv")) for n in KV_KEY_COUNTS])

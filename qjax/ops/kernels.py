@@ -1,0 +1,81 @@
+"""The kernel switch: which family of kernels `qjax.ops` may use, read at trace time.
+
+Modes (environment `QJAX_KERNELS`, or `use_kernels(mode)` for a block of code; default "auto"):
+  auto       by the default backend: cpu -> the C++ kernels of `qjax.native` where they apply;
+             tpu -> Pallas (Mosaic); gpu -> Pallas (Triton); the XLA dequantizing path otherwise
+  xla        the XLA path everywhere (dequantize, then a float product; activations fake-quantized)
+  native     the C++ CPU kernels where they apply, and only when the backend is CPU; else XLA
+  pallas     Pallas kernels for the platform the computation is lowered for (`lax.platform_dependent`:
+             tpu -> Mosaic, cuda / rocm -> Triton, any other -> Pallas' interpreter); else XLA
+  interpret  Pallas kernels run by Pallas' interpreter on any backend (tests and debugging)
+The C++ kernels (quantized and float products, fused attention) are consulted only in auto / native
+mode and when the backend is CPU (`native_allowed`), so a GPU or TPU host never compiles them. The
+choice is made while tracing: a function already compiled keeps its path, so `use_kernels` clears
+JAX's compilation caches when it changes the mode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator, Optional
+
+import jax
+
+MODES = ("auto", "xla", "native", "pallas", "interpret")
+ENV = "QJAX_KERNELS"
+_forced: list[str] = []
+
+
+def _check(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"kernel mode must be one of {MODES}, got {mode!r} (from {ENV} or use_kernels)")
+    return mode
+
+
+def mode() -> str:
+    """The mode in force: the innermost `use_kernels`, else $QJAX_KERNELS, else "auto"."""
+    if _forced:
+        return _forced[-1]
+    return _check(os.environ.get(ENV, "auto").strip().lower() or "auto")
+
+
+@contextlib.contextmanager
+def use_kernels(new_mode: str) -> Iterator[None]:
+    """Force `new_mode` inside the block (clears JAX's caches on entry and exit when it changes)."""
+    _check(new_mode)
+    changed = new_mode != mode()
+    _forced.append(new_mode)
+    if changed:
+        jax.clear_caches()
+    try:
+        yield
+    finally:
+        _forced.pop()
+        if changed:
+            jax.clear_caches()
+
+
+def backend_platform() -> str:
+    """The default backend as a table key: "cpu", "tpu", "gpu" (cuda and rocm), else its name."""
+    name = jax.default_backend()
+    return "gpu" if name in ("gpu", "cuda", "rocm") else name
+
+
+def kernel_platform() -> Optional[str]:
+    """Where `qjax.ops` looks up kernels in its table under the current mode: "cpu", "tpu", "gpu",
+    "pallas" (per lowering platform), "interpret", or None for the XLA path only."""
+    m = mode()
+    if m == "xla":
+        return None
+    if m == "native":
+        return "cpu" if backend_platform() == "cpu" else None
+    if m in ("pallas", "interpret"):
+        return m
+    return backend_platform()
+
+
+def native_allowed() -> bool:
+    """Whether `qjax.ops` may consult the C++ CPU kernels now: the backend is CPU and the mode is
+    auto or native (asking builds them on first use, so nothing else may ask)."""
+    return kernel_platform() == "cpu"

@@ -1,0 +1,68 @@
+"""Decode attention straight from a packed, quantized KV cache layer (`pallas_kernels`' flash-decoding
+kernel), chosen by the kernel switch of `qjax.ops.kernels`.
+
+A quantized cache layer (as `qjax.quant.kv.QuantKVSpec` writes it) holds k_codes / v_codes uint8
+(B, S, KVH, D * bits / 8), k_scale / v_scale float16 (B, S, KVH, D / group_size) and, for the
+asymmetric grid, k_min / v_min; its spec has `bits`, `group_size` and `symmetric`. The kernel serves
+one query token per sequence (T = 1, a decode step); everything else, and every mode without a Pallas
+platform, returns None and the caller reads the cache back (`spec.read_layer`) and attends in XLA.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+
+import pallas_kernels
+from qjax.ops import kernels
+from qjax.ops.attention import grouped_attention
+
+
+def _kv_layout(layer: Any, spec: Any) -> Optional[tuple[int, int, bool]]:
+    """(bits, group_size, symmetric) of a packed quantized cache layer, else None."""
+    if not (isinstance(layer, dict) and "k_codes" in layer and all(hasattr(spec, a) for a in
+                                                                    ("bits", "group_size", "symmetric"))):
+        return None
+    return spec.bits, spec.group_size, spec.symmetric
+
+
+def quantized_cache_attention(q: jax.Array, layer: Any, spec: Any, mask: jax.Array,
+                              num_keys) -> Optional[jax.Array]:
+    """q (B, 1, H, D) over a written quantized cache layer -> (B, 1, H, D) in q's dtype, or None when
+    no Pallas kernel is in force or applies. mask (B, 1, 1, S) bool; num_keys: slots written so far
+    (int32, may be traced)."""
+    kv = _kv_layout(layer, spec)
+    platform = kernels.kernel_platform()
+    if kv is None or q.shape[1] != 1 or platform not in ("tpu", "gpu", "pallas", "interpret"):
+        return None
+    bits, group, symmetric = kv
+    b, _, h, d = q.shape
+    s = layer["k_codes"].shape[1]
+    fits = {p: pallas_kernels.supports_kv(bits, d, group, p, s) for p in pallas_kernels.PLATFORMS}
+
+    def run(p, interpret=False):
+        def f(q, layer, key_mask, num_keys):
+            out = pallas_kernels.quantized_kv_decode_attention(
+                q[:, 0], layer["k_codes"], layer["k_scale"], layer.get("k_min"), layer["v_codes"],
+                layer["v_scale"], layer.get("v_min"), key_mask, num_keys, bits=bits, group_size=group,
+                platform=p, interpret=interpret)
+            return out[:, None]
+        return f
+
+    args = (q, layer, mask[:, 0, 0, :], jnp.asarray(num_keys, jnp.int32))
+    if platform in ("tpu", "gpu"):
+        return run(platform)(*args) if fits[platform] else None
+    if platform == "interpret":
+        return run("tpu", interpret=True)(*args) if fits["tpu"] else None
+    if not (fits["tpu"] or fits["gpu"]):
+        return None
+
+    def fallback(q, layer, key_mask, _):  # a lowering platform the kernel does not fit: XLA
+        k, v = spec.read_layer(layer, q.dtype)
+        return grouped_attention(q, k, v, key_mask[:, None, None, :])
+
+    return jax.lax.platform_dependent(
+        *args, tpu=run("tpu") if fits["tpu"] else fallback, cuda=run("gpu") if fits["gpu"] else fallback,
+        rocm=run("gpu") if fits["gpu"] else fallback, default=run("tpu", True) if fits["tpu"] else fallback)
