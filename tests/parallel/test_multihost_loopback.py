@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from simulated import xla_flags
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -23,7 +25,7 @@ def _free_port() -> int:
 
 
 def _env(devices: int) -> dict:
-    return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "QJAX_NATIVE": "0",
+    return {**os.environ, "XLA_FLAGS": xla_flags(devices), "QJAX_NATIVE": "0",
             "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
 
 
