@@ -16,6 +16,7 @@ except ImportError:
 from qjax.checkpoints import load_model
 from qjax.eval.perplexity import perplexity
 from qjax.eval.results import ResultStore, make_row
+from qjax.models import model_facts
 from qjax.ops import Runtime
 from qjax.parallel import describe
 
@@ -28,6 +29,7 @@ def main(argv):
     cfg = _CONFIG.value
     mesh = setup_mesh(cfg)
     config, params, tokenizer = load_model(cfg.model, mesh=mesh)
+    facts = model_facts(config, params)
     runtime = Runtime(compute_dtype=cfg.compute_dtype)
     store = ResultStore(cfg.results)
     max_windows = None if cfg.max_windows < 0 else cfg.max_windows
@@ -42,7 +44,7 @@ def main(argv):
             store.append(make_row(model=cfg.model, transform="float", task=f"{dataset}/{cfg.split}",
                                   metric="perplexity", value=result["ppl"], items=result["tokens"],
                                   seconds=result["seconds"], config=cfg.to_dict(),
-                                  details={**result, "mesh": describe(mesh)}))
+                                  details={**result, "mesh": describe(mesh)}, **facts))
         say(f"{dataset:<10} {result['windows']:>7} {result['tokens']:>8} {result['ppl']:>9.6f} "
             f"{result['seconds']:>8.1f} {result['tokens_per_s']:>8.0f}")
     say(f"rows appended to {cfg.results}")

@@ -29,6 +29,7 @@ except ImportError:
 from qjax.checkpoints import load_model
 from qjax.eval.perplexity import perplexity
 from qjax.eval.results import ResultStore, make_row
+from qjax.models import model_facts
 from qjax.quant.calibration import CalibrationData, calibration_tokens
 from qjax.quant.int8_outliers import to_storable
 from qjax.quant.quantize import QuantizeConfig, quantize
@@ -49,6 +50,7 @@ def main(argv):
         print(f"{key} already in {cfg.results}; skipping (--config.overwrite=True to recompute)")
         return
     config, params, tokenizer = load_model(cfg.model, mesh=setup_mesh(cfg))
+    facts = model_facts(config, params)
     report = {"method": "float", "bits": None, "group_size": None, "bits_per_param": None,
               "quantized_bytes": None, "model_bytes": None, "weight_rel_error": None, "seconds": 0.0}
     if cfg.method.method != "none":
@@ -82,7 +84,7 @@ def main(argv):
         bits_per_param=report["bits_per_param"], bytes=report["quantized_bytes"],
         model_bytes=report["model_bytes"], weight_rel_error=report.get("weight_rel_error"),
         quantize_seconds=report["seconds"], eval_seconds=eval_seconds,
-        eval_windows=result["windows"], report=summary))
+        eval_windows=result["windows"], report=summary, **facts))
     reports = Path(cfg.results).parent / "quantize_reports"
     reports.mkdir(parents=True, exist_ok=True)
     (reports / f"{cfg.name}.json").write_text(json.dumps({"report": report, "perplexity": result}, indent=1,

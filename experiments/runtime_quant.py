@@ -23,6 +23,7 @@ from qjax.checkpoints import load_model
 from qjax.data.corpus import CalibrationData, calibration_tokens, load_windows
 from qjax.eval.perplexity import perplexity_of_windows
 from qjax.eval.results import ResultStore, make_row
+from qjax.models import model_facts
 from qjax.quant.activations import QuantSetting, apply_setting, parse_setting
 from qjax.quant.kv import bytes_per_token, perplexity_through_cache
 from qjax.quant.storage import params_nbytes
@@ -48,6 +49,7 @@ def main(argv):
     del argv
     cfg = _CONFIG.value
     config, params, tokenizer = load_model(cfg.model, mesh=setup_mesh(cfg))
+    facts = model_facts(config, params)
     windows = load_windows(tokenizer, cfg.dataset, cfg.split, cfg.seqlen, cfg.max_windows, _DATA_DIR.value)
     task = f"{cfg.dataset}/{cfg.split}[:{len(windows)}x{cfg.seqlen}]"
     store = ResultStore(cfg.results)
@@ -77,7 +79,7 @@ def main(argv):
             items=result["tokens"], seconds=result["seconds"],
             config={"experiment": cfg.to_dict(), "setting": setting.__dict__ | {"afamilies": list(setting.afamilies)}},
             details={"nll": result["nll"], "windows": result["windows"], "weight_bytes": weight_bytes,
-                     "kv_bytes_per_token": kv_tok}))
+                     "kv_bytes_per_token": kv_tok}, **facts))
         print(f"{setting.name:<12} {result['ppl']:>9.3f} {weight_bytes / 2**20:>10.1f} {kv_tok:>9} "
               f"{result['seconds']:>8.1f}", flush=True)
     print(f"rows in {cfg.results}")

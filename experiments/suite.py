@@ -53,6 +53,7 @@ except ImportError:
 from qjax.data.text import DATASETS as PERPLEXITY_DATASETS
 from qjax.eval.gen_tasks import is_generation_task, run_generation_task
 from qjax.eval.results import ResultStore, make_row, row_key
+from qjax.models import model_facts
 from qjax.models.config import ModelConfig
 from qjax.ops.runtime import Runtime
 from qjax.parallel import active_mesh, is_primary, primary_value, shard_params, sync
@@ -432,7 +433,8 @@ class GridProgress:
 
     def plan(self) -> str:
         remaining, unknown = self._remaining()
-        lines = [f"[plan] {len(self.todo)} (transform, task) runs; estimated wall time {remaining / 3600:.1f} h"
+        lines = [f"[plan] {len(self.todo)} (transform, task) runs; estimated wall time {remaining / 3600:.1f} h "
+                 "(from the config's seconds_per_item; each task's measured time replaces it once it ran)"
                  + (f" plus {unknown} runs without an estimate" if unknown else "")]
         for task, seconds in self.estimates.items():
             lines.append(f"[plan]   {task}: ~{seconds / 60:.1f} min per transform")
@@ -473,6 +475,7 @@ def run_suite(cfg, data_dir: Optional[str]) -> ResultStore:
         if not todo:
             continue
         config, params, tokenizer = load_suite_model(model)
+        facts = model_facts(config, params)  # family and parameter count, on every row
         order = cfg.get("order", "transform_major")
         if order not in ("transform_major", "task_major"):
             raise ValueError(f"suite order must be 'transform_major' or 'task_major', got {order!r}")
@@ -495,7 +498,7 @@ def run_suite(cfg, data_dir: Optional[str]) -> ResultStore:
                                  runtime_t, data_dir, samples_dir, judge)
             run_id = run_ids[t.name, task]
             extra = {"params_cache": cache_info} if cache_info else {}
-            rows = full_rows(rows, model, t, cfg, run_id, extra)
+            rows = [{**r, **facts} for r in full_rows(rows, model, t, cfg, run_id, extra)]
             if is_primary():
                 journal.write(model, t.name, task, run_id, rows)
                 append_missing(store, rows, present)

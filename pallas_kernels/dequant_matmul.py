@@ -10,10 +10,12 @@ Shapes: x (M, K) float32 or bfloat16; codes uint8 (ceil(K * b / 8), N) in the la
 partial, e.g. K = 576 at G = 128; per-channel is G = K); codebook (2**b,) float32. Returns (M, N)
 in x's dtype; products accumulate in float32.
 
-Inside a K block the kernel walks runs of units that share one group (`layout.segment_units`); per
-run and plane it multiplies the activation plane by the integer codes (or codebook levels) and
-applies the group's scale once to the (M, N) partial product, with the zero point folded in as
-zero * sum(x) — the per-element work on the weight is a shift, a mask and a conversion. Decode shapes
+Inside a K block the kernel walks runs of units that share one group (`layout.segment_units`). The
+GPU variant (and every integer product), per run and plane, multiplies the activation plane by the
+integer codes (or codebook levels) and applies the group's scale once to the (M, N) partial product,
+with the zero point folded in as zero * sum(x): the per-element work on the weight is a shift, a mask
+and a conversion. The TPU variant of the float product dequantizes the block's tile run by run and
+makes one MXU dot per plane over the whole block (no lane-unaligned slices of x, full-depth dots). Decode shapes
 (few rows) may split K across `k_splits` programs whose float32 partial sums are added afterwards.
 """
 
@@ -89,6 +91,36 @@ def _block_product(x_plane, load_words, load_stats, codebook_ref, *, block_units
     return acc
 
 
+def _dequantized_tile_product(x_block, load_words, load_stats, codebook_ref, *, bits, asymmetric, block_units,
+                              unit0, group_units, n_groups, precision, **_):
+    """float32 (bm, bn) product of a whole K block, TPU style: each plane's (block_units, bn) tile is
+    dequantized run by run (scale and zero applied per element, rows concatenated on sublanes), then
+    one MXU dot with the block's (bm, block_units) activation plane: no lane slicing of x, and the dot
+    contracts the whole block. Weights enter the dot in x's dtype, as on the XLA path."""
+    _, c = layout.code_unit(bits)
+    seg = layout.segment_units(block_units, group_units, n_groups)
+    half = 1 << (bits - 1)
+    runs = []
+    for lo in range(0, block_units, seg):
+        g = jnp.minimum(jax.lax.div(unit0 + lo, group_units), n_groups - 1)  # lax.div: no sign op (Mosaic)
+        runs.append((load_words(lo, seg),) + load_stats(g))
+    acc = None
+    for j in range(c):
+        tiles = []
+        for words, scale, zero in runs:
+            q = _plane_codes(words, bits, j, 0, c)
+            if codebook_ref is not None:
+                w = _levels(q, bits, codebook_ref) * scale
+            else:
+                w = (q.astype(jnp.float32) - (zero if asymmetric else half)) * scale
+            tiles.append(w)
+        w = tiles[0] if len(tiles) == 1 else jnp.concatenate(tiles, axis=0)
+        xj = x_block(j)
+        d = jnp.dot(xj, w.astype(xj.dtype), preferred_element_type=jnp.float32, precision=precision)
+        acc = d if acc is None else acc + d
+    return acc
+
+
 def _unpack_refs(refs, asymmetric, has_codebook):
     refs = list(refs)
     x_ref, codes_ref, scale_ref = refs[:3]
@@ -132,10 +164,15 @@ def _tpu_kernel(*refs, asymmetric, has_codebook, k_blocks, blocks_per_split, blo
     @pl.when(kb < k_blocks)
     def _():
         unit_bytes, _ = layout.code_unit(kw["bits"])
-        acc_ref[...] += _block_product(
-            lambda j, lo, size: x_ref[j, :, pl.ds(lo, size)], _words_loader(codes_ref, 0, unit_bytes),
-            _stats_loader(scale_ref, zero_ref), codebook_ref, block_units=block_units,
-            unit0=kb * block_units, asymmetric=asymmetric, **kw)
+        words, stats = _words_loader(codes_ref, 0, unit_bytes), _stats_loader(scale_ref, zero_ref)
+        if kw["integer"]:  # int8 dots per run of one group; scales after each
+            acc_ref[...] += _block_product(
+                lambda j, lo, size: x_ref[j, :, pl.ds(lo, size)], words, stats, codebook_ref,
+                block_units=block_units, unit0=kb * block_units, asymmetric=asymmetric, **kw)
+        else:
+            acc_ref[...] += _dequantized_tile_product(
+                lambda j: x_ref[j], words, stats, codebook_ref, block_units=block_units,
+                unit0=kb * block_units, asymmetric=asymmetric, **kw)
 
     @pl.when(k == blocks_per_split - 1)
     def _():

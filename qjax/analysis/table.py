@@ -83,6 +83,18 @@ def build_table(rows: Iterable[dict]) -> ResultTable:
     return ResultTable(values, stderrs, info)
 
 
+def tables_by_family(rows: Iterable[dict]) -> dict[tuple[str, Optional[int]], ResultTable]:
+    """(family, parameter count) -> the `build_table` of the rows of models of that family and size,
+    ordered by family, then size; rows without the facts (`qjax.models.model_facts`) fall under
+    ("unknown", None)."""
+    groups: dict[tuple[str, Optional[int]], list[dict]] = {}
+    for row in rows:
+        key = (str(row.get("family") or "unknown"), row.get("parameters"))
+        groups.setdefault(key, []).append(row)
+    order = sorted(groups, key=lambda k: (k[0], -1 if k[1] is None else k[1]))
+    return {key: build_table(groups[key]) for key in order}
+
+
 def format_value(value: Optional[float], stderr: Optional[float] = None) -> str:
     """4 decimals (4 significant digits from 1e5 up); "± stderr" when given; "–" for missing/NaN."""
     if value is None or math.isnan(value):

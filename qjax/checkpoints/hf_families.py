@@ -18,6 +18,7 @@ import numpy as np
 
 from qjax.checkpoints.errors import CheckpointError
 from qjax.models.config import RopeScaling
+from qjax.models.mamba import MambaConfig
 
 _ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh",
                 "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh", "relu": "relu"}
@@ -51,6 +52,21 @@ class Family:
     prefixes: tuple = ("model.",)
     layers: str = "layers"
     qkv: Optional[Callable[[dict, dict], Callable[[np.ndarray], np.ndarray]]] = None
+    make_config: Optional[Callable[[dict, Path], object]] = None  # a config other than ModelConfig
+
+    def tensor_fixes(self, raw: dict, fields: dict) -> Callable[[str], Optional[Callable[[np.ndarray], np.ndarray]]]:
+        """qjax path -> the change a stored tensor needs before the (out, in) -> (in, out) transpose
+        (None: none): fused q/k/v rows reordered (`qkv`), torch's depthwise conv (C, 1, k) -> (C, k)."""
+        reorder = self.qkv(raw, fields) if self.qkv else None
+
+        def fix_for(path: str):
+            if reorder is not None and "/qkv_proj/" in path:
+                return reorder
+            if path.endswith("conv1d/kernel"):
+                return lambda w: w[:, 0, :] if w.ndim == 3 else w
+            return None
+
+        return fix_for
 
     def compiled(self):
         def pattern(p):
@@ -332,6 +348,26 @@ def _olmoe(raw, path):
             "attention_bias": bool(raw.get("attention_bias", False))}
 
 
+def _mamba_config(raw, path):
+    hidden = raw["hidden_size"]
+    eos = raw.get("eos_token_id")
+    return MambaConfig(
+        vocab_size=raw["vocab_size"], hidden_size=hidden,
+        intermediate_size=int(raw.get("intermediate_size") or raw.get("expand", 2) * hidden),
+        num_layers=raw["num_hidden_layers"], state_size=int(raw.get("state_size", 16)),
+        conv_kernel=int(raw.get("conv_kernel", 4)),
+        dt_rank=int(raw["time_step_rank"]) if raw.get("time_step_rank") not in (None, "auto") else -(-hidden // 16),
+        rms_norm_eps=float(raw.get("layer_norm_epsilon", 1e-5)), use_bias=bool(raw.get("use_bias", False)),
+        use_conv_bias=bool(raw.get("use_conv_bias", True)),
+        tie_word_embeddings=bool(raw.get("tie_word_embeddings", True)), bos_token_id=raw.get("bos_token_id"),
+        eos_token_id=eos[0] if isinstance(eos, list) else eos)
+
+
+_MAMBA_LAYER = (("norm.weight", "input_norm/scale"),
+                *(pair for p in ("in_proj", "x_proj", "dt_proj", "out_proj", "conv1d")
+                  for pair in _linear_pair(f"mixer.{p}", f"mixer/{p}")),
+                ("mixer.A_log", "mixer/A_log"), ("mixer.D", "mixer/D"))
+
 FAMILIES = {
     "LlamaForCausalLM": Family("llama", _llama, _LLAMA_TOP, _LLAMA_LAYER),
     "MistralForCausalLM": Family("mistral", _mistral, _LLAMA_TOP, _LLAMA_LAYER),
@@ -362,4 +398,8 @@ FAMILIES = {
     "Qwen2MoeForCausalLM": Family("qwen2_moe", _qwen2_moe, _LLAMA_TOP, _QWEN_MOE_LAYER),
     "Qwen3MoeForCausalLM": Family("qwen3_moe", _qwen3_moe, _LLAMA_TOP, _QWEN_MOE_LAYER),
     "OlmoeForCausalLM": Family("olmoe", _olmoe, _LLAMA_TOP, _QWEN_MOE_LAYER),
+    "MambaForCausalLM": Family(
+        "mamba", None, (("embeddings.weight", "embed/embedding"), ("norm_f.weight", "final_norm/scale"),
+                        ("lm_head.weight", "lm_head/kernel")),
+        _MAMBA_LAYER, prefixes=("backbone.",), make_config=_mamba_config),
 }

@@ -6,7 +6,6 @@ import json
 import re
 from pathlib import Path
 
-
 from qjax.checkpoints.errors import CheckpointError
 from qjax.checkpoints.hf_families import FAMILIES, Family, rope_fields
 from qjax.models.config import ModelConfig
@@ -32,6 +31,8 @@ def read_config(directory: Path) -> ModelConfig:
         raise CheckpointError(f"{path}: not valid JSON: {e}") from e
     family = family_of(raw, path)
     try:
+        if family.make_config is not None:  # a model other than the decoder (Mamba)
+            return family.make_config(raw, path)
         parts = family.parts(raw, path)
         heads = parts.get("num_heads") or raw["num_attention_heads"]
         hidden = parts.get("hidden_size") or raw["hidden_size"]

@@ -70,8 +70,9 @@ def load_hf_dir_on_mesh(directory: str | Path, mesh: Optional[Mesh] = None, *, d
     by `rules` (mesh None: each parameter whole on the default device, as `jnp.asarray` puts it).
 
     Tensor names map to qjax paths by the checkpoint's family (`hf_reader.map_tensor_names`);
-    kernels are transposed from HF's (out, in). Fused q/k/v tensors whose rows a family reorders
-    are read whole (one tensor at a time) and placed after the reorder. Raises CheckpointError for a
+    kernels are transposed from HF's (out, in). Tensors a family changes (`Family.tensor_fixes`:
+    fused q/k/v rows, a depthwise conv) are read whole (one tensor at a time) and placed after it.
+    Raises CheckpointError for a
     missing tensor, a shape that disagrees with config.json, NaN/Inf values, or an unreadable file.
     """
     if dtype not in LOAD_DTYPES:
@@ -80,7 +81,7 @@ def load_hf_dir_on_mesh(directory: str | Path, mesh: Optional[Mesh] = None, *, d
     config = read_config(directory)
     raw = json.loads((directory / "config.json").read_text())
     family = family_of(raw, directory)
-    reorder = family.qkv(raw, dataclasses.asdict(config)) if family.qkv else None
+    fix_for = family.tensor_fixes(raw, dataclasses.asdict(config))  # fused q/k/v rows, depthwise conv
     sources = tensor_sources(directory)
     by_path = {path: sources[name] for name, path in map_tensor_names(sources, family, directory).items()}
     target = jnp.dtype(dtype)
@@ -93,33 +94,34 @@ def load_hf_dir_on_mesh(directory: str | Path, mesh: Optional[Mesh] = None, *, d
         source = by_path[path]
         transposed = path.endswith("/kernel") and len(source.shape) == 2
         stored = source.shape[::-1] if transposed else source.shape
-        fused = reorder is not None and "/qkv_proj/" in path
-        if tuple(stored) != shape and not fused:
+        fix = fix_for(path)
+        if tuple(stored) != shape and fix is None:
             raise CheckpointError(f"{directory}: tensor for {path} has shape {tuple(stored)}, but the config "
                                   f"implies {shape}{named}")
-        wanted.append((path, shape, source, transposed, fused, named))
+        wanted.append((path, shape, source, transposed, fix, named))
     wanted.sort(key=lambda w: (str(w[2].file), w[2].offset))  # sequential reads, file by file
     flat = {}
-    for path, shape, source, transposed, fused, named in wanted:
+    for path, shape, source, transposed, fix, named in wanted:
         sharding = None if mesh is None else NamedSharding(mesh, param_spec(path, shape, mesh, rules))
-        if fused:
-            flat[path] = _place_reordered(source, reorder, shape, sharding, target, transposed,
+        if fix is not None:
+            flat[path] = _place_reordered(source, fix, shape, sharding, target, path.endswith("/kernel"),
                                           f"{directory}: tensor for {path}", named)
         else:
             flat[path] = place_tensor(source, shape, sharding, target, transpose=transposed)
     return config, nest(flat)
 
 
-def _place_reordered(source: TensorSource, reorder, shape, sharding, dtype, transposed: bool, what: str,
+def _place_reordered(source: TensorSource, reorder, shape, sharding, dtype, kernel: bool, what: str,
                      named: str) -> jax.Array:
-    """A fused q/k/v tensor read whole, its rows reordered by the family, then placed."""
+    """A tensor read whole, changed by the family (`Family.tensor_fixes`: fused q/k/v rows
+    reordered, a depthwise conv squeezed), transposed when it is a 2-D kernel, then placed."""
     w = source.read(dtype=np.float32)
     try:
         w = reorder(w)
     except ValueError as e:
         raise CheckpointError(f"{source.file}: tensor {source.name} has shape {tuple(w.shape)}, which does not "
                               f"split into the config's q/k/v heads: {e}") from e
-    w = w.T if transposed else w
+    w = w.T if kernel and w.ndim == 2 else w
     if tuple(w.shape) != shape:
         raise CheckpointError(f"{what} has shape {tuple(w.shape)}, but the config implies {shape}{named}")
     if not np.all(np.isfinite(w)):

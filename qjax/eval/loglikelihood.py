@@ -203,6 +203,8 @@ def score_requests(params, config: ModelConfig, requests: Sequence[Request], *,
         context = tuple(_truncate(context, continuation, max_length))
         groups.setdefault(context, _Group(context)).add(i, list(continuation))
     families = [(shared, [groups[ctx] for ctx in members]) for shared, members in _families(list(groups))]
+    if config.recurrent:  # a recurrent state cannot pass the padding between a shared prefix and a context
+        families = [(0, list(groups.values()))]
     if packed_scoring.packable(config, runtime, max_length):
         batches = packed_scoring.plan_packed_batches(families, max_batch_tokens)
     else:

@@ -64,9 +64,9 @@ class Group(Protocol):
 def packable(config: ModelConfig, runtime: Runtime, max_length: int) -> bool:
     """Whether packed scoring reproduces the plain forward: no quantized KV cache (its values only
     exist on the cache path), and no sliding window shorter than a request (the mask is causal over
-    slots, which differ from positions inside a packed segment)."""
+    slots, which differ from positions inside a packed segment), and not a recurrent model (Mamba)."""
     window = config.sliding_window
-    return runtime.kv_cache is None and (window is None or window > max_length)
+    return runtime.kv_cache is None and (window is None or window > max_length) and not config.recurrent
 
 
 def segment_size(group: Group, shared: int = 0) -> int:

@@ -1,7 +1,8 @@
 """Static description of a decoder: its sizes and the parts its architecture declares.
 
-A family is a choice of parts (`FAMILY_PARTS` lists what each supported family sets); the decoder in
-`qjax.models.decoder` is assembled from them, with no per-family code path.
+A family is a choice of parts (what each supported family sets is read from its config.json by
+`qjax.checkpoints.hf_families`); the decoder in `qjax.models.decoder` is assembled from them, with no
+per-family code path. Mamba, which has no attention, has its own `qjax.models.mamba.MambaConfig`.
 """
 
 from __future__ import annotations
@@ -143,6 +144,11 @@ class ModelConfig:
     @property
     def kv_size(self) -> int:
         return self.num_kv_heads * self.head_dim
+
+    @property
+    def recurrent(self) -> bool:
+        """False: every token attends to its keys (see `qjax.models.mamba.MambaConfig.recurrent`)."""
+        return False
 
     @property
     def rotary_dim(self) -> int:

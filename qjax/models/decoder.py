@@ -36,6 +36,7 @@ from qjax.models import kv_cache as kv_cache_lib
 from qjax.ops.attention import blocked_attention, causal_attention, grouped_attention
 from qjax.ops.kv_attention import quantized_cache_attention
 from qjax.models.config import ModelConfig
+from qjax.models import mamba
 from qjax.models.layers import FUSE_MIN_ROWS, Linear, Norm, sibling_linears
 from qjax.models.mlp import MLP, MoE
 from qjax.models.rope import apply_rope, inverse_frequencies
@@ -212,6 +213,8 @@ def embed_tokens(cfg: ModelConfig, embedding, tokens, positions, pos_embedding, 
 def embed_inputs(params: dict, config: ModelConfig, tokens, positions=None, dtype=jnp.float32):
     """(B, T, hidden) inputs of layer 0 from qjax params (the decoder's steps before its first
     block: `embed_tokens`, then `embed_norm` when declared); positions default to arange(T)."""
+    if isinstance(config, mamba.MambaConfig):
+        return jnp.take(params["embed"]["embedding"], tokens, axis=0).astype(dtype)
     if positions is None:
         positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
     pos_table = params["pos_embed"]["embedding"] if config.positional == "learned" else None
@@ -306,7 +309,7 @@ def stack_layers(params: dict, config: ModelConfig, runtime: Runtime = Runtime()
     reproduce the unrolled forward: layers of different kinds (sliding and full, MoE and dense) or
     structure (e.g. quantized by different rules) or a runtime whose activation transforms select
     sites by their layers_i path."""
-    if not config.uniform_layers:
+    if not config.uniform_layers or isinstance(config, mamba.MambaConfig):
         return None
     layers = [params[f"layers_{i}"] for i in range(config.num_layers)]
     first = jax.tree_util.tree_structure(layers[0])
@@ -341,8 +344,11 @@ def forward(params: dict, tokens: jax.Array, config: ModelConfig, runtime: Runti
     (batch * T) positions; the logits are then `logits_at.shape + (vocab,)`, computed for those
     positions only. params in the stacked layout of `stack_layers` (a "layers" entry) run the
     layers in one `lax.scan`, with a `stack_cache` cache. One compilation per (shapes, config,
-    runtime).
+    runtime). A `mamba.MambaConfig` runs `mamba.forward` (same contract).
     """
+    if isinstance(config, mamba.MambaConfig):
+        return mamba.forward(params, tokens, config, runtime, positions, attention_mask, cache, runtime_state,
+                             pair_mask, logits_at)
     decoder = Decoder(config, runtime, scan_layers="layers" in params)
     return decoder.apply(linen_variables(params), tokens, positions, attention_mask, cache, runtime_state, pair_mask,
                          logits_at)
@@ -358,7 +364,10 @@ def forward_with_intermediates(params: dict, tokens: jax.Array, config: ModelCon
 
 
 def init_params(config: ModelConfig, key: jax.Array) -> dict:
-    """Random parameters (normal, std 0.02; norms at their identity) in the qjax layout."""
+    """Random parameters (normal, std 0.02; norms at their identity) in the qjax layout (of
+    `mamba.init_params` for a MambaConfig)."""
+    if isinstance(config, mamba.MambaConfig):
+        return mamba.init_params(config, key)
     variables = Decoder(config).init(key, jnp.zeros((1, 2), jnp.int32))
     params = dict(variables["params"])
     for name in _TABLES:

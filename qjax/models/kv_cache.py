@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from qjax.models import mamba
+
 
 class FloatKVSpec:
     """The plain cache: K/V stored in the compute dtype."""
@@ -58,8 +60,13 @@ def init_cache(config, batch: int, max_len: int, *, spec: Any = None, dtype=jnp.
                key_mask: jax.Array | None = None) -> dict:
     """An empty cache for `batch` rows of up to `max_len` positions.
 
-    key_mask: optional bool (batch, max_len); defaults to all True (no padding).
+    key_mask: optional bool (batch, max_len); defaults to all True (no padding). A Mamba config gets
+    its recurrent state (`qjax.models.mamba.init_state`) instead, with no spec.
     """
+    if isinstance(config, mamba.MambaConfig):
+        if spec is not None:
+            raise ValueError("Mamba has no KV cache to quantize (its recurrent state is float32)")
+        return mamba.init_state(config, batch, max_len, dtype=dtype, key_mask=key_mask)
     spec = resolve_spec(spec)
     layers = [spec.init_layer(batch, max_len, config.num_kv_heads, config.head_dim, dtype)
               for _ in range(config.num_layers)]
@@ -69,6 +76,7 @@ def init_cache(config, batch: int, max_len: int, *, spec: Any = None, dtype=jnp.
 
 
 def cache_nbytes(cache: dict, spec: Any = None) -> int:
-    """Bytes held by the K/V storage of every layer (codes and scales included)."""
+    """Bytes held by the K/V storage of every layer (codes and scales included; a Mamba cache's
+    conv and state arrays)."""
     spec = resolve_spec(spec)
     return sum(spec.nbytes_layer(layer) for layer in cache["layers"])

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import jax
 
@@ -79,3 +79,13 @@ def native_allowed() -> bool:
     """Whether `qjax.ops` may consult the C++ CPU kernels now: the backend is CPU and the mode is
     auto or native (asking builds them on first use, so nothing else may ask)."""
     return kernel_platform() == "cpu"
+
+
+def by_lowering_platform(args: tuple, applies: Callable[[str], bool], run: Callable, fallback: Callable):
+    """The "pallas" mode's dispatch, `lax.platform_dependent` over the platform being lowered for:
+    `run(*args, platform, interpret)` on tpu (Mosaic), cuda / rocm (Triton) and any other platform
+    (the TPU variant, interpreted) where `applies(platform)` holds; elsewhere `fallback(*args)`."""
+    def branch(platform, interpret=False):
+        return (lambda *a: run(*a, platform, interpret)) if applies(platform) else fallback
+    return jax.lax.platform_dependent(*args, tpu=branch("tpu"), cuda=branch("gpu"), rocm=branch("gpu"),
+                                      default=branch("tpu", True))

@@ -42,27 +42,21 @@ def quantized_cache_attention(q: jax.Array, layer: Any, spec: Any, mask: jax.Arr
     s = layer["k_codes"].shape[1]
     fits = {p: pallas_kernels.supports_kv(bits, d, group, p, s) for p in pallas_kernels.PLATFORMS}
 
-    def run(p, interpret=False):
-        def f(q, layer, key_mask, num_keys):
-            out = pallas_kernels.quantized_kv_decode_attention(
-                q[:, 0], layer["k_codes"], layer["k_scale"], layer.get("k_min"), layer["v_codes"],
-                layer["v_scale"], layer.get("v_min"), key_mask, num_keys, bits=bits, group_size=group,
-                platform=p, interpret=interpret)
-            return out[:, None]
-        return f
+    def run(q, layer, key_mask, num_keys, p, interpret=False):
+        out = pallas_kernels.quantized_kv_decode_attention(
+            q[:, 0], layer["k_codes"], layer["k_scale"], layer.get("k_min"), layer["v_codes"], layer["v_scale"],
+            layer.get("v_min"), key_mask, num_keys, bits=bits, group_size=group, platform=p, interpret=interpret)
+        return out[:, None]
 
-    args = (q, layer, mask[:, 0, 0, :], jnp.asarray(num_keys, jnp.int32))
-    if platform in ("tpu", "gpu"):
-        return run(platform)(*args) if fits[platform] else None
-    if platform == "interpret":
-        return run("tpu", interpret=True)(*args) if fits["tpu"] else None
-    if not (fits["tpu"] or fits["gpu"]):
-        return None
-
-    def fallback(q, layer, key_mask, _):  # a lowering platform the kernel does not fit: XLA
+    def read_back(q, layer, key_mask, _):  # a lowering platform the kernel does not fit: XLA
         k, v = spec.read_layer(layer, q.dtype)
         return grouped_attention(q, k, v, key_mask[:, None, None, :])
 
-    return jax.lax.platform_dependent(
-        *args, tpu=run("tpu") if fits["tpu"] else fallback, cuda=run("gpu") if fits["gpu"] else fallback,
-        rocm=run("gpu") if fits["gpu"] else fallback, default=run("tpu", True) if fits["tpu"] else fallback)
+    args = (q, layer, mask[:, 0, 0, :], jnp.asarray(num_keys, jnp.int32))
+    if platform in ("tpu", "gpu"):
+        return run(*args, platform) if fits[platform] else None
+    if platform == "interpret":
+        return run(*args, "tpu", True) if fits["tpu"] else None
+    if not (fits["tpu"] or fits["gpu"]):
+        return None
+    return kernels.by_lowering_platform(args, fits.get, run, read_back)

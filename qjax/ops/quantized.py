@@ -136,20 +136,10 @@ def _pallas(platform: str, interpret: bool = False) -> Kernel:
                   lambda x, qa: pallas_matmul(x, qa, platform=platform, interpret=interpret))
 
 
-def _per_lowering_platform(x, qa, branches: dict, default: Callable):
-    """`lax.platform_dependent` over {"tpu", "gpu", "interpret"} -> run function (None: `default`)."""
-    def pick(key):
-        return branches.get(key) or default
-    return jax.lax.platform_dependent(x, qa, tpu=pick("tpu"), cuda=pick("gpu"), rocm=pick("gpu"),
-                                      default=pick("interpret"))
-
-
 def _pallas_by_platform(x, qa):
-    branches = {p: (lambda x, qa, p=p: pallas_matmul(x, qa, platform=p)) for p in ("tpu", "gpu")
-                if pallas_applies(x, qa, p)}
-    if pallas_applies(x, qa, "tpu"):
-        branches["interpret"] = lambda x, qa: pallas_matmul(x, qa, platform="tpu", interpret=True)
-    return _per_lowering_platform(x, qa, branches, dequantized_matmul)
+    return kernels.by_lowering_platform(
+        (x, qa), lambda p: pallas_applies(x, qa, p),
+        lambda x, qa, p, interpret: pallas_matmul(x, qa, platform=p, interpret=interpret), dequantized_matmul)
 
 
 PALLAS_BY_PLATFORM = Kernel("pallas", lambda x, qa: pallas_applies(x, qa, "tpu") or pallas_applies(x, qa, "gpu"),
@@ -191,15 +181,17 @@ def integer_matmul(x: jax.Array, qa: QArray, act: act_quant.IntegerActivation) -
     arithmetic through Pallas where the mode puts a Pallas platform in force and qa suits it,
     else the same product simulated in float (fake-quantized x @ qa). Result in x's dtype."""
     platform = kernels.kernel_platform()
+
+    def run(x, qa, p, interpret):
+        return pallas_integer_matmul(x, qa, bits=act.bits, platform=p, interpret=interpret)
+
+    def simulated(x, qa):
+        return qarray_matmul(act.fake_quant(x), qa)
+
     if platform in ("tpu", "gpu") and integer_applies(qa, platform):
-        return pallas_integer_matmul(x, qa, bits=act.bits, platform=platform)
+        return run(x, qa, platform, False)
     if platform == "interpret" and integer_applies(qa, "tpu"):
-        return pallas_integer_matmul(x, qa, bits=act.bits, platform="tpu", interpret=True)
-    if platform == "pallas" and (integer_applies(qa, "tpu") or integer_applies(qa, "gpu")):
-        branches = {p: (lambda x, qa, p=p: pallas_integer_matmul(x, qa, bits=act.bits, platform=p))
-                    for p in ("tpu", "gpu") if integer_applies(qa, p)}
-        if integer_applies(qa, "tpu"):
-            branches["interpret"] = lambda x, qa: pallas_integer_matmul(x, qa, bits=act.bits, platform="tpu",
-                                                                        interpret=True)
-        return _per_lowering_platform(x, qa, branches, lambda x, qa: qarray_matmul(act.fake_quant(x), qa))
-    return qarray_matmul(act.fake_quant(x), qa)
+        return run(x, qa, "tpu", True)
+    if platform == "pallas":
+        return kernels.by_lowering_platform((x, qa), lambda p: integer_applies(qa, p), run, simulated)
+    return simulated(x, qa)

@@ -50,6 +50,7 @@ import numpy as np
 from qjax.data.corpus import CalibrationData, calibration_tokens  # noqa: F401  (re-exported)
 from qjax.models.config import ModelConfig
 from qjax.models.decoder import DecoderLayer, causal_mask, embed_inputs, layer_kind
+from qjax.models.mamba import MambaBlock, MambaConfig
 from qjax.ops.runtime import Runtime
 from qjax.parallel import place_batch, spread_batches, spread_rows, unspread_rows
 
@@ -103,6 +104,8 @@ class _NamedBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, positions, mask):
+        if isinstance(self.config, MambaConfig):  # a recurrent block: every token of a window is valid
+            return MambaBlock(self.config, self.runtime, name=self.block_name)(x, jnp.ones(x.shape[:2], bool))
         sliding, moe = self.kind
         return DecoderLayer(self.config, self.runtime, sliding, moe, name=self.block_name)(x, positions, mask)
 
@@ -216,13 +219,21 @@ def _expand_groups(per_group: dict, runtime: Runtime, sites) -> dict:
     return out
 
 
+# Kernels that are not `Linear` sites (no input to calibrate on): Mamba's depthwise convolution,
+# which a rule may still quantize round-to-nearest.
+NOT_LINEAR = ("conv1d",)
+
+
 def _kernel_sites(tree, prefix: str = "") -> list[str]:
-    """Paths (without /kernel) of every node of `tree` holding a `kernel`."""
+    """Paths (without /kernel) of every linear of `tree`: nodes holding a `kernel`, NOT_LINEAR aside."""
     out = []
     for key, value in tree.items():
         path = f"{prefix}/{key}" if prefix else key
         if isinstance(value, Mapping):
-            out += [path] if "kernel" in value else _kernel_sites(value, path)
+            if "kernel" in value:
+                out += [] if key in NOT_LINEAR else [path]
+            else:
+                out += _kernel_sites(value, path)
     return out
 
 

@@ -66,6 +66,11 @@ def smooth(params: dict, config: ModelConfig, act_absmax: dict[str, np.ndarray],
     at least layers_i/attn/q_proj, layers_i/mlp/gate_proj, layers_i/attn/o_proj and
     layers_i/mlp/down_proj for the folds requested.
     """
+    llama_style = (getattr(config, "norm", None) == "rms" and config.mlp == "gated" and config.residual == "sequential"
+                   and not (config.fused_qkv or config.fused_gate_up or config.num_experts))
+    if not llama_style:
+        raise ValueError(f"SmoothQuant folds into an RMSNorm scale and separate q/k/v, gate/up kernels of a "
+                         f"sequential dense block; {config.architecture} does not have them")
     folds = tuple(folds)
     unknown = set(folds) - set(FOLDS)
     if unknown:

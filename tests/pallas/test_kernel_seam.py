@@ -98,3 +98,25 @@ def test_pallas_mode_lowers_through_the_seam(qa, platform):
         assert lowered_kernel(platform) in exported_calls(lambda x: linear(x, qa), [x], target)
         a8 = act_quant.IntegerActivation(8)
         assert lowered_kernel(platform) in exported_calls(lambda x: linear(x, q8, integer=a8), [x], target)
+
+
+@pytest.mark.parametrize("platform", ["tpu", "gpu"])
+def test_pallas_mode_lowers_quantized_kv_decode(platform):
+    """A decode step's attention over a KV4 cache exports with the flash-decoding kernel under
+    QJAX_KERNELS=pallas; under xla it reads the cache back (no kernel)."""
+    from qjax.ops.kv_attention import quantized_cache_attention
+    from qjax.quant.kv import QuantKVSpec
+
+    spec = QuantKVSpec(4, 32)
+    layer = spec.init_layer(2, 64, 3, 64, jnp.bfloat16)
+    q = jnp.ones((2, 1, 9, 64), jnp.bfloat16)
+    mask = jnp.ones((2, 1, 1, 64), bool)
+
+    def attend(q, layer, mask):
+        return quantized_cache_attention(q, layer, spec, mask, 40)
+
+    with kernels.use_kernels("pallas"):
+        calls = exported_calls(attend, [q, layer, mask], "tpu" if platform == "tpu" else "cuda")
+        assert lowered_kernel(platform) in calls
+    with kernels.use_kernels("xla"):
+        assert attend(q, layer, mask) is None

@@ -53,6 +53,8 @@ FAMILIES = {
         LLAMA_LIKE, **MOE, num_experts=4, head_dim=16, norm_topk_prob=True)),
     "olmoe": (T.OlmoeConfig, T.OlmoeForCausalLM, dict(LLAMA_LIKE, num_experts=4, num_experts_per_tok=2,
                                                        intermediate_size=32, clip_qkv=0.5)),
+    "mamba": (T.MambaConfig, T.MambaForCausalLM, dict(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, state_size=8, time_step_rank=4)),
 }
 MOE_FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
 
