@@ -119,21 +119,18 @@ def previous_loader(folder: Path, dtype: str) -> dict:
     import jax.numpy as jnp
     from safetensors import safe_open
 
-    from qjax.checkpoints.hf_reader import hf_tensor_name, read_config
-    from qjax.checkpoints.convert import build_params, expected_shapes
+    from qjax.checkpoints.convert import build_params
+    from qjax.checkpoints.hf_reader import family_of, map_tensor_names, read_config
 
     config = read_config(folder)
-    names = {hf_tensor_name(path): path for path in expected_shapes(config)}
+    family = family_of(json.loads((folder / "config.json").read_text()), folder)
     flat = {}
     for file in sorted(folder.glob("*.safetensors")):
         with safe_open(str(file), framework="flax") as f:
-            for name in f.keys():
+            for name, path in map_tensor_names(list(f.keys()), family, folder).items():
                 w = np.asarray(f.get_tensor(name), np.float32)
-                short = name.removeprefix("model.")
-                for transposed in (True, False):
-                    if (short, transposed) in names:
-                        flat[names[short, transposed]] = w.T if transposed else w
-    params = build_params(flat, config, str(folder))
+                flat[path] = w.T if path.endswith("/kernel") else w
+    params = build_params(flat, config, str(folder), family.hf_name)
     return jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), params)
 
 
