@@ -10,6 +10,11 @@ per-category rows ("bbq/<Category>").
 import ml_collections
 
 
+# Allowed values, checked before the experiment runs (experiments/cli.py: (lo, hi[, specials]) or a set).
+RANGES = {"limit": (1, None, (-1,)), "num_fewshot": (0, None, (-1,)), "batch_size": (1, None),
+          "seed": (0, None)}
+
+
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.mesh = ""  # "data:4,model:2" (qjax.parallel.mesh); "" = every device on data

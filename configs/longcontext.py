@@ -16,6 +16,11 @@ keys (5.4k) but not 140 (10k). Cases that do not fit are counted in each part's 
 import ml_collections
 
 
+# Allowed values, checked before the experiment runs (experiments/cli.py: (lo, hi[, specials]) or a set).
+RANGES = {"lengths": (1, None), "depths": (0.0, 1.0), "samples": (1, None), "max_new_tokens": (1, None),
+          "batch_size": (1, None), "seed": (0, None)}
+
+
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.mesh = ""  # "data:4,model:2" (qjax.parallel.mesh); "" = every device on data

@@ -3,6 +3,11 @@
 import ml_collections
 
 
+# Allowed values, checked before the experiment runs (experiments/cli.py: (lo, hi[, specials]) or a set).
+RANGES = {"seqlen": (1, None), "max_windows": (1, None, (-1,)), "batch_size": (1, None),
+          "datasets": {"wikitext2", "ptb", "c4"}}
+
+
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.model = "smollm2-135m"

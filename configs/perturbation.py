@@ -15,6 +15,14 @@ with the unperturbed "float" row. Each study has its own block of fields, named 
 import ml_collections
 
 
+# Allowed values, checked before the experiment runs (experiments/cli.py: (lo, hi[, specials]) or a set).
+RANGES = {"seqlen": (1, None), "windows": (1, None), "window_batch": (1, None), "seeds": (0, None),
+          "s1_weight_intensities": (0.0, None), "s1_activation_intensities": (0.0, None),
+          "s2_shares": (0.0, 1.0), "s2_intensities": (0.0, None), "s3_shares": (0.0, 1.0), "s4_bits": (1, 8),
+          "s4_group_size": (1, None, (-1,)), "s5_bits": (1, 8), "s5_group_size": (1, None, (-1,)),
+          "s5_power": (0.0, 1.0), "s5_act_bits": (1, 16)}
+
+
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.mesh = ""  # "data:4,model:2" (qjax.parallel.mesh); "" = every device on data

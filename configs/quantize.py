@@ -21,6 +21,15 @@ import ml_collections
 METHODS = ("rtn", "nf4", "companded", "gptq", "spqr", "awq", "int8", "none")
 
 
+# Allowed values, checked before the experiment runs (experiments/cli.py: (lo, hi[, specials]) or a set).
+RANGES = {"method.bits": (1, 8), "method.group_size": (1, None, (-1,)), "method.batch_size": (1, None),
+          "method.companding_power": (0.0, 1.0), "method.gptq.block_size": (1, None),
+          "method.gptq.percdamp": (0.0, None), "method.spqr.block_size": (1, None),
+          "method.awq.n_grid": (1, None), "calibration.num_windows": (1, None), "calibration.seqlen": (1, None),
+          "calibration.seed": (0, None), "eval.seqlen": (1, None), "eval.max_windows": (1, None, (-1,)),
+          "eval.batch_size": (1, None)}
+
+
 def _method(variant: str) -> ml_collections.ConfigDict:
     parts = variant.split("_")
     method, opts = parts[0], parts[1:]

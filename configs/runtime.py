@@ -6,6 +6,11 @@
 import ml_collections
 
 
+# Allowed values, checked before the experiment runs (experiments/cli.py: (lo, hi[, specials]) or a set).
+RANGES = {"seqlen": (1, None), "max_windows": (1, None), "calib_windows": (1, None), "calib_seqlen": (1, None),
+          "calib_seed": (0, None), "alpha": (0.0, 1.0)}
+
+
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.mesh = ""  # "data:4,model:2" (qjax.parallel.mesh); "" = every device on data

@@ -19,6 +19,16 @@ truthfulqa_mc1, ...) and generation tasks of `qjax.eval.gen_tasks` (gsm8k, ifeva
 import ml_collections
 
 
+# Allowed values, checked before the experiment runs (experiments/cli.py: (lo, hi[, specials]) or a set).
+RANGES = {"task_options.*.limit": (1, None), "task_options.*.num_fewshot": (0, None),
+          "task_options.*.max_new_tokens": (1, None), "task_options.*.batch_size": (1, None),
+          "perplexity.seqlen": (1, None), "perplexity.max_windows": (1, None, (-1,)),
+          "perplexity.batch_size": (1, None), "calibration.num_windows": (1, None),
+          "calibration.seqlen": (1, None), "calibration.seed": (0, None), "efficiency.prompt_tokens": (1, None),
+          "efficiency.new_tokens": (1, None), "efficiency.batch_size": (1, None), "batch_size": (1, None),
+          "gen_batch_size": (1, None), "seed": (0, None)}
+
+
 def _task(limit=None, num_fewshot=None, chat_template=False, max_new_tokens=None, batch_size=None):
     return ml_collections.ConfigDict({"limit": limit, "num_fewshot": num_fewshot,
                                       "chat_template": chat_template, "max_new_tokens": max_new_tokens,

@@ -14,8 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
+from cli import run  # experiments/cli.py
 try:  # run as a script (experiments/ on sys.path) or imported as experiments.*
     from multihost import setup_mesh
 except ImportError:
@@ -64,4 +65,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

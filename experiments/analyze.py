@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
+from cli import run  # experiments/cli.py
 from qjax.analysis import build_table, load_rows, write_report
 
 _RESULTS = flags.DEFINE_list("results", ["results/suite.jsonl"], "result JSONL files (comma-separated)")
@@ -55,4 +56,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

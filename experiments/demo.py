@@ -7,8 +7,8 @@ demo takes a few minutes on a laptop CPU; `experiments/quantize.py` runs the ful
 
 from __future__ import annotations
 
-from absl import app
 
+from cli import run  # experiments/cli.py
 try:  # run as a script (experiments/ on sys.path) or imported as experiments.*
     from multihost import setup_mesh
 except ImportError:
@@ -49,4 +49,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

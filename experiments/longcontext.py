@@ -20,19 +20,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from absl import app
 from ml_collections import config_flags
 
+from cli import run  # experiments/cli.py
 try:  # run as a script (experiments/ on sys.path) or imported as experiments.*
     from multihost import setup_mesh
 except ImportError:
     from experiments.multihost import setup_mesh
-from qjax.checkpoints import load_model
 from qjax.analysis.table import format_value, markdown_table
+from qjax.checkpoints import load_model
 from qjax.data.longcontext import TASKS as SYNTHETIC_TASKS
 from qjax.eval.gen_tasks import run_generation_task
 from qjax.eval.longcontext import accuracy_grid, evaluate_cell, usable_length
-from qjax.eval.results import ResultStore, make_row
+from qjax.eval.results import ResultStore, make_row, run_id
 from qjax.quant.activations import apply_setting, parse_setting
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/longcontext.py", "experiment config")
@@ -42,8 +42,8 @@ def main(argv):
     del argv
     cfg = _CONFIG.value
     mesh = setup_mesh(cfg)
-    config, params, tokenizer = load_model(cfg.model, mesh=mesh)
     store = ResultStore(cfg.results)
+    config, params, tokenizer = load_model(cfg.model, mesh=mesh)
     settings = {}
     for name in cfg.settings:
         qparams, runtime, state = apply_setting(params, config, parse_setting(name),
@@ -51,12 +51,14 @@ def main(argv):
         settings[name] = (qparams, runtime, state)
     for task in [t for t in cfg.tasks if t not in SYNTHETIC_TASKS]:
         for name, (qparams, runtime, state) in settings.items():
-            if store.has((cfg.model, name, task, "accuracy")):
+            rid = run_id(model=cfg.model, setting=name, task=task, limit=cfg.benchmark_limit, seed=cfg.seed,
+                         compute_dtype=cfg.compute_dtype)
+            if store.has((cfg.model, name, task, "accuracy"), rid):
                 continue
             rows = run_generation_task(task, qparams, config, tokenizer, limit=cfg.benchmark_limit, seed=cfg.seed,
                                        runtime=runtime, runtime_state=state, batch_size=cfg.batch_size)
             for row in rows:
-                store.append(make_row(model=cfg.model, transform=name, **{**row, "config": {
+                store.append(make_row(model=cfg.model, transform=name, run_id=rid, **{**row, "config": {
                     **cfg.to_dict(), **row["config"]}}))
             summary = [f"{r['task']}={r['value']:.3f}" for r in rows if r["metric"] == "accuracy"]
             print(f"{name:<6} {task}: {' '.join(summary)}", flush=True)
@@ -66,14 +68,16 @@ def main(argv):
                 for name, (qparams, runtime, state) in settings.items():
                     target = usable_length(config, length, cfg.max_new_tokens)
                     task_key = f"{task}/len{target}/depth{depth:.2f}"
-                    if store.has((cfg.model, name, task_key, "exact_match")):
+                    rid = run_id(model=cfg.model, setting=name, task=task_key, samples=cfg.samples, seed=cfg.seed,
+                                 max_new_tokens=cfg.max_new_tokens, compute_dtype=cfg.compute_dtype)
+                    if store.has((cfg.model, name, task_key, "exact_match"), rid):
                         continue
                     r = evaluate_cell(qparams, config, tokenizer, task, length, depth, samples=cfg.samples,
                                       seed=cfg.seed, max_new_tokens=cfg.max_new_tokens, runtime=runtime,
                                       runtime_state=state, batch_size=cfg.batch_size)
                     store.append(make_row(model=cfg.model, transform=name, task=task_key,
                                           metric="exact_match", value=r["accuracy"], items=r["samples"],
-                                          seconds=r["seconds"], config=cfg.to_dict(), details=r))
+                                          seconds=r["seconds"], config=cfg.to_dict(), details=r, run_id=rid))
                     print(f"{name:<6} {task:<8} len {target:>5} depth {depth:.2f}: {r['correct']}/{r['samples']}"
                           f"  ({r['seconds']:.0f} s) {r['completions']}", flush=True)
     report = [_benchmark_table(store, cfg, task) for task in cfg.tasks if task not in SYNTHETIC_TASKS]
@@ -100,4 +104,4 @@ def _benchmark_table(store: ResultStore, cfg, task: str) -> str:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main, config=_CONFIG)

@@ -2,20 +2,26 @@
 
   python experiments/perplexity.py --config=configs/perplexity.py:quick --config.seqlen=1024
   python experiments/perplexity.py --config.mesh=data:4,model:2     # weights over "model", windows over "data"
+
+Rows are keyed by a run id of the model, the settings and the data read (file hashes or hub
+revision, also stored as the row's `data_source`): a rerun with the same ones skips the dataset, a
+rerun with other ones appends a new row.
 """
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from cli import run  # experiments/cli.py
 try:  # run as a script (experiments/ on sys.path) or imported as experiments.*
     from multihost import is_primary, setup_mesh
 except ImportError:
     from experiments.multihost import is_primary, setup_mesh
 from qjax.checkpoints import load_model
+from qjax.data.provenance import corpus_sources, describe as describe_sources
 from qjax.eval.perplexity import perplexity
-from qjax.eval.results import ResultStore, make_row
+from qjax.eval.results import ResultStore, make_row, run_id
 from qjax.models import model_facts
 from qjax.ops import Runtime
 from qjax.parallel import describe
@@ -28,27 +34,38 @@ def main(argv):
     del argv
     cfg = _CONFIG.value
     mesh = setup_mesh(cfg)
+    store = ResultStore(cfg.results)  # only process 0 writes (and checks that it can)
+    say = print if is_primary() else (lambda *a, **k: None)
+    todo = {}
+    for dataset in cfg.datasets:
+        sources = corpus_sources(dataset, cfg.split, _DATA_DIR.value)  # fails before the model loads
+        task = f"{dataset}/{cfg.split}"
+        rid = run_id(model=cfg.model, transform="float", task=task, seqlen=cfg.seqlen, max_windows=cfg.max_windows,
+                     compute_dtype=cfg.compute_dtype, data=sources)
+        if store.has((cfg.model, "float", task, "perplexity"), rid):
+            say(f"{task}: already in {cfg.results} (run {rid}), skipped")
+        else:
+            todo[dataset] = (task, rid, describe_sources(sources))
+    if not todo:
+        return
     config, params, tokenizer = load_model(cfg.model, mesh=mesh)
     facts = model_facts(config, params)
     runtime = Runtime(compute_dtype=cfg.compute_dtype)
-    store = ResultStore(cfg.results)
     max_windows = None if cfg.max_windows < 0 else cfg.max_windows
-    say = print if is_primary() else (lambda *a, **k: None)
     say(f"mesh {describe(mesh)}")
     say(f"{'dataset':<10} {'windows':>7} {'tokens':>8} {'ppl':>9} {'seconds':>8} {'tok/s':>8}")
-    for dataset in cfg.datasets:
+    for dataset, (task, rid, source) in todo.items():
         result = perplexity(params, config, tokenizer, dataset=dataset, split=cfg.split, seqlen=cfg.seqlen,
                             max_windows=max_windows, batch_size=cfg.batch_size, runtime=runtime,
                             data_dir=_DATA_DIR.value, progress=is_primary())
-        if is_primary():
-            store.append(make_row(model=cfg.model, transform="float", task=f"{dataset}/{cfg.split}",
-                                  metric="perplexity", value=result["ppl"], items=result["tokens"],
-                                  seconds=result["seconds"], config=cfg.to_dict(),
-                                  details={**result, "mesh": describe(mesh)}, **facts))
+        store.append(make_row(model=cfg.model, transform="float", task=task, metric="perplexity",
+                              value=result["ppl"], items=result["tokens"], seconds=result["seconds"],
+                              config=cfg.to_dict(), details={**result, "mesh": describe(mesh)}, run_id=rid,
+                              data_source=source, **facts))
         say(f"{dataset:<10} {result['windows']:>7} {result['tokens']:>8} {result['ppl']:>9.6f} "
             f"{result['seconds']:>8.1f} {result['tokens_per_s']:>8.0f}")
     say(f"rows appended to {cfg.results}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main, config=_CONFIG)

@@ -37,6 +37,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from cli import run  # experiments/cli.py
 try:  # run as a script (experiments/ on sys.path) or imported as experiments.*
     from multihost import setup_mesh
 except ImportError:
@@ -465,4 +466,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main, config=_CONFIG)

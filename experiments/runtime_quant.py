@@ -12,17 +12,19 @@ back from the quantized cache, `qjax.quant.kv.perplexity_through_cache`).
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from cli import run  # experiments/cli.py
 try:  # run as a script (experiments/ on sys.path) or imported as experiments.*
     from multihost import setup_mesh
 except ImportError:
     from experiments.multihost import setup_mesh
 from qjax.checkpoints import load_model
 from qjax.data.corpus import CalibrationData, calibration_tokens, load_windows
+from qjax.data.provenance import corpus_sources, describe
 from qjax.eval.perplexity import perplexity_of_windows
-from qjax.eval.results import ResultStore, make_row
+from qjax.eval.results import ResultStore, make_row, run_id
 from qjax.models import model_facts
 from qjax.quant.activations import QuantSetting, apply_setting, parse_setting
 from qjax.quant.kv import bytes_per_token, perplexity_through_cache
@@ -48,16 +50,22 @@ def settings(cfg) -> list[QuantSetting]:
 def main(argv):
     del argv
     cfg = _CONFIG.value
-    config, params, tokenizer = load_model(cfg.model, mesh=setup_mesh(cfg))
+    mesh = setup_mesh(cfg)
+    store = ResultStore(cfg.results)
+    config, params, tokenizer = load_model(cfg.model, mesh=mesh)
     facts = model_facts(config, params)
     windows = load_windows(tokenizer, cfg.dataset, cfg.split, cfg.seqlen, cfg.max_windows, _DATA_DIR.value)
     task = f"{cfg.dataset}/{cfg.split}[:{len(windows)}x{cfg.seqlen}]"
-    store = ResultStore(cfg.results)
     calibration = None
     print(f"{'setting':<12} {'ppl':>9} {'weight MB':>10} {'KV B/tok':>9} {'seconds':>8}", flush=True)
+    data = corpus_sources(cfg.dataset, cfg.split, _DATA_DIR.value)
     for setting in settings(cfg):
         key = (cfg.model, setting.name, task, "perplexity")
-        if store.has(key):
+        calibrated = setting.smoothquant or setting.astatic
+        rid = run_id(model=cfg.model, setting=repr(setting), task=task, compute_dtype=cfg.compute_dtype, data=data,
+                     calibration={k: cfg[k] for k in ("calib_split", "calib_windows", "calib_seqlen", "calib_seed")}
+                     if calibrated else None)
+        if store.has(key, rid):
             print(f"{setting.name:<12} (in the store)", flush=True)
             continue
         if (setting.smoothquant or setting.astatic) and calibration is None:
@@ -79,11 +87,11 @@ def main(argv):
             items=result["tokens"], seconds=result["seconds"],
             config={"experiment": cfg.to_dict(), "setting": setting.__dict__ | {"afamilies": list(setting.afamilies)}},
             details={"nll": result["nll"], "windows": result["windows"], "weight_bytes": weight_bytes,
-                     "kv_bytes_per_token": kv_tok}, **facts))
+                     "kv_bytes_per_token": kv_tok}, run_id=rid, data_source=describe(data), **facts))
         print(f"{setting.name:<12} {result['ppl']:>9.3f} {weight_bytes / 2**20:>10.1f} {kv_tok:>9} "
               f"{result['seconds']:>8.1f}", flush=True)
     print(f"rows in {cfg.results}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main, config=_CONFIG)

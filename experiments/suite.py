@@ -16,6 +16,12 @@ Crash safety (a `kill -9` at any instant loses nothing finished and repeats noth
   * quantized params are cached per (model, transform) under `<work_dir>/params/` with Orbax
     (`qjax.quant.storage.save_params`) into a temp directory renamed into place when complete, so
     a resumed run restores them instead of quantizing again; leftover temp directories are removed.
+Before any work: every transform (its name and quantization settings), model, task and data file
+of the grid is checked (one error naming the first problem), and the work directory is locked
+(`<work_dir>/lock`, a kernel flock released when the process dies; a second run of the same work
+directory stops at once, naming the holder's pid, host and start time). The run id also digests the
+data each task reads (file hashes or hub revision, stored as the rows' `data_source`). A cached
+params entry that cannot be restored, or does not fit the model, is removed and quantized again.
 Scores: with `score_dequantized` (the default) every task but "efficiency" runs on the quantized
 params' dequantized float weights, which is the same arithmetic as the QArray leaves' own
 dequantize-then-matmul path (x @ dequantize()), so the float configuration's compiled forwards are
@@ -32,6 +38,7 @@ the store, "[skip] ..." for tasks already done.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -43,9 +50,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 import jax
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from cli import ConfigError, run, work_dir_lock  # experiments/cli.py
+from qjax.data.provenance import describe
 try:  # run as a script (experiments/ on sys.path) or imported as experiments.*
     from multihost import setup_mesh
 except ImportError:
@@ -140,7 +149,8 @@ def quantize_params(params, config: ModelConfig, tokenizer, transform: Transform
 
     method_config = QuantizeConfig.from_dict(
         {"method": transform.method, "bits": transform.bits, **dict(transform.options)})
-    tokens = (calibration_tokens(tokenizer, CalibrationData(**calibration), data_dir)
+    settings = {k: v for k, v in calibration.items() if k != "data"}  # "data": its provenance labels
+    tokens = (calibration_tokens(tokenizer, CalibrationData(**settings), data_dir)
               if method_config.calibrated else None)
     return quantize(params, config, method_config, tokens, progress=False)
 
@@ -155,7 +165,8 @@ def setting_params(params, config: ModelConfig, tokenizer, transform: Transform,
     setting = parse_setting(transform.name)
     batches = None
     if setting.smoothquant:
-        tokens = calibration_tokens(tokenizer, CalibrationData(**calibration), data_dir)
+        settings = {k: v for k, v in calibration.items() if k != "data"}  # "data": its provenance labels
+        tokens = calibration_tokens(tokenizer, CalibrationData(**settings), data_dir)
         batches = [tokens[i:i + 4] for i in range(0, len(tokens), 4)]
     qparams, runtime, _ = apply_setting(params, config, setting, calibration=batches,
                                         compute_dtype=compute_dtype)
@@ -171,7 +182,7 @@ def transformed_params(model: str, params, config: ModelConfig, tokenizer, trans
         return params, {}
     if transform.method == SETTING:
         raise ValueError(f"{transform.name} is a W/A/KV setting: use setting_params")
-    from qjax.quant.storage import restore_params, save_params
+    from qjax.quant.storage import StoredParamsError, restore_params, save_params
 
     folder = work_dir / "params" / _slug(model)
     final = folder / f"{transform.name}-{transform.fingerprint(calibration)}"
@@ -179,8 +190,12 @@ def transformed_params(model: str, params, config: ModelConfig, tokenizer, trans
         shutil.rmtree(stale, ignore_errors=True)  # a run killed while saving
     if primary_value(final.is_dir()):
         start = time.perf_counter()
-        restored = restore_params(final)
-        return restored, {"cache": str(final), "restored_seconds": time.perf_counter() - start}
+        try:
+            restored = restore_params(final, like=params)
+            return restored, {"cache": str(final), "restored_seconds": time.perf_counter() - start}
+        except StoredParamsError as e:  # damaged on disk: quantize again
+            print(f"[cache] {e}; quantizing again", flush=True)
+            shutil.rmtree(final)
     start = time.perf_counter()
     quantized, report = quantize_params(params, config, tokenizer, transform, calibration, data_dir)
     seconds = time.perf_counter() - start
@@ -279,9 +294,11 @@ def _options(cfg, task: str) -> dict:
     return defaults
 
 
-def task_run_id(model: str, transform: Transform, task: str, cfg, calibration: dict) -> str:
+def task_run_id(model: str, transform: Transform, task: str, cfg, calibration: dict,
+                data: Optional[list[str]] = None) -> str:
     """Digest of what a task's rows depend on: model, transform settings and calibration, the task's
-    options and the suite settings its runner reads."""
+    options, the suite settings its runner reads and the data it reads (`qjax.data.provenance`
+    labels; None for runs journaled before data sources were recorded)."""
     settings = {"options": _options(cfg, task), "seed": cfg.seed, "compute_dtype": cfg.compute_dtype,
                 "score_dequantized": cfg.score_dequantized}
     if task in PERPLEXITY_DATASETS:
@@ -292,7 +309,8 @@ def task_run_id(model: str, transform: Transform, task: str, cfg, calibration: d
         settings["judge"] = cfg.get("judge", "")
     settings["options"].pop("batch_size", None)  # batching does not change results
     transform_id = transform.fingerprint(calibration) if transform.method != "float" else "float"
-    blob = json.dumps([model, transform.name, transform_id, task, settings], sort_keys=True, default=str)
+    parts = [model, transform.name, transform_id, task, settings] + ([] if data is None else [data])
+    blob = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -306,6 +324,61 @@ def check_task_name(task: str) -> None:
     from qjax.data.tasks import get_task
 
     get_task(task)
+
+
+def task_data_sources(task: str, cfg, data_dir: Optional[str]) -> list[str]:
+    """The `qjax.data.provenance` labels of the data `task` reads (DataError if it cannot be read)."""
+    from qjax.data.provenance import corpus_sources, task_sources
+
+    if task in PERPLEXITY_DATASETS:
+        return corpus_sources(task, cfg.perplexity.split, data_dir)
+    if task == "efficiency":
+        return []
+    from qjax.data.tasks import get_task
+
+    return task_sources(get_task(task), data_dir)
+
+
+def check_grid(cfg, data_dir: Optional[str]) -> tuple[list[Transform], dict, Optional[list[str]]]:
+    """Every check that can fail before any work: transform names and their quantization settings,
+    models, task names and every task's (and the calibration's) data. Returns (transforms, task ->
+    data labels, calibration data labels or None when no transform calibrates)."""
+    from qjax.data.provenance import corpus_sources
+    from qjax.quant.quantize import QuantizeConfig
+
+    try:
+        transforms = [parse_transform(t, cfg.transform_options.to_dict(), cfg.method_options.to_dict())
+                      for t in cfg.transforms]
+    except ValueError as e:
+        raise ConfigError(f"--config.transforms: {e}") from None
+    calibrated = False
+    for t in transforms:
+        if t.method == "float":
+            continue
+        if t.method == SETTING:  # validated by parse_transform
+            from qjax.quant.activations import parse_setting
+
+            calibrated |= parse_setting(t.name).smoothquant
+            continue
+        try:
+            qcfg = QuantizeConfig.from_dict({"method": t.method, "bits": t.bits, **dict(t.options)})
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"--config.transforms: transform {t.name!r}: {e}") from None
+        calibrated |= qcfg.calibrated
+    for task in cfg.tasks:
+        try:
+            check_task_name(task)
+        except ValueError as e:
+            raise ConfigError(f"--config.tasks: {e}") from None
+    for model in cfg.models:
+        if model != "random-tiny":
+            from qjax.checkpoints import resolve
+
+            resolve(model)
+    sources = {task: task_data_sources(task, cfg, data_dir) for task in cfg.tasks}
+    c = cfg.calibration
+    calibration = corpus_sources(c.dataset, c.split, data_dir) if calibrated else None
+    return transforms, sources, calibration
 
 
 def run_task_rows(task: str, params, config: ModelConfig, tokenizer, cfg, runtime: Runtime,
@@ -352,7 +425,8 @@ def efficiency_rows(params, config: ModelConfig, cfg, runtime: Runtime) -> list[
             if name not in inputs and isinstance(value, (int, float))]
 
 
-def full_rows(rows: list[dict], model: str, transform: Transform, cfg, run_id: str, extra: dict) -> list[dict]:
+def full_rows(rows: list[dict], model: str, transform: Transform, cfg, run_id: str, extra: dict,
+              data_source: Optional[str] = None) -> list[dict]:
     out = []
     for row in rows:
         row = dict(row)
@@ -361,7 +435,7 @@ def full_rows(rows: list[dict], model: str, transform: Transform, cfg, run_id: s
                             config={"transform": transform.info(), "task": task_config,
                                     "suite": {"seed": cfg.seed, "compute_dtype": cfg.compute_dtype,
                                               "score_dequantized": cfg.score_dequantized},
-                                    **extra}, run_id=run_id, **row))
+                                    **extra}, run_id=run_id, data_source=data_source, **row))
     return out
 
 
@@ -451,20 +525,26 @@ class GridProgress:
 
 
 def run_suite(cfg, data_dir: Optional[str]) -> ResultStore:
-    for task in cfg.tasks:
-        check_task_name(task)
-    transforms = [parse_transform(t, cfg.transform_options.to_dict(), cfg.method_options.to_dict())
-                  for t in cfg.transforms]
+    """Runs the grid of `cfg` (module docstring) holding the lock of its work directory; every
+    transform, model, task and data file is checked before anything runs."""
+    transforms, sources, calibration_data = check_grid(cfg, data_dir)
     store = ResultStore(cfg.results, echo=None)  # rows are journaled on disk before they are appended
     work_dir = Path(cfg.work_dir)
+    with work_dir_lock(work_dir) if is_primary() else contextlib.nullcontext():  # process 0 holds it
+        return _run_grid(cfg, data_dir, transforms, sources, calibration_data, store, work_dir)
+
+
+def _run_grid(cfg, data_dir, transforms, sources, calibration_data, store, work_dir) -> ResultStore:
     journal = Journal(work_dir / "journal")
     present = run_keys(store)
     replayed = journal.replay(store, present) if is_primary() else 0
     if replayed:
         print(f"[replay] {replayed} journaled rows appended to {cfg.results}", flush=True)
     calibration = cfg.calibration.to_dict()
+    if calibration_data is not None:
+        calibration["data"] = calibration_data
     for model in cfg.models:
-        run_ids = {(t.name, task): task_run_id(model, t, task, cfg, calibration)
+        run_ids = {(t.name, task): task_run_id(model, t, task, cfg, calibration, sources[task])
                    for t in transforms for task in cfg.tasks}
         todo = [(t, task) for t in transforms for task in cfg.tasks
                 if not primary_value(journal.done(model, t.name, task, run_ids[t.name, task]))]
@@ -478,7 +558,7 @@ def run_suite(cfg, data_dir: Optional[str]) -> ResultStore:
         facts = model_facts(config, params)  # family and parameter count, on every row
         order = cfg.get("order", "transform_major")
         if order not in ("transform_major", "task_major"):
-            raise ValueError(f"suite order must be 'transform_major' or 'task_major', got {order!r}")
+            raise ConfigError(f"suite order must be 'transform_major' or 'task_major', got {order!r}")
         if order == "task_major":  # every transform on one task before the next task
             todo.sort(key=lambda pair: cfg.tasks.index(pair[1]))
         judge = suite_judge(cfg, model, config, params, tokenizer)
@@ -498,7 +578,7 @@ def run_suite(cfg, data_dir: Optional[str]) -> ResultStore:
                                  runtime_t, data_dir, samples_dir, judge)
             run_id = run_ids[t.name, task]
             extra = {"params_cache": cache_info} if cache_info else {}
-            rows = [{**r, **facts} for r in full_rows(rows, model, t, cfg, run_id, extra)]
+            rows = [{**r, **facts} for r in full_rows(rows, model, t, cfg, run_id, extra, describe(sources[task]))]
             if is_primary():
                 journal.write(model, t.name, task, run_id, rows)
                 append_missing(store, rows, present)
@@ -519,4 +599,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main, config=_CONFIG)

@@ -8,7 +8,7 @@ One script, one config per study:
 
 `run_experiment(cfg)` loads the model (float, or a saved quantized checkpoint) and runs the config's
 tasks into its results store, one row per (task, metric) (per MMLU subject and BBQ category too);
-tasks already in the results file are skipped. It lives with the scripts, not in `qjax.eval`,
+tasks whose rows of the same run id (options, checkpoint, data) are in the results file are skipped. It lives with the scripts, not in `qjax.eval`,
 because loading checkpoints is an experiment's job: the task core stays free of it.
 
 Flags: --config (an ml_collections config file, fields overridable as --config.field=value; default
@@ -23,9 +23,10 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from cli import run  # experiments/cli.py
 try:  # run as a script (experiments/ on sys.path) or imported as experiments.*
     from multihost import setup_mesh
 except ImportError:
@@ -42,11 +43,15 @@ class TaskFlags:
     data_dir_flag: Any
 
     def config(self):
-        """The experiment config with the given shortcut flags applied (tasks as a tuple)."""
+        """The experiment config with the given shortcut flags applied (tasks as a tuple), checked
+        against its config file's RANGES (ConfigError naming the field otherwise)."""
+        from cli import check_config, declared_ranges  # experiments/cli.py
+
         cfg = self.config_flag.value
         for key, flag in self.shortcuts.items():
             if flag.value is not None:
                 setattr(cfg, key, tuple(flag.value) if key == "tasks" else flag.value)
+        check_config(cfg, declared_ranges(self.config_flag), self.config_flag.name)
         return cfg
 
     @property
@@ -72,35 +77,53 @@ def define_task_flags(default_config: str) -> TaskFlags:
 
 def run_experiment(cfg, data_dir: Optional[str] = None, log: Callable[[str], None] = print) -> int:
     """The task experiment: load `cfg.model` (float, or the quantized checkpoint at
-    `cfg.quant_config` restored with `qjax.quant.storage`), run `cfg.tasks` into `cfg.results`,
-    skipping tasks already there. cfg fields: see configs/knowledge.py; `judge` (a model name, "" =
-    none) loads a float judge model for judged generation tasks (mt_bench_judged, followbench).
-    Returns rows appended. Runs on the mesh of `cfg.mesh` (`setup_mesh`: the script's one set-up)."""
+    `cfg.quant_config` restored with `qjax.quant.storage` and checked against the model's shapes),
+    run `cfg.tasks` into `cfg.results`, skipping tasks whose rows of the same run id are there.
+    `judge` (a model name, "" = none) loads a float judge model for judged generation tasks
+    (mt_bench_judged, followbench). Runs on the mesh of `cfg.mesh` (`setup_mesh`: the script's one
+    set-up).
+
+    Before the model loads, the results file must be writable and every task known and its data
+    readable. Rows of a checkpoint are labelled `<directory name>@<digest of its params>` (unless
+    `cfg.transform` names them), so two different checkpoints in folders of the same name never
+    share rows. cfg fields: see configs/knowledge.py. Returns rows appended."""
+    from cli import ConfigError  # experiments/cli.py
     from qjax.checkpoints import load_model
+    from qjax.data.provenance import task_sources
+    from qjax.data.tasks import get_task
     from qjax.eval.results import ResultStore
     from qjax.eval.tasks import run_tasks_into_store
 
-    config, params, tokenizer = load_model(cfg.model, mesh=setup_mesh(cfg))
-    transform = cfg.transform or "float"
+    mesh = setup_mesh(cfg)
+    store = ResultStore(cfg.results)
+    for name in cfg.tasks:
+        try:
+            spec = get_task(name)
+        except ValueError as e:
+            raise ConfigError(f"--config.tasks: {e}") from None
+        task_sources(spec, data_dir)  # DataError now, not after the model ran the tasks before it
+    config, params, tokenizer = load_model(cfg.model, mesh=mesh)
+    transform, transform_id = cfg.transform or "float", None
     if cfg.quant_config:
-        from qjax.quant.storage import restore_params
+        from qjax.quant.storage import params_digest, restore_params
 
-        params = restore_params(cfg.quant_config)
-        transform = cfg.transform or Path(cfg.quant_config).name
+        params = restore_params(cfg.quant_config, like=params)
+        transform_id = params_digest(params)
+        transform = cfg.transform or f"{Path(cfg.quant_config).name}@{transform_id[:8]}"
     judge = None
     if cfg.get("judge"):
         from qjax.eval.judge import Judge
 
         jconfig, jparams, jtokenizer = load_model(cfg.judge)  # in float
         judge = Judge(cfg.judge + (" (judging itself)" if cfg.judge == cfg.model else ""), jparams, jconfig, jtokenizer)
-    store = ResultStore(cfg.results)
     experiment_config = {k: v for k, v in cfg.to_dict().items() if k not in ("tasks", "results")}
     appended = run_tasks_into_store(
         store, list(cfg.tasks), params, config, tokenizer, model=cfg.model, transform=transform,
-        experiment_config=experiment_config, log=log, limit=None if cfg.limit < 0 else cfg.limit,
+        transform_id=transform_id, experiment_config=experiment_config, log=log,
+        limit=None if cfg.limit < 0 else cfg.limit,
         num_fewshot=None if cfg.num_fewshot < 0 else cfg.num_fewshot, seed=cfg.seed,
         runtime=Runtime(compute_dtype=cfg.compute_dtype), chat_template=cfg.chat_template,
-        data_dir=data_dir, batch_size=cfg.batch_size, judge=judge)
+        data_dir=data_dir, batch_size=cfg.batch_size, judge=judge, progress=True)
     log(f"{appended} rows appended to {cfg.results}")
     return appended
 
@@ -114,4 +137,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

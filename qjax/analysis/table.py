@@ -9,6 +9,7 @@ transform are read from the row's `config["transform"]` (written by `experiments
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import os
 from typing import Iterable, Optional, Sequence
@@ -68,14 +69,39 @@ def _transform_info(row: dict) -> TransformInfo:
     return TransformInfo(method=str(method), bits=None if bits is None else float(bits))
 
 
+def source_tag(data_source: Optional[str]) -> str:
+    """A short name of a row's `data_source` (`qjax.data.provenance` labels joined by ';'): "local
+    <hash>" for local files, "hub <revision>" for hub data, "unrecorded" for rows without one."""
+    if not data_source:
+        return "unrecorded"
+    labels = data_source.split(";")
+    kinds = {label.split(":", 1)[0] for label in labels}
+    if len(labels) == 1:
+        tail = labels[0].rsplit("#sha256:", 1)[-1] if "#sha256:" in labels[0] else labels[0].rsplit("@", 1)[-1]
+    else:
+        tail = hashlib.sha256(data_source.encode()).hexdigest()
+    kind = {"file": "local", "hub": "hub"}.get(kinds.pop(), "data") if len(kinds) == 1 else "mixed"
+    return f"{kind} {tail[:8]}"
+
+
 def build_table(rows: Iterable[dict]) -> ResultTable:
-    """The configuration x measurement table of `rows` (later duplicates win)."""
+    """The configuration x measurement table of `rows` (later duplicates win).
+
+    Rows of one (task, metric) computed from different data (their `data_source` differs: the hub's
+    raw WikiText-2 vs the local tokenized files, or an edited file) never share a column: each source
+    gets its own column, the task named "<task> [<source_tag>]"."""
+    rows = list(rows)
+    sources: dict[Measurement, set] = {}
+    for row in rows:
+        sources.setdefault((str(row["task"]), str(row["metric"])), set()).add(row.get("data_source"))
     values: dict[Config, dict[Measurement, float]] = {}
     stderrs: dict[Config, dict[Measurement, Optional[float]]] = {}
     info: dict[Config, TransformInfo] = {}
     for row in rows:
         config = (str(row["model"]), str(row["transform"]))
         measurement = (str(row["task"]), str(row["metric"]))
+        if len(sources[measurement]) > 1:
+            measurement = (f"{measurement[0]} [{source_tag(row.get('data_source'))}]", measurement[1])
         values.setdefault(config, {})[measurement] = float(row["value"])
         stderrs.setdefault(config, {})[measurement] = row.get("stderr")
         if config not in info or (row.get("config") or {}).get("transform"):

@@ -54,7 +54,10 @@ def resolve(name_or_path: str) -> Path:
                 "config.json", "*.safetensors", "model.safetensors.index.json", "tokenizer*",
                 "special_tokens_map.json", "generation_config.json", "*.jinja"]))
         except Exception as e:
-            raise CheckpointError(f"{name_or_path}: not a local path, and the hub download failed: {e}") from e
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise CheckpointError(
+                f"{name_or_path}: no such local file or directory ({path.absolute()}); tried it as a Hugging "
+                f"Face hub id, which failed: {type(e).__name__}: {reason}") from e
     raise CheckpointError(
         f"{name_or_path}: no such file or directory, and not a built-in name ({sorted(BUILTIN_MODELS)})")
 

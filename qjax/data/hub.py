@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 
 from qjax.data.io import RECORD_SUFFIXES, check_fields, read_jsonl, read_records
 from qjax.data.paths import DataError, data_dir
+from qjax.data.provenance import hub_revision, record_hub
 
 
 def mirror_path(repo: str, config: Optional[str], split: str, root: os.PathLike) -> Path:
@@ -69,13 +70,18 @@ def _load_from_hub(repo: str, config: Optional[str], split: str, local_dir: Opti
         from datasets import load_dataset
 
         extra = {} if data_files is None else {"data_files": data_files}
-        return [dict(row) for row in load_dataset(repo, config, split=split, **extra)]
+        data = load_dataset(repo, config, split=split, **extra)
+        rows = [dict(row) for row in data]
     except Exception as e:  # the hub, the cache or the split: name the dataset either way
         name = f"{repo}" + (f"/{config}" if config else "") + f" split {split!r}"
         mirrors = f"hf/{repo}/{config or 'default'}/{split}.jsonl" + (
             f" or {local_dir}/**/{split}*" if local_dir else "")
-        raise DataError(f"hub dataset {name}: no local copy ({mirrors} in the data directory), and "
+        where = ("in the data directory" if os.environ.get("QJAX_DATA_DIR")
+                 else "in a data directory: set QJAX_DATA_DIR or pass --data_dir")
+        raise DataError(f"hub dataset {name}: no local copy ({mirrors} {where}), and "
                         f"loading it from the hub failed: {type(e).__name__}: {e}") from e
+    record_hub(repo, config, split, hub_revision(data))
+    return rows
 
 
 def _data_root(override) -> Optional[Path]:

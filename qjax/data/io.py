@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from qjax.data.paths import DataError, data_file
+from qjax.data.provenance import record_file
 
 RECORD_SUFFIXES = (".parquet", ".jsonl", ".json")
 
@@ -35,6 +36,7 @@ def read_jsonl(path: str | os.PathLike, required: Sequence[str] = ()) -> list[di
     if not path.is_file():
         raise DataError(f"data file {path} is missing")
     rows = []
+    record_file(path)
     try:
         with (gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz"
               else open(path, encoding="utf-8")) as f:
@@ -59,7 +61,9 @@ def read_json(path: str | os.PathLike) -> Any:
     """The decoded JSON document (a UTF-8 byte-order mark is allowed)."""
     try:
         with open(path, encoding="utf-8-sig") as f:
-            return json.load(f)
+            data = json.load(f)
+        record_file(path)
+        return data
     except FileNotFoundError:
         raise DataError(f"data file {path} is missing") from None
     except json.JSONDecodeError as e:
@@ -73,7 +77,9 @@ def read_records(path: str | os.PathLike) -> list[dict]:
         import pyarrow.parquet as pq
 
         try:
-            return pq.read_table(path).to_pylist()
+            rows = pq.read_table(path).to_pylist()
+            record_file(path)
+            return rows
         except Exception as e:
             raise DataError(f"{path}: not a readable parquet file: {e}") from e
     if path.suffix == ".jsonl":
@@ -90,6 +96,7 @@ def read_csv(path: str | os.PathLike, num_fields: int) -> list[list[str]]:
     """Rows of a header-less CSV, each with exactly `num_fields` fields."""
     with open(path, encoding="utf-8", newline="") as f:
         rows = list(csv.reader(f))
+    record_file(path)
     for i, row in enumerate(rows, 1):
         if len(row) != num_fields:
             raise DataError(f"{path}: row {i} has {len(row)} fields, expected {num_fields}")

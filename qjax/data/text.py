@@ -15,6 +15,7 @@ from typing import Optional
 
 from qjax.data.hub import hub_rows
 from qjax.data.paths import DataError, data_dir
+from qjax.data.provenance import record_file
 
 DATASETS = ("wikitext2", "ptb", "c4")
 _SPLITS = {"test": "test", "validation": "valid", "valid": "valid", "train": "train"}
@@ -25,7 +26,9 @@ def _local_lines(relative: str, root) -> list[str]:
     if not path.is_file():
         raise DataError(f"data file {path} is missing")
     with open(path, encoding="utf-8") as f:
-        return [line.rstrip("\n") for line in f]
+        lines = [line.rstrip("\n") for line in f]
+    record_file(path)
+    return lines
 
 
 def _hub_available(root_override) -> bool:

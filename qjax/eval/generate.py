@@ -28,6 +28,7 @@ from typing import Any, Optional, Sequence, Union
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 from qjax.models.config import ModelConfig
 from qjax.models.kv_cache import init_cache
@@ -234,7 +235,8 @@ def generate_ids(params, config: ModelConfig, prompt_ids: Sequence[Sequence[int]
     base_key = jax.random.PRNGKey(seed)
     order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
     results: list[Optional[list[int]]] = [None] * len(prompt_ids)
-    for b0 in range(0, len(order), batch_size):
+    starts = range(0, len(order), batch_size)
+    for b0 in tqdm(starts, desc="generate", unit="batch", disable=len(starts) < 2, leave=False):
         index = order[b0:b0 + batch_size]
         rows = index + [index[0]] * (batch_size - len(index))  # constant batch shape: pad with copies
         length = bucket_length(max(len(prompt_ids[i]) for i in rows), prefill_chunk)

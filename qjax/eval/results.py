@@ -184,6 +184,18 @@ def check_writable(path: Path) -> None:
         raise ResultsError(f"results file {path} is not writable: {e.strerror or e}") from e
 
 
+def check_writable_dir(folder: Path) -> None:
+    """Creates `folder` and a file in it (then removes it); ResultsError naming the folder and the
+    reason if either fails. For outputs other than the results file (checkpoints, reports)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-probe-{os.getpid()}"
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT, 0o644))
+        os.unlink(probe)
+    except OSError as e:
+        raise ResultsError(f"output directory {folder} is not writable: {e.strerror or e}") from e
+
+
 def append_line(path: Path, line: bytes) -> None:
     """Appends one newline-terminated line under an exclusive flock, first ending or cutting off a
     trailing line left without newline (module docstring), then fsyncs."""

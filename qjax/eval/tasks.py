@@ -34,7 +34,8 @@ from qjax.eval.task_metrics import METRICS, MetricValue, ScoredItem, metric_fn
 from qjax.ops.runtime import Runtime
 
 __all__ = ["TASKS", "RUNNERS", "TaskOptions", "PreparedDoc", "run_task", "register_runner",
-           "prepare_prompts", "doc_requests", "score_multiple_choice", "metric_rows", "run_tasks_into_store"]
+           "prepare_prompts", "doc_requests", "score_multiple_choice", "metric_rows", "run_tasks_into_store",
+           "task_run_id"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -278,28 +279,52 @@ def _macro_average(values: Sequence[MetricValue], pooled: MetricValue) -> Metric
 
 
 # -- experiments ---------------------------------------------------------------------------------------
+def task_run_id(name: str, *, model: str, transform: str, transform_id: Any = None,
+                data_sources: Sequence[str] = (), **options) -> str:
+    """The run id of a task's rows (`qjax.eval.results.run_id`): model, transform and its identity
+    (the recipe's text, a checkpoint's digest), the task, the `run_task` options that change its
+    result (batching, progress and the data directory's path do not; the data's content does,
+    through `data_sources`; a judge counts by its name)."""
+    from qjax.eval.results import run_id
+
+    settings = {k: v for k, v in sorted(options.items())
+                if k not in ("batch_size", "progress", "data_dir", "runtime_state", "judge")}
+    if options.get("judge") is not None:
+        settings["judge"] = getattr(options["judge"], "name", str(type(options["judge"])))
+    return run_id(model=model, transform=transform, transform_id=transform_id, task=name, settings=settings,
+                  data=list(data_sources))
+
+
 def run_tasks_into_store(store, task_names: Sequence[str], params, config, tokenizer, *, model: str,
                          transform: str, experiment_config: Optional[dict] = None,
-                         log: Callable[[str], None] = print, **options) -> int:
+                         transform_id: Any = None, log: Callable[[str], None] = print, **options) -> int:
     """Runs every task whose rows are not yet in `store` and appends them; returns rows appended.
 
-    A task counts as done when its last row (the task-level row of its last metric, written after
-    all others) is present; rows already present are never written twice, so a run killed in the
-    middle of appending resumes cleanly. `options` are `run_task` keyword arguments.
+    Rows are keyed by (model, transform, task, metric) and the run id (`task_run_id`: the options,
+    `transform_id` and the data read, as `qjax.data.provenance` labels), which every row records
+    with its `data_source`; a rerun with other options or other data runs the task again and
+    appends new rows (readers keep the later row). A task counts as done when its last row (the
+    task-level row of its last metric, written after all others) is present with the same run id;
+    rows already present are never written twice, so a run killed in the middle of appending
+    resumes cleanly. `options` are `run_task` keyword arguments.
     """
+    from qjax.data.provenance import describe, task_sources
     from qjax.eval.results import make_row
 
     appended = 0
     for name in task_names:
         spec = get_task(name)
-        if store.has((model, transform, name, spec.metrics[-1])):
+        sources = task_sources(spec, options.get("data_dir"))
+        rid = task_run_id(name, model=model, transform=transform, transform_id=transform_id,
+                          data_sources=sources, **options)
+        if store.has((model, transform, name, spec.metrics[-1]), rid):
             log(f"{name}: already in {store.path}, skipped")
             continue
         rows = run_task(name, params, config, tokenizer, **options)
         for row in rows:
-            full = make_row(model=model, transform=transform, **{
+            full = make_row(model=model, transform=transform, run_id=rid, data_source=describe(sources), **{
                 **row, "config": {**(experiment_config or {}), **row["config"]}})
-            if not store.has((model, transform, row["task"], row["metric"])):
+            if not store.has((model, transform, row["task"], row["metric"]), rid):
                 store.append(full)
                 appended += 1
         for row in rows:

@@ -13,6 +13,7 @@ metadata (a few hundred bytes per array leaf plus a few KiB per checkpoint).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -207,7 +208,9 @@ def save_params(path: Union[str, os.PathLike], params: Mapping, *, overwrite: bo
     so `path` always holds either the complete old checkpoint or the complete new one, even if the
     process is killed during the save (with overwrite=True the two are exchanged atomically on Linux;
     elsewhere a kill between the two renames leaves the old one at `.<name>.old-<pid>-*`).
-    Temporaries of killed saves are removed by the next save to the same path.
+    Temporaries of killed saves are removed by the next save to the same path. In a multi-process
+    run every process calls it with the same params: Orbax writes each array once, process 0 writes
+    the metadata and renames, and all return after the rename.
 
     Returns {"path", "disk_bytes", "nbytes"} (bytes on disk and `params_nbytes`).
     Raises FileExistsError if `path` exists and overwrite is False.
@@ -217,17 +220,27 @@ def save_params(path: Union[str, os.PathLike], params: Mapping, *, overwrite: bo
     path = Path(path).absolute()
     if path.exists() and not overwrite:
         raise FileExistsError(f"save_params: {path} exists (pass overwrite=True to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(path)
+    # Several processes (multi-host) save together: one temporary name on all of them, Orbax writes
+    # each array once, and process 0 alone writes the metadata and renames.
+    multi, primary = jax.process_count() > 1, jax.process_index() == 0
+    tag = "0-multiprocess" if multi else f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = path.with_name(f".{path.name}.tmp-{tag}")
+    if primary:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(path)
+        if multi:
+            shutil.rmtree(tmp, ignore_errors=True)  # left by a killed multi-process save
+        tmp.mkdir()
+    _barrier(multi, f"qjax save_params start {path}")
     meta: dict = {}
     tree = _split(params, "", meta)
     tree = jax.tree_util.tree_map(np.asarray, tree)
-    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp = path.with_name(f".{path.name}.tmp-{tag}")
-    tmp.mkdir()
     try:
         with ocp.PyTreeCheckpointer(use_compression=False) as ckptr:
             ckptr.save(tmp / ARRAYS_DIR, tree)
+        if not primary:
+            _barrier(multi, f"qjax save_params done {path}")
+            return {"path": str(path), "disk_bytes": disk_bytes(path), "nbytes": params_nbytes(params)}
         with open(tmp / META_FILE, "w", encoding="utf-8") as f:
             f.write(json.dumps({"format": FORMAT_VERSION, "qarrays": meta}, indent=1))
             f.flush()
@@ -245,9 +258,30 @@ def save_params(path: Union[str, os.PathLike], params: Mapping, *, overwrite: bo
             os.rename(tmp, path)
         _fsync_dir(path.parent)
     finally:
-        if tmp.exists():
+        if primary and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+    _barrier(multi, f"qjax save_params done {path}")
     return {"path": str(path), "disk_bytes": disk_bytes(path), "nbytes": params_nbytes(params)}
+
+
+def _barrier(multi: bool, name: str) -> None:
+    if multi:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def params_digest(params: Mapping) -> str:
+    """16 hex digits of SHA-256 over a params tree's paths, leaf types, static metadata, dtypes,
+    shapes and bytes: equal for equal params, wherever and whenever they were saved."""
+    digest = hashlib.sha256()
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    for path, leaf in leaves:
+        array = np.asarray(leaf)
+        digest.update(f"{jax.tree_util.keystr(path)}|{array.dtype}|{array.shape}|".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    digest.update(str(jax.tree_util.tree_structure(params)).encode())  # QArray specs are static metadata
+    return digest.hexdigest()[:16]
 
 
 def _read_meta(path: Path) -> dict:
@@ -266,6 +300,25 @@ def _read_meta(path: Path) -> dict:
     if not isinstance(meta.get("qarrays"), dict):
         raise StoredParamsError(f"{path}: {META_FILE} has no 'qarrays' table")
     return meta
+
+
+def _drop_closed_loop_reports() -> None:
+    """After a failed Orbax read, its worker threads keep scheduling callbacks on the closed asyncio
+    loop; each is reported through `sys.unraisablehook` ("Event loop is closed", about 100 of them).
+    Chains a hook that drops exactly those reports (installed once) and collects them now."""
+    import gc
+    import sys
+
+    previous = sys.unraisablehook
+    if not getattr(previous, "_drops_closed_loop", False):
+        def hook(report):
+            if isinstance(report.exc_value, RuntimeError) and "Event loop is closed" in str(report.exc_value):
+                return
+            previous(report)
+
+        hook._drops_closed_loop = True
+        sys.unraisablehook = hook
+    gc.collect()
 
 
 def _first_line(e: BaseException) -> str:
@@ -298,6 +351,7 @@ def restore_params(path: Union[str, os.PathLike], *, like: Optional[Mapping] = N
             tree = ckptr.restore(arrays)
         params = _join(tree, "", meta["qarrays"])
     except Exception as e:  # Orbax / TensorStore raise many types; name the checkpoint and the first line
+        _drop_closed_loop_reports()
         raise StoredParamsError(f"{path}: the saved arrays cannot be read ({type(e).__name__}: "
                                 f"{_first_line(e)})") from e
     finally:
@@ -344,5 +398,5 @@ def check_tree_matches(params: Mapping, like: Mapping, *, where: str) -> None:
                                 f"other shapes (e.g. {p}: {g}, the model's is {w})")
 
 
-__all__ = ["save_params", "restore_params", "StoredParamsError", "check_tree_matches", "params_nbytes", "params_numel", "params_bits_per_param",
+__all__ = ["save_params", "restore_params", "StoredParamsError", "check_tree_matches", "params_digest", "params_nbytes", "params_numel", "params_bits_per_param",
            "disk_bytes"]

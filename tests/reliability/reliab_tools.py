@@ -38,7 +38,7 @@ def script_env(data_dir=None, **extra) -> dict:
     return env
 
 
-def run_script(args: list[str], env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_script(args: list[str], env: dict, timeout: float = 900) -> subprocess.CompletedProcess:
     """Runs `python <args>` from the repository root; stdout and stderr captured as text."""
     return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=timeout)

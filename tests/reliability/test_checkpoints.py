@@ -51,7 +51,7 @@ def test_overwrite_killed_leaves_a_whole_checkpoint(tmp_path):
                                       str(REPO)], env=script_env(), cwd=REPO, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True) for point in points}
     for point, proc in procs.items():
-        out = proc.communicate(timeout=120)[0]
+        out = proc.communicate(timeout=600)[0]
         assert proc.returncode == -signal.SIGKILL, (point, out[-2000:])
         path = tmp_path / point / "ckpt"
         restored = restore_params(path)
@@ -113,3 +113,13 @@ def test_missing_directory(tmp_path):
     with pytest.raises(StoredParamsError, match="no such checkpoint directory"):
         restore_params(tmp_path / "nothing")
     shutil.rmtree(tmp_path)
+
+
+def test_saves_do_not_log_orbax_info(tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO)
+    save_params(tmp_path / "c", tiny_params(0))
+    restore_params(tmp_path / "c")
+    orbax = [r for r in caplog.records if "orbax" in r.pathname]
+    assert not [r for r in orbax if r.levelno < logging.WARNING], [r.getMessage()[:80] for r in orbax[:3]]

@@ -80,7 +80,7 @@ def test_concurrent_appenders_with_large_rows_and_readers(tmp_path):
     readers = [subprocess.Popen([sys.executable, "-c", _READER, str(path), "6"], env=env, cwd=REPO)
                for _ in range(2)]
     for p in writers + readers:
-        assert p.wait(timeout=120) == 0
+        assert p.wait(timeout=600) == 0
     lines = path.read_bytes().split(b"\n")
     assert lines[-1] == b""
     rows = [json.loads(line) for line in lines[:-1]]
@@ -135,21 +135,33 @@ _TWO_PROCESS = textwrap.dedent("""
     store.append(make_row(model="m", transform="t", task="ppl", metric="perplexity", value=3.0,
                           process=jax.process_index()))
     print("process", jax.process_index(), "writer", store.is_writer)
+    import numpy as np
+    from qjax.quant.storage import save_params
+    params = {"w": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.ones(4, np.float32)}
+    save_params(sys.argv[4], params)
+    save_params(sys.argv[4], {**params, "b": np.zeros(4, np.float32)}, overwrite=True)
+    print("saved", jax.process_index())
 """)
 
 
-def test_two_processes_write_each_row_once(tmp_path):
+def test_two_processes_write_each_row_and_checkpoint_once(tmp_path):
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     path = tmp_path / "r.jsonl"
-    procs = [subprocess.Popen([sys.executable, "-c", _TWO_PROCESS, f"127.0.0.1:{port}", str(i), str(path)],
+    ckpt = tmp_path / "ckpt"
+    procs = [subprocess.Popen([sys.executable, "-c", _TWO_PROCESS, f"127.0.0.1:{port}", str(i), str(path), str(ckpt)],
                               env=script_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True) for i in range(2)]
-    outs = [p.communicate(timeout=120)[0] for p in procs]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert [(r["task"], r["process"]) for r in rows] == [("ppl", 0)]
-    assert "process 1 writer False" in outs[1]
+    assert "process 1 writer False" in outs[1] and all(f"saved {i}" in outs[i] for i in range(2))
+    from qjax.quant.storage import restore_params
+
+    restored = restore_params(ckpt)
+    assert restored["b"].tolist() == [0.0] * 4 and restored["w"].shape == (3, 4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "r.jsonl"]  # no temporaries left
