@@ -65,7 +65,7 @@ def resolve(name_or_path: str) -> Path:
 def load_model(name_or_path: str, *, dtype=jnp.float32, mesh: Optional[Mesh] = None) -> LoadedModel:
     """(config, params, tokenizer) for a built-in name, a GGUF file, an HF directory or a hub id.
 
-    Params are jax arrays of `dtype` in the layout of `qjax.models.llama`, placed on `mesh` by
+    Params are jax arrays of `dtype` in the layout of `qjax.models.decoder`, placed on `mesh` by
     `qjax.parallel.DEFAULT_RULES` when one is given (else on the default device). HF directories are
     streamed tensor by tensor, each device's slice read from the memory-mapped files
     (`mesh_loader.load_hf_dir_on_mesh`): no full float copy of the model on the host.

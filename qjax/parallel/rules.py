@@ -3,7 +3,7 @@
 A rule is (regex, axes): the first rule whose regex `re.search`es the parameter path (`/`-joined,
 e.g. "layers_3/mlp/down_proj/kernel") gives one mesh axis name (or None) per dimension of the
 parameter as stored in the qjax layout (kernels are (in, out)). Layer-stacked parameters
-("layers/...", one leading (L,) axis, `qjax.models.llama.stack_layers`) get None prepended. A
+("layers/...", one leading (L,) axis, `qjax.models.decoder.stack_layers`) get None prepended. A
 dimension whose size the axis does not divide is replicated instead (the result is the same array;
 XLA only moves less or more data).
 

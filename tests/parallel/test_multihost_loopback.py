@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from simulated import xla_flags
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -23,7 +25,7 @@ def _free_port() -> int:
 
 
 def _env(devices: int) -> dict:
-    return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "QJAX_NATIVE": "0",
+    return {**os.environ, "XLA_FLAGS": xla_flags(devices), "QJAX_NATIVE": "0",
             "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
 
 
@@ -69,6 +71,7 @@ def test_two_host_perplexity_equals_one_process(tmp_path):
     assert "wikitext2" in outs[0] and "wikitext2" not in outs[1]  # only process 0 reports
 
 
+@pytest.mark.slow  # four suite runs (two of them 2-process): several minutes on 2 cores
 def test_two_host_suite_equals_one_process_and_resumes(tmp_path):
     common = ["experiments/suite.py", "--config=configs/suite.py:tiny", "--config.recipes=('float','rtn:w4g128')",
               "--config.tasks=('wikitext2','arc_easy')"]

@@ -12,11 +12,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from simulated import xla_flags
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_workloads_on_eight_simulated_devices(tmp_path):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "QJAX_TEST_MESH": "1",
+    env = {**os.environ, "XLA_FLAGS": xla_flags(8), "QJAX_TEST_MESH": "1",
            "QJAX_NATIVE": "0", "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
                            "--basetemp", str(tmp_path / "t"), str(ROOT / "tests" / "parallel" / "on_mesh")],

@@ -19,6 +19,7 @@ def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+@pytest.mark.slow  # five script runs on a tiny model (~30 s of CPU); the default run covers run ids
 def test_reruns_with_other_settings_and_same_named_checkpoints(tmp_path, data_dir):
     from runtime_tiny import save_tiny_llama
 
