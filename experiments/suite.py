@@ -71,7 +71,7 @@ from qjax.parallel import active_mesh, is_primary, primary_value, shard_params, 
 from qjax.quant.calibration import dequantized
 from qjax.quant.int8_outliers import from_storable, to_storable
 from qjax.quant.recipe import Recipe, apply_recipe
-from qjax.quant.storage import StoredParamsError, restore_params, save_params
+from qjax.quant.storage import StoredParamsError, fsync_dir, restore_params, save_params
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/suite.py", "suite config")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "data directory (default: $QJAX_DATA_DIR)")
@@ -205,7 +205,7 @@ class Journal:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)
-        _fsync_dir(self.folder)
+        fsync_dir(self.folder)
         for old in self.folder.glob(f"{_slug(model)}__{_slug(transform)}__{_slug(task)}__*.json"):
             if old != final:  # superseded by this run (other options); its rows stay in the store
                 old.unlink()
@@ -219,14 +219,6 @@ class Journal:
         for path in sorted(self.folder.glob("*.json"), key=lambda p: p.stat().st_mtime_ns):  # oldest first
             appended += append_missing(store, json.loads(path.read_text(encoding="utf-8"))["rows"], present)
         return appended
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def run_keys(store: ResultStore) -> set:

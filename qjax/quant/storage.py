@@ -160,7 +160,8 @@ class _QuietOrbax(logging.Filter):
 logging.getLogger("absl").addFilter(_QuietOrbax())
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Flush a directory's entries (a rename or a new file in it) to disk."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -245,7 +246,7 @@ def save_params(path: Union[str, os.PathLike], params: Mapping, *, overwrite: bo
             f.write(json.dumps({"format": FORMAT_VERSION, "qarrays": meta}, indent=1))
             f.flush()
             os.fsync(f.fileno())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if path.exists():
             if _exchange(tmp, path):  # tmp now holds the old checkpoint
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -256,7 +257,7 @@ def save_params(path: Union[str, os.PathLike], params: Mapping, *, overwrite: bo
                 shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     finally:
         if primary and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
