@@ -199,13 +199,14 @@ def test_gptq_calibration_on_mesh(tiny, mesh42):
     models' NLL agree."""
     from qjax.eval.perplexity import perplexity_of_windows
     from qjax.quant.quantize import quantize
+    from qjax.quant.recipe import Recipe
 
     config, params = tiny
     tokens = random_tokens((8, 32), config.vocab_size, seed=11)
-    method = {"method": "gptq", "bits": 4, "group_size": 16, "batch_size": 8}
-    want, _ = quantize(params, config, method, tokens, progress=False)
+    recipe = Recipe.parse("gptq:w4g16")  # 4-bit asymmetric groups of 16, GPTQConfig's defaults
+    want, _ = quantize(params, config, recipe, tokens, batch_size=8, progress=False)
     with qp.use_mesh(mesh42):
-        got, _ = quantize(qp.shard_params(params, mesh42), config, method, tokens, progress=False)
+        got, _ = quantize(qp.shard_params(params, mesh42), config, recipe, tokens, batch_size=8, progress=False)
     differ, total = 0, 0
     for path, leaf in _leaves(want).items():
         if hasattr(leaf, "unpacked_codes"):
