@@ -180,9 +180,10 @@ def _adopt_shared_flags() -> None:
                 flags.FLAGS.register_key_flag_for_module(main, flag)
 
 
-def report_error(error: BaseException) -> None:
-    """The one-line report of a user error (traceback first with --verbose)."""
-    if verbose():
+def report_error(error: BaseException, show_traceback: Optional[bool] = None) -> None:
+    """The one-line report of a user error (traceback first with --verbose; `show_traceback` decides
+    instead in scripts whose flags absl does not parse)."""
+    if verbose() if show_traceback is None else show_traceback:
         traceback.print_exception(error)
     message = " ".join(str(error).split("\n")[:1]) or type(error).__name__
     print(f"error: {message}", file=sys.stderr, flush=True)
