@@ -21,10 +21,11 @@ from qjax.data.corpus import CalibrationData
 
 # Allowed values, checked before the experiment runs (experiments/cli.py: (lo, hi[, specials]) or a set).
 RANGES = {"seqlen": (1, None), "windows": (1, None), "window_batch": (1, None), "seeds": (0, None),
-          "s1_weight_intensities": (0.0, None), "s1_activation_intensities": (0.0, None),
-          "s2_shares": (0.0, 1.0), "s2_intensities": (0.0, None), "s3_shares": (0.0, 1.0), "s4_bits": (1, 8),
-          "s4_group_size": (1, None, (-1,)), "s5_bits": (1, 8), "s5_group_size": (1, None, (-1,)),
-          "s5_power": (0.0, 1.0), "s5_act_bits": (1, 16)}
+          "noise_kinds.weight_intensities": (0.0, None), "noise_kinds.activation_intensities": (0.0, None),
+          "weight_magnitude.shares": (0.0, 1.0), "weight_magnitude.intensities": (0.0, None),
+          "clipping.shares": (0.0, 1.0), "rtn_vs_noise.bits": (1, 8), "rtn_vs_noise.group_size": (1, None, (-1,)),
+          "companding.bits": (1, 8), "companding.group_size": (1, None, (-1,)), "companding.power": (0.0, 1.0),
+          "companding.act_bits": (1, 16)}
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:

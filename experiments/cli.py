@@ -89,7 +89,7 @@ def _ok(value, rule) -> bool:
     return (lo is None or value >= lo) and (hi is None or value <= hi)
 
 
-def _values(cfg: Any, parts: list[str], prefix: str):
+def field_values(cfg: Any, parts: list[str], prefix: str):
     """(dotted name, value) of every field the path `parts` reaches in cfg ('*': every key)."""
     if not parts:
         yield prefix, cfg
@@ -101,13 +101,13 @@ def _values(cfg: Any, parts: list[str], prefix: str):
             value = cfg[key]
         except (KeyError, AttributeError, TypeError):
             continue
-        yield from _values(value, rest, f"{prefix}.{key}")
+        yield from field_values(value, rest, f"{prefix}.{key}")
 
 
 def check_config(cfg: Any, ranges: Mapping[str, Any], name: str = "config") -> None:
     """ConfigError naming the first field of `cfg` outside its declared range (module docstring)."""
     for field, rule in ranges.items():
-        for dotted, value in _values(cfg, field.split("."), name):
+        for dotted, value in field_values(cfg, field.split("."), name):
             if value is None and not isinstance(rule, (set, frozenset)):
                 continue  # None: the field's default ("not set"), e.g. a task option
             if not _ok(value, rule):
@@ -180,9 +180,10 @@ def _adopt_shared_flags() -> None:
                 flags.FLAGS.register_key_flag_for_module(main, flag)
 
 
-def report_error(error: BaseException) -> None:
-    """The one-line report of a user error (traceback first with --verbose)."""
-    if verbose():
+def report_error(error: BaseException, show_traceback: Optional[bool] = None) -> None:
+    """The one-line report of a user error (traceback first with --verbose; `show_traceback` decides
+    instead in scripts whose flags absl does not parse)."""
+    if verbose() if show_traceback is None else show_traceback:
         traceback.print_exception(error)
     message = " ".join(str(error).split("\n")[:1]) or type(error).__name__
     print(f"error: {message}", file=sys.stderr, flush=True)

@@ -13,14 +13,23 @@ checkpoint saved by `qjax.quant.storage`, e.g. by experiments/quantize.py), reci
 batch_size, max_length,
 compute_dtype. Quantized weights are scored through their dequantized values (the same arithmetic
 as the quantized matmul path). Needs the `bench` extra (lm-eval).
+
+As in every qjax script, the errors a user can cause (a missing model or data file, a checkpoint of
+another model, a bad recipe) print one line `error: ...` and exit with status 1; `--verbose` (taken
+out before lm-eval reads its arguments) prints the traceback too.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Optional
 
 from lm_eval.api.registry import register_model
 
+try:  # run as a script (experiments/ on sys.path) or imported as experiments.*
+    from cli import USER_ERRORS, ConfigError, report_error
+except ImportError:
+    from experiments.cli import USER_ERRORS, ConfigError, report_error
 from qjax.eval.lm_eval_model import QjaxLM
 from qjax.ops.runtime import Runtime
 
@@ -36,11 +45,15 @@ def load_for_lm_eval(model: str, quant_config: Optional[str] = None, recipe: Opt
     if quant_config:
         from qjax.quant.storage import restore_params
 
-        params = restore_params(quant_config)
+        params = restore_params(quant_config, like=params)  # StoredParamsError if not this model's
     if recipe:
-        from qjax.quant.recipe import apply_recipe
+        from qjax.quant.recipe import Recipe, apply_recipe
 
-        applied = apply_recipe(recipe.replace(";", ","), params, config, tokenizer, compute_dtype=compute_dtype)
+        try:
+            parsed = Recipe.parse(recipe.replace(";", ","))
+        except ValueError as e:
+            raise ConfigError(f"--model_args recipe={recipe}: {e}") from None
+        applied = apply_recipe(parsed, params, config, tokenizer, compute_dtype=compute_dtype)
         params, runtime, state = applied.params, applied.runtime, applied.runtime_state
     return config, dequantized(params), tokenizer, runtime, state
 
@@ -58,7 +71,20 @@ class QjaxCheckpointLM(QjaxLM):
                          max_length=None if max_length is None else int(max_length), seed=int(seed), name=name)
 
 
-if __name__ == "__main__":
+def main(argv: list[str]) -> int:
+    """lm-eval's command line over `argv` (without the program name), user errors as one line."""
     from lm_eval.__main__ import cli_evaluate
 
-    cli_evaluate()
+    show_traceback = "--verbose" in argv
+    argv = [a for a in argv if a != "--verbose"]
+    sys.argv = [sys.argv[0], *argv]
+    try:
+        cli_evaluate()
+    except USER_ERRORS as e:
+        report_error(e, show_traceback)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -12,13 +12,18 @@
   companding        companded (power 1/3) vs uniform grids: W4, W3 weights and 8/6-bit activations (W8A8).
 
 Every study scores the same fixed WikiText-2 test windows (config: `windows` x `seqlen` tokens) and
-appends one row per point to `<results_dir>/perturbation.jsonl` (a ResultStore; a re-run skips the
-points already there), then writes `<results_dir>/<study>.md` (tables) and `<study>.png` (plot).
-Sweeps compile once per kind (`qjax.perturb.sweep`).
+appends one row per point to `<results_dir>/perturbation.jsonl` (a ResultStore), then writes
+`<results_dir>/<study>.md` (tables) and `<study>.png` (plot). Sweeps compile once per kind
+(`qjax.perturb.sweep`).
 
 Rows name their study: transform "<study>/<target>/<kind>/<amount>[/seed=s]" and detail `study`.
-Result files written before the studies had names (transforms "s1/..".."s5/..", `study` 1..5) stay
-readable: their points are read under the new names (`STUDY_NUMBERS`), so a re-run reuses them.
+Every row carries the run id of its base (`base_identity`: model, windows, window batch, base recipe,
+its calibration, and the data source of the windows and of the calibration, also stored as the
+row's `data_source`). A re-run skips the points stored under the same run id and computes the others,
+so a point measured on other windows, another base model or another copy of the data is never reused.
+Result files written before the studies had names (transforms "s1/..".."s5/..", `study` 1..5) are
+read under the new names (`renamed_row`, `STUDY_NUMBERS`); having no run id (nor data source), their
+points are recomputed by a re-run rather than trusted.
 """
 
 from __future__ import annotations
@@ -45,7 +50,8 @@ except ImportError:
 from qjax.analysis.table import markdown_table
 from qjax.checkpoints import load_model
 from qjax.data.corpus import load_windows
-from qjax.eval.results import ResultStore, make_row
+from qjax.data.provenance import corpus_sources, describe as describe_sources
+from qjax.eval.results import ResultStore, make_row, run_id
 from qjax.models.llama import Decoder, linen_variables
 from qjax.ops.runtime import Runtime
 from qjax.parallel import active_mesh
@@ -89,28 +95,29 @@ class Context:
     store: ResultStore
     out_dir: Path
     task: str
-    values: dict  # transform -> result row already in the store
+    run_id: str  # identity of the base every point perturbs (`base_identity`)
+    data_source: str  # the windows' (and calibration's) data files or hub revisions
+    values: dict  # transform -> result row of this run id already in the store
 
     @classmethod
     def create(cls, cfg, data_dir: Optional[str]) -> "Context":
-        config, params, tokenizer = load_model(cfg.model, mesh=active_mesh())
         recipe = Recipe.parse(cfg.recipe)
         if recipe.runtime().activations or recipe.kv is not None:
             raise ValueError(f"perturbation studies perturb the weights and activations themselves: the base "
                              f"recipe {recipe} may quantize weights only (no a<bits> / kv<bits>)")
+        task = window_task(cfg)
+        rid, source = base_identity(cfg, recipe, data_dir)  # reads the data: fails before the model loads
+        out_dir = Path(cfg.results_dir)
+        store = ResultStore(out_dir / "perturbation.jsonl")
+        config, params, tokenizer = load_model(cfg.model, mesh=active_mesh())
         if str(recipe) != "float":  # the studies perturb the base model's (dequantized) weights
             params = dequantized(apply_recipe(recipe, params, config, tokenizer, cfg.calibration,
                                               data_dir=data_dir).params)
         windows = load_windows(tokenizer, cfg.dataset, cfg.split, cfg.seqlen, cfg.windows, data_dir)
         if len(windows) < cfg.windows:
             raise ValueError(f"{cfg.dataset}/{cfg.split} has only {len(windows)} windows of {cfg.seqlen}")
-        out_dir = Path(cfg.results_dir)
-        store = ResultStore(out_dir / "perturbation.jsonl")
-        task = f"{cfg.dataset}/{cfg.split}:{cfg.windows}x{cfg.seqlen}"
-        if str(recipe) != "float":
-            task += f"@{recipe}"  # points on another base model are other rows
         return cls(cfg, config, params, jnp.asarray(windows), NLLEvaluator(config, cfg.window_batch),
-                   store, out_dir, task, stored_points(store, cfg.model, task))
+                   store, out_dir, task, rid, source, stored_points(store, cfg.model, task, rid))
 
     def has(self, transform: str) -> bool:
         return transform in self.values
@@ -119,8 +126,8 @@ class Context:
         recipe = Recipe.parse(self.cfg.recipe)
         row = make_row(model=self.cfg.model, transform=transform, task=self.task, metric="perplexity",
                        value=math.exp(nll), items=int(self.windows.size - self.windows.shape[0]),
-                       seconds=seconds, config=self.cfg.to_dict(), nll=nll,
-                       recipe=str(recipe), recipe_hash=recipe.hash, **details)
+                       seconds=seconds, config=self.cfg.to_dict(), nll=nll, run_id=self.run_id,
+                       data_source=self.data_source, recipe=str(recipe), recipe_hash=recipe.hash, **details)
         self.store.append(row)
         self.values[transform] = row
         return row
@@ -144,6 +151,29 @@ class Context:
         return self.measure("float", lambda: self.nll(self.params), study="float")
 
 
+def window_task(cfg) -> str:
+    """The row's task: "<dataset>/<split>:<windows>x<seqlen>", with "@<recipe>" on a quantized base."""
+    task = f"{cfg.dataset}/{cfg.split}:{cfg.windows}x{cfg.seqlen}"
+    recipe = Recipe.parse(cfg.recipe)
+    return task if str(recipe) == "float" else f"{task}@{recipe}"
+
+
+def base_identity(cfg, recipe: Recipe, data_dir: Optional[str]) -> tuple[str, str]:
+    """(run id, data source) of the base every point perturbs: model, windows, window batch (activation
+    noise is drawn per forward call), the base recipe and, when it calibrates, its calibration settings
+    and data. Reads the data files (their hashes), so missing data fails here, before any model loads."""
+    windows_data = corpus_sources(cfg.dataset, cfg.split, data_dir)
+    labels, calibration = list(windows_data), None
+    if recipe.calibrated:
+        cal = cfg.calibration
+        calibration = {"settings": cal.to_dict(),
+                       "data": corpus_sources(cal.dataset, cal.split, data_dir, jsonl=cal.get("jsonl") or None)}
+        labels = labels + [label for label in calibration["data"] if label not in labels]
+    rid = run_id(model=cfg.model, task=window_task(cfg), recipe=str(recipe), window_batch=cfg.window_batch,
+                 data=windows_data, calibration=calibration)
+    return rid, describe_sources(labels)
+
+
 # The numbers the studies had before they were named: rows of older result files are read as
 # "<name>/..." (transform) with study "<name>".
 STUDY_NUMBERS = {1: "noise_kinds", 2: "weight_magnitude", 3: "clipping", 4: "rtn_vs_noise", 5: "companding"}
@@ -158,11 +188,13 @@ def renamed_row(row: dict) -> dict:
     return {**row, "transform": name + row["transform"][match.end() - 1:], "study": name}
 
 
-def stored_points(store: ResultStore, model: str, task: str) -> dict:
-    """transform -> perplexity row of `model` on `task` already in `store` (old study numbers renamed)."""
+def stored_points(store: ResultStore, model: str, task: str, rid: str) -> dict:
+    """transform -> perplexity row of `model` on `task` written under run id `rid` in `store` (the later
+    row of a transform wins; old study numbers renamed; rows without a run id are not points of any run)."""
     rows = (renamed_row(r) for r in store.rows())
     return {r["transform"]: r for r in rows
-            if r["model"] == model and r["task"] == task and r["metric"] == "perplexity"}
+            if r["model"] == model and r["task"] == task and r["metric"] == "perplexity"
+            and r.get("run_id") == rid}
 
 
 # evaluate(params, windows) under a static runtime: one compilation per runtime, any params values

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Callable
@@ -14,6 +15,8 @@ from qjax.checkpoints.convert import build_params
 from qjax.checkpoints.errors import CheckpointError
 from qjax.checkpoints.hf_families import FAMILIES, Family, rope_fields
 from qjax.models.config import ModelConfig
+
+log = logging.getLogger(__name__)
 
 
 def family_of(raw: dict, path: Path) -> Family:
@@ -41,6 +44,11 @@ def config_from_raw(raw: dict, path) -> ModelConfig:
     """The config of a parsed config.json (`raw`; `path` names it in errors): the family's parts
     (`Family.parts`) over the fields every family reads the same way."""
     family = family_of(raw, path)
+    if family.text_config is not None:
+        if not isinstance(raw.get(family.text_config), dict):
+            raise CheckpointError(f"{path}: a {raw['architectures'][0]} config needs a {family.text_config!r} dict")
+        log.info("%s: reading the text model of %s (its vision tower is not loaded)", path, raw["architectures"][0])
+        raw = family.model_config(raw)
     try:
         if family.make_config is not None:  # a model other than the decoder (Mamba)
             return family.make_config(raw, path)

@@ -15,7 +15,7 @@ The three request kinds:
   `do_sample`) with `qjax.eval.generate.generate_ids`, cut at the first `until` string.
 This module needs the `bench` extra (lm-eval). Loading checkpoints is not its job (the eval room does
 not import `qjax.checkpoints`): `experiments/lm_eval_qjax.py` registers `qjax` with lm-eval's model
-registry as a subclass that loads `model=` (and `quant_config=` / `setting=`) from `--model_args`.
+registry as a subclass that loads `model=` (and `quant_config=` / `recipe=`) from `--model_args`.
 """
 
 from __future__ import annotations

@@ -52,6 +52,9 @@ def test_user_errors_stop_at_start_with_one_line(tmp_path, data_dir):
             f"--results={tmp_path / 'k.jsonl'}"],
         "unknown task 'arc_eazy'": ["experiments/task_experiment.py", "--config=configs/knowledge.py", "--tasks=arc_eazy", f"--results={tmp_path / 'k.jsonl'}"],
         "data directory /nonexistent/data does not exist": ppl + ["--data_dir=/nonexistent/data"],
+        "--config.clipping.shares=(0.01, 1.5) is out of range: allowed in [0.0, 1.0]": [
+            "experiments/perturbation.py", "--config=configs/perturbation.py:quick", "--study=clipping",
+            "--config.clipping.shares=(0.01,1.5)", f"--config.results_dir={tmp_path / 'pert'}"],
     }
     procs = {expected: _start(args, {**env, "HF_HUB_OFFLINE": "1"}) for expected, args in probes.items()}
     verbose = _start(ppl + ["--config.batch_size=-2", "--verbose"], env)
@@ -62,6 +65,27 @@ def test_user_errors_stop_at_start_with_one_line(tmp_path, data_dir):
     assert verbose.returncode == 1 and "Traceback" in err and err.strip().splitlines()[-1].startswith("error: ")
     assert _rows(tmp_path / "p.jsonl") == [] and _rows(tmp_path / "s.jsonl") == []
     assert not (tmp_path / "work" / "journal").exists()  # the suite ran nothing before failing
+
+
+def test_lm_eval_command_line_errors_are_one_line(tmp_path, data_dir):
+    """experiments/lm_eval_qjax.py runs lm-eval's own command line: a bad recipe and a checkpoint of
+    another model end it with `error: ...` as its last line, exit status 1 and no traceback."""
+    pytest.importorskip("lm_eval")
+    env = {**script_env(data_dir), "HF_HUB_OFFLINE": "1"}
+    other = tmp_path / "other_model"
+    save_params(other, tiny_params())
+    base = ["experiments/lm_eval_qjax.py", "run", "--model", "qjax", "--tasks", "arc_easy", "--limit", "1",
+            "--model_args"]
+    probes = {"--model_args recipe=rtn:w5g128: WeightQuantSpec: bits must be one of":
+              base + ["model=smollm2-135m,recipe=rtn:w5g128"],
+              f"{other}": base + [f"model=smollm2-135m,quant_config={other}"]}
+    procs = {expected: _start(args, env) for expected, args in probes.items()}
+    for expected, proc in procs.items():
+        out, err = proc.communicate(timeout=900)
+        last = err.strip().splitlines()[-1]
+        assert proc.returncode == 1, err[-3000:]
+        assert last.startswith("error: ") and expected in last, last
+        assert "Traceback" not in err, err[-3000:]
 
 
 def test_damaged_and_mismatched_checkpoints(tmp_path, data_dir):
