@@ -144,6 +144,11 @@ def _undo_mamba(hf: str, w: np.ndarray, meta: Meta) -> np.ndarray:
     return w
 
 
+def _undo_qwen2_moe(hf: str, w: np.ndarray, meta: Meta) -> np.ndarray:
+    """Older converters squeezed every tensor: the shared-expert gate (1, hidden) came out (hidden,)."""
+    return w[None, :] if hf.endswith("shared_expert_gate.weight") and w.ndim == 1 else w
+
+
 def _no_undo(hf: str, w: np.ndarray, meta: Meta) -> np.ndarray:
     return w
 
@@ -396,7 +401,7 @@ ARCHITECTURES = {
     "mistral": GGUFArch(_llama, _LLAMA_TOP, _LLAMA_LAYER, undo=_undo_llama),
     "qwen2": GGUFArch(_qwen("Qwen2ForCausalLM"), _LLAMA_TOP, _LLAMA_LAYER),
     "qwen3": GGUFArch(_qwen("Qwen3ForCausalLM"), _LLAMA_TOP, _LLAMA_LAYER),
-    "qwen2moe": GGUFArch(_qwen_moe("Qwen2MoeForCausalLM", False), _LLAMA_TOP, _QWEN_MOE_LAYER),
+    "qwen2moe": GGUFArch(_qwen_moe("Qwen2MoeForCausalLM", False), _LLAMA_TOP, _QWEN_MOE_LAYER, undo=_undo_qwen2_moe),
     "qwen3moe": GGUFArch(_qwen_moe("Qwen3MoeForCausalLM", True), _LLAMA_TOP, _QWEN_MOE_LAYER),
     "olmoe": GGUFArch(_olmoe, _LLAMA_TOP, _QWEN_MOE_LAYER),
     "gemma": GGUFArch(_gemma, _LLAMA_TOP, _LLAMA_LAYER, undo=_undo_gemma),

@@ -12,7 +12,7 @@ Transforms per architecture (as the converter does them):
   mamba: A = -exp(A_log), conv1d (C, 1, k) -> (C, k), lm_head dropped when equal to the embedding;
   stablelm: per-head q/k LayerNorms stacked (heads, head_dim);
   phi3 LongRoPE: factors as tensors rope_factors_{long,short}, attn factor and original context as metadata.
-Quantized files keep norms and MoE routers in F32.
+Quantized files keep norms, MoE routers and rows that are no whole number of blocks in F32.
 """
 
 from __future__ import annotations
@@ -172,10 +172,11 @@ def _tensors(arch: str, cfg, tensors: dict[str, np.ndarray]):
 
 
 def convert(directory, out_path, *, cfg, qtype: gguf.GGMLQuantizationType = gguf.GGMLQuantizationType.F32,
-            drop: tuple = ()) -> Path:
+            drop: tuple = (), squeeze: bool = False) -> Path:
     """Writes `directory`'s checkpoint (HF config object `cfg`) as a GGUF file at `out_path`;
     2-D and 3-D weights as `qtype` (norms, biases and 1-D tensors stay F32, as the converter keeps
-    them); GGUF tensors named in `drop` are left out."""
+    them); GGUF tensors named in `drop` are left out; `squeeze`: size-1 dims dropped, as older
+    converters wrote every tensor."""
     directory, out_path = Path(directory), Path(out_path)
     raw = json.loads((directory / "config.json").read_text())
     arch = ARCH[raw["architectures"][0]]
@@ -183,8 +184,9 @@ def convert(directory, out_path, *, cfg, qtype: gguf.GGMLQuantizationType = gguf
     names = gguf.get_tensor_name_map(_ARCH_ENUM[arch], cfg.num_hidden_layers)
     writer = gguf.GGUFWriter(str(out_path), arch)
     _metadata(writer, arch, cfg, raw)
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32 if qtype == gguf.GGMLQuantizationType.F32 else
-                         gguf.LlamaFileType.MOSTLY_Q8_0)
+    writer.add_file_type({gguf.GGMLQuantizationType.F32: gguf.LlamaFileType.ALL_F32,
+                          gguf.GGMLQuantizationType.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0,
+                          gguf.GGMLQuantizationType.Q4_0: gguf.LlamaFileType.MOSTLY_Q4_0}[qtype])
     for hf_name, w in _tensors(arch, cfg, tensors):
         if arch == "bloom":  # the converter drops BLOOM's "transformer." prefix before mapping names
             hf_name = hf_name.removeprefix("transformer.")
@@ -193,8 +195,10 @@ def convert(directory, out_path, *, cfg, qtype: gguf.GGMLQuantizationType = gguf
         assert name is not None, f"llama.cpp's tensor map has no name for {hf_name}"
         if name in drop:
             continue
-        w = np.ascontiguousarray(w, np.float32)
-        if qtype != gguf.GGMLQuantizationType.F32 and w.ndim >= 2 and not name.endswith(("_norm.weight", "_inp.weight")):
+        w = np.ascontiguousarray(w.squeeze() if squeeze else w, np.float32)
+        block = gguf.GGML_QUANT_SIZES[qtype][0]
+        if (qtype != gguf.GGMLQuantizationType.F32 and w.ndim >= 2 and w.shape[-1] % block == 0
+                and not name.endswith(("_norm.weight", "_inp.weight"))):  # else F32, as llama.cpp falls back
             writer.add_tensor(name, gguf.quants.quantize(w, qtype), raw_dtype=qtype)
         else:
             writer.add_tensor(name, w)
