@@ -87,11 +87,12 @@ def word_level_tokenizer(vocab_size: int):
     return tokenizer
 
 
-def save_family(name: str, directory):
-    """Saves family `name`'s tiny model to `directory`; returns the torch model."""
+def save_family(name: str, directory, **overrides):
+    """Saves family `name`'s tiny model (config kwargs updated by `overrides`) to `directory`;
+    returns the torch model."""
     config_cls, model_cls, kwargs = FAMILIES[name]
     torch.manual_seed(0)
-    config = config_cls(**kwargs)
+    config = config_cls(**{**kwargs, **overrides})
     config.eos_token_id = None
     model = model_cls(config).eval().float()
     with torch.no_grad():
