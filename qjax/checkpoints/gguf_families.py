@@ -9,7 +9,8 @@ HF way (`hf_families`), so a family's parts and tensor layout are declared once.
   top / layer: (GGUF name, HF name) pairs; layer names follow `blk.{i}.` and the HF layer prefix;
     `{e}` in an HF name marks a stacked expert tensor (GGUF (n_expert, out, in)) that is split into
     one HF tensor per expert;
-  undo(hf_name, array, meta) -> the array as HF stored it.
+  undo(hf_name, array, meta) -> the array as HF stored it;
+  config_tensors: tensors that hold configuration (Phi-3's LongRoPE factors), read into the config.
 
 The converter's transforms undone here:
   llama (Llama, Mistral, Mixtral): Q/K rows permuted for llama.cpp's interleaved RoPE;
@@ -17,7 +18,11 @@ The converter's transforms undone here:
   gptneox, bloom: the fused qkv rows (per head [q, k, v]) regrouped to [all q | all k | all v];
   falcon: the same for its grouped layout (per KV head [q_0 .. q_{g-1}, k, v]);
   mamba: A_log stored as A = -exp(A_log); the depthwise conv (C, 1, k) squeezed to (C, k);
-  MoE (Mixtral, Qwen2/3-MoE, OLMoE): per-expert weights stacked as ffn_{gate,up,down}_exps.
+  MoE (Mixtral, Qwen2/3-MoE, OLMoE): per-expert weights stacked as ffn_{gate,up,down}_exps;
+  stablelm: StableLM 2's per-head q/k LayerNorms stacked as attn_{q,k}_norm (heads, head_dim);
+  phi3: LongRoPE's factors written as tensors rope_factors_{long,short} (read back into the config,
+    and then applied as transformers does: the long factors for sequences past the original context;
+    llama.cpp picks them by its context size instead).
 What GGUF does not store comes from llama.cpp's own rules for the architecture: the Gemma 2/3
 query scale (1/sqrt(head_dim), 1/sqrt(hidden/heads) for the 27B sizes), their sliding-window layer
 patterns (every 2nd / 6th layer global), Gemma 3's local RoPE base (10000, unscaled), the MoE
@@ -39,12 +44,14 @@ from qjax.checkpoints.errors import CheckpointError
 
 @dataclasses.dataclass(frozen=True)
 class Meta:
-    """A GGUF file's metadata (key -> value), its tensor names and shapes ((out, in) order), and its path."""
+    """A GGUF file's metadata (key -> value), its tensor names and shapes ((out, in) order), its path,
+    and a reader of the tensors that are configuration (LongRoPE factors)."""
 
     arch: str
     fields: dict
     shapes: dict
     source: str
+    read: Optional[Callable[[str], np.ndarray]] = None  # tensor name -> float32 values (config tensors)
 
     def get(self, key: str, default: Any = None) -> Any:
         """`{arch}.{key}` (or `key` itself when it starts with `general.` / `tokenizer.`)."""
@@ -171,6 +178,9 @@ _MIXTRAL_LAYER = _LLAMA_LAYER + (
     ("ffn_gate_inp.weight", "block_sparse_moe.gate.weight"),
     *((f"ffn_{p}_exps.weight", f"block_sparse_moe.experts.{{e}}.{w}.weight")
       for p, w in (("gate", "w1"), ("up", "w3"), ("down", "w2"))))
+# StableLM 2's q/k LayerNorms, one per head, stacked by the converter as (heads, head_dim)
+_STABLELM_LAYER = tuple(pair for pair in _LLAMA_LAYER if pair[0] not in ("attn_q_norm.weight", "attn_k_norm.weight")
+                        ) + tuple((f"attn_{p}_norm.weight", f"self_attn.{p}_layernorm.norms.{{e}}.weight") for p in "qk")
 _NEOX_LAYER = (*_pairs("attn_norm", "input_layernorm"), *_pairs("ffn_norm", "post_attention_layernorm"),
                *_pairs("attn_qkv", "attention.query_key_value"), *_pairs("attn_output", "attention.dense"),
                *_pairs("ffn_up", "mlp.dense_h_to_4h"), *_pairs("ffn_down", "mlp.dense_4h_to_h"))
@@ -210,10 +220,9 @@ def _attention_fields(meta: Meta) -> dict:
         out["rope_scaling"] = {"rope_type": "linear", "factor": float(meta.need("rope.scaling.factor"))}
     elif scaling not in (None, "none"):
         raise CheckpointError(f"{meta.source}: unsupported rope scaling type {scaling!r} (supported: linear)")
-    for name, what in (("rope_freqs.weight", "llama3-style RoPE frequency factors"),
-                       ("rope_factors_long.weight", "LongRoPE factors")):
-        if meta.has(name):
-            raise CheckpointError(f"{meta.source}: tensor {name} ({what}) is not supported")
+    if meta.has("rope_freqs.weight"):
+        raise CheckpointError(f"{meta.source}: tensor rope_freqs.weight (llama3-style RoPE frequency factors) "
+                              f"is not supported")
     return out
 
 
@@ -303,8 +312,17 @@ def _gemma3(meta: Meta) -> dict:
 
 
 def _phi3(meta: Meta) -> dict:
-    return {**_attention_fields(meta), "rms_norm_eps": meta.eps(), "architectures": ["Phi3ForCausalLM"],
-            "sliding_window": meta.get("attention.sliding_window") or None}
+    out = {**_attention_fields(meta), "rms_norm_eps": meta.eps(), "architectures": ["Phi3ForCausalLM"],
+           "sliding_window": meta.get("attention.sliding_window") or None}
+    if meta.has("rope_factors_long.weight"):  # LongRoPE: the factors are tensors, the rest metadata
+        original = int(meta.need("rope.scaling.original_context_length"))
+        out["rope_scaling"] = {
+            "rope_type": "longrope", "original_max_position_embeddings": original,
+            "factor": out["max_position_embeddings"] / original,
+            "attention_factor": float(meta.get("rope.scaling.attn_factor", 1.0)),
+            "long_factor": [float(f) for f in meta.read("rope_factors_long.weight")],
+            "short_factor": [float(f) for f in meta.read("rope_factors_short.weight")]}
+    return out
 
 
 def _stablelm(meta: Meta) -> dict:
@@ -357,6 +375,7 @@ class GGUFArch:
     hf_layer_prefix: str = "model.layers.{i}."
     undo: Callable[[str, np.ndarray, Meta], np.ndarray] = _no_undo
     layer_fn: Optional[Callable[[Meta], tuple]] = None  # a layer table that depends on the file
+    config_tensors: tuple = ()  # tensors read into the config (hf_config), not into params
 
     def layer_table(self, meta: Meta) -> tuple:
         return self.layer_fn(meta) if self.layer_fn else self.layer
@@ -383,8 +402,9 @@ ARCHITECTURES = {
     "gemma": GGUFArch(_gemma, _LLAMA_TOP, _LLAMA_LAYER, undo=_undo_gemma),
     "gemma2": GGUFArch(_gemma2, _LLAMA_TOP, _GEMMA2_LAYER, undo=_undo_gemma),
     "gemma3": GGUFArch(_gemma3, _LLAMA_TOP, _GEMMA2_LAYER, undo=_undo_gemma),
-    "phi3": GGUFArch(_phi3, _LLAMA_TOP, _PHI3_LAYER),
-    "stablelm": GGUFArch(_stablelm, _LLAMA_TOP, _LLAMA_LAYER),
+    "phi3": GGUFArch(_phi3, _LLAMA_TOP, _PHI3_LAYER,
+                     config_tensors=("rope_factors_long.weight", "rope_factors_short.weight")),
+    "stablelm": GGUFArch(_stablelm, _LLAMA_TOP, _STABLELM_LAYER),
     "gptneox": GGUFArch(_gptneox, (("token_embd.weight", "gpt_neox.embed_in.weight"),
                                    *_pairs("output_norm", "gpt_neox.final_layer_norm"),
                                    ("output.weight", "embed_out.weight")),

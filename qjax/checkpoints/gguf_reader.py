@@ -44,7 +44,9 @@ def metadata(reader, path: Path) -> Meta:
             continue  # vocabularies: large, and read by the tokenizer, not here
         fields[key] = field.contents()
     shapes = {t.name: tuple(int(s) for s in reversed(t.shape)) for t in reader.tensors}
-    return Meta(arch=fields.get("general.architecture"), fields=fields, shapes=shapes, source=str(path))
+    by_name = {t.name: t for t in reader.tensors}
+    return Meta(arch=fields.get("general.architecture"), fields=fields, shapes=shapes, source=str(path),
+                read=lambda name: _dequantize(by_name[name], path))
 
 
 def read_config(reader, path: Path):
@@ -89,6 +91,8 @@ def _read(path: Path):
     tensors: dict[str, np.ndarray] = {}
     origin: dict[str, str] = {}  # HF name -> GGUF name
     for tensor in reader.tensors:
+        if tensor.name in arch.config_tensors:
+            continue
         if tensor.name not in names:
             raise CheckpointError(f"{path}: tensor {tensor.name} is not part of the {meta.arch} layout qjax reads")
         hf, stacked = names[tensor.name]

@@ -9,12 +9,16 @@ Transforms per architecture (as the converter does them):
     copied from the embedding when the head is tied;
   falcon: fused qkv rows per KV group [q_0 .. q_{g-1}, k, v] -> [all q | all k | all v];
   qwen2moe / qwen3moe / olmoe: experts stacked (E, out, in);
-  mamba: A = -exp(A_log), conv1d (C, 1, k) -> (C, k), lm_head dropped when equal to the embedding.
+  mamba: A = -exp(A_log), conv1d (C, 1, k) -> (C, k), lm_head dropped when equal to the embedding;
+  stablelm: per-head q/k LayerNorms stacked (heads, head_dim);
+  phi3 LongRoPE: factors as tensors rope_factors_{long,short}, attn factor and original context as metadata.
+Quantized files keep norms and MoE routers in F32.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import gguf
@@ -112,6 +116,11 @@ def _metadata(writer: gguf.GGUFWriter, arch: str, cfg, raw: dict) -> None:
         w.add_sliding_window(cfg.sliding_window)
     if arch == "phi3" and cfg.sliding_window:
         w.add_sliding_window(cfg.sliding_window)
+    if arch == "phi3" and rope.get("rope_type") == "longrope":
+        original = rope.get("original_max_position_embeddings") or cfg.original_max_position_embeddings
+        scale = cfg.max_position_embeddings / original
+        w.add_rope_scaling_attn_factors(math.sqrt(1 + math.log(scale) / math.log(original)) if scale > 1 else 1.0)
+        w.add_rope_scaling_orig_ctx_len(original)
 
 
 def _tensors(arch: str, cfg, tensors: dict[str, np.ndarray]):
@@ -143,16 +152,23 @@ def _tensors(arch: str, cfg, tensors: dict[str, np.ndarray]):
             if name == "lm_head.weight" and np.array_equal(w, tensors["backbone.embeddings.weight"]):
                 continue
         parts = name.split(".")
-        if "experts" in parts and parts[parts.index("experts") + 1].isdigit():  # stack per layer and kind
-            e = parts.index("experts")
-            key = ".".join(parts[:e + 1] + parts[e + 2:])
-            stacked.setdefault(key, {})[int(parts[e + 1])] = w
-            if len(stacked[key]) == (getattr(cfg, "num_local_experts", None) or cfg.num_experts):
-                yield key, np.stack([stacked[key][i] for i in range(len(stacked[key]))])
+        group = next((i for i, p in enumerate(parts[:-1]) if p in ("experts", "norms") and parts[i + 1].isdigit()), None)
+        if group is not None:  # experts (MoE) and per-head norms (StableLM 2) stacked per layer and kind
+            key = ".".join(parts[:group] + parts[group + 2:]) if parts[group] == "norms" else ".".join(
+                parts[:group + 1] + parts[group + 2:])
+            count = ((heads if "q_layernorm" in name else kv) if parts[group] == "norms"
+                     else getattr(cfg, "num_local_experts", None) or cfg.num_experts)
+            stacked.setdefault(key, {})[int(parts[group + 1])] = w
+            if len(stacked[key]) == count:
+                yield key, np.stack([stacked[key][i] for i in range(count)])
             continue
         yield name, w
     if arch == "bloom" and "lm_head.weight" not in tensors:
         yield "lm_head.weight", tensors["transformer.word_embeddings.weight"]
+    rope = _rope(cfg)
+    if arch == "phi3" and rope.get("rope_type") == "longrope":
+        yield "rope_factors_long", np.asarray(rope["long_factor"], np.float32)
+        yield "rope_factors_short", np.asarray(rope["short_factor"], np.float32)
 
 
 def convert(directory, out_path, *, cfg, qtype: gguf.GGMLQuantizationType = gguf.GGMLQuantizationType.F32,
@@ -172,12 +188,13 @@ def convert(directory, out_path, *, cfg, qtype: gguf.GGMLQuantizationType = gguf
     for hf_name, w in _tensors(arch, cfg, tensors):
         if arch == "bloom":  # the converter drops BLOOM's "transformer." prefix before mapping names
             hf_name = hf_name.removeprefix("transformer.")
-        name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        name = hf_name + ".weight" if hf_name.startswith("rope_factors") else names.get_name(
+            hf_name, try_suffixes=(".weight", ".bias"))
         assert name is not None, f"llama.cpp's tensor map has no name for {hf_name}"
         if name in drop:
             continue
         w = np.ascontiguousarray(w, np.float32)
-        if qtype != gguf.GGMLQuantizationType.F32 and w.ndim >= 2 and ".ffn_gate_inp" not in name:  # routers stay F32
+        if qtype != gguf.GGMLQuantizationType.F32 and w.ndim >= 2 and not name.endswith(("_norm.weight", "_inp.weight")):
             writer.add_tensor(name, gguf.quants.quantize(w, qtype), raw_dtype=qtype)
         else:
             writer.add_tensor(name, w)

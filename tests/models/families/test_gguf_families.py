@@ -26,12 +26,12 @@ GGUF_FAMILIES = {
     "mixtral": {}, "qwen3": {}, "gemma": {}, "gemma2": dict(query_pre_attn_scalar=16),
     "gemma3": dict(query_pre_attn_scalar=16, num_hidden_layers=6, layer_types=None), "phi3": {}, "stablelm": {},
     "gpt_neox": {}, "falcon": {}, "falcon_new": dict(bias=False), "bloom": {}, "qwen2_moe": {}, "qwen3_moe": {},
-    "olmoe": {}, "mamba": {},
+    "olmoe": {}, "mamba": {}, "stablelm_qk_parallel": {}, "phi3_longrope": {},
 }
 # default suite: each of the converter's transforms once (Q/K permutation + stacked experts, the
 # Gemma norm shift + soft-capping + sliding layers, per-head and grouped fused qkv + ALiBi, shared
-# experts, Mamba's A and conv); the rest under -m slow
-FAST = ("mixtral", "gemma2", "bloom", "falcon_new", "qwen2_moe", "mamba")
+# experts, Mamba's A and conv, stacked per-head q/k norms, LongRoPE factor tensors); the rest under -m slow
+FAST = ("mixtral", "gemma2", "bloom", "falcon_new", "qwen2_moe", "mamba", "stablelm_qk_parallel", "phi3_longrope")
 
 
 @pytest.fixture(scope="module")
@@ -58,14 +58,15 @@ def _tokens():
 def test_gguf_logits_match_transformers(converted, name):
     directory, model, path = converted(name)
     config, params = load_gguf(path)
-    tokens = _tokens()
+    tokens = _tokens() if name != "phi3_longrope" else np.tile(_tokens(), 2)  # 24 tokens: LongRoPE's long factors
     with torch.no_grad():
         expected = model(torch.from_numpy(tokens).long()).logits.numpy()
     logits, _ = forward(params, tokens, config)
     np.testing.assert_allclose(np.asarray(logits), expected, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["bloom", "falcon_new", "gemma2", "mamba", "mixtral", "qwen2_moe"])
+@pytest.mark.parametrize("name", ["bloom", "falcon_new", "gemma2", "mamba", "mixtral", "qwen2_moe",
+                                  "stablelm_qk_parallel"])
 def test_gguf_rebuilds_the_hf_tensors(converted, name):
     """Every converter transform undone: the HF tensors read back from the GGUF equal the saved
     safetensors (bit for bit, except Gemma's norms and Mamba's A, which pass through + 1 / -exp)."""
