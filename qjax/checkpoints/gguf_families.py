@@ -170,7 +170,8 @@ _LLAMA_ATTN = (*_pairs("attn_norm", "input_layernorm"),
 _DENSE_MLP = tuple((f"ffn_{p}.weight", f"mlp.{p}_proj.weight") for p in ("gate", "up", "down"))
 _LLAMA_LAYER = _LLAMA_ATTN + (*_pairs("ffn_norm", "post_attention_layernorm"),) + _DENSE_MLP
 _GEMMA2_LAYER = _LLAMA_ATTN + _DENSE_MLP + (
-    ("post_attention_norm.weight", "post_attention_layernorm.weight"), ("ffn_norm.weight", "pre_feedforward_layernorm.weight"),
+    ("post_attention_norm.weight", "post_attention_layernorm.weight"),
+    ("ffn_norm.weight", "pre_feedforward_layernorm.weight"),
     ("post_ffw_norm.weight", "post_feedforward_layernorm.weight"))
 _PHI3_LAYER = _LLAMA_ATTN + (("ffn_norm.weight", "post_attention_layernorm.weight"),
                              ("ffn_up.weight", "mlp.gate_up_proj.weight"), ("ffn_down.weight", "mlp.down_proj.weight"))
@@ -184,8 +185,9 @@ _MIXTRAL_LAYER = _LLAMA_LAYER + (
     *((f"ffn_{p}_exps.weight", f"block_sparse_moe.experts.{{e}}.{w}.weight")
       for p, w in (("gate", "w1"), ("up", "w3"), ("down", "w2"))))
 # StableLM 2's q/k LayerNorms, one per head, stacked by the converter as (heads, head_dim)
-_STABLELM_LAYER = tuple(pair for pair in _LLAMA_LAYER if pair[0] not in ("attn_q_norm.weight", "attn_k_norm.weight")
-                        ) + tuple((f"attn_{p}_norm.weight", f"self_attn.{p}_layernorm.norms.{{e}}.weight") for p in "qk")
+_STABLELM_LAYER = tuple(
+    pair for pair in _LLAMA_LAYER if pair[0] not in ("attn_q_norm.weight", "attn_k_norm.weight")) + tuple(
+    (f"attn_{p}_norm.weight", f"self_attn.{p}_layernorm.norms.{{e}}.weight") for p in "qk")
 _NEOX_LAYER = (*_pairs("attn_norm", "input_layernorm"), *_pairs("ffn_norm", "post_attention_layernorm"),
                *_pairs("attn_qkv", "attention.query_key_value"), *_pairs("attn_output", "attention.dense"),
                *_pairs("ffn_up", "mlp.dense_h_to_4h"), *_pairs("ffn_down", "mlp.dense_4h_to_h"))

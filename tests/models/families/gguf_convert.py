@@ -152,7 +152,8 @@ def _tensors(arch: str, cfg, tensors: dict[str, np.ndarray]):
             if name == "lm_head.weight" and np.array_equal(w, tensors["backbone.embeddings.weight"]):
                 continue
         parts = name.split(".")
-        group = next((i for i, p in enumerate(parts[:-1]) if p in ("experts", "norms") and parts[i + 1].isdigit()), None)
+        group = next((i for i, p in enumerate(parts[:-1])
+                      if p in ("experts", "norms") and parts[i + 1].isdigit()), None)
         if group is not None:  # experts (MoE) and per-head norms (StableLM 2) stacked per layer and kind
             key = ".".join(parts[:group] + parts[group + 2:]) if parts[group] == "norms" else ".".join(
                 parts[:group + 1] + parts[group + 2:])

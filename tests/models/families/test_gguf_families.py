@@ -6,13 +6,16 @@ architecture and so no GGUF form."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import gguf
+import jax
 import numpy as np
 import pytest
 import torch
 from safetensors.numpy import load_file
 
-from qjax.checkpoints import CheckpointError, load_gguf
+from qjax.checkpoints import CheckpointError, load_gguf, load_hf_dir
 from qjax.checkpoints.gguf_reader import hf_checkpoint
 from qjax.models import forward
 
@@ -65,18 +68,38 @@ def test_gguf_logits_match_transformers(converted, name):
     np.testing.assert_allclose(np.asarray(logits), expected, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["bloom", "falcon_new", "gemma2", "mamba", "mixtral", "qwen2_moe",
-                                  "stablelm_qk_parallel"])
+@pytest.mark.parametrize("name", [n if n in FAST else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in sorted(GGUF_FAMILIES)])
 def test_gguf_rebuilds_the_hf_tensors(converted, name):
     """Every converter transform undone: the HF tensors read back from the GGUF equal the saved
-    safetensors (bit for bit, except Gemma's norms and Mamba's A, which pass through + 1 / -exp)."""
+    safetensors (to float32 rounding of Gemma's norm + 1 and Mamba's -exp), and the params equal
+    those the HF reader makes of the saved directory (the same layout, the same values)."""
     directory, _, path = converted(name)
     _, tensors = hf_checkpoint(path)
     original = load_file(str(directory / "model.safetensors"))
-    tied_copies = {"lm_head.weight"} - set(original)  # BLOOM's converter writes the tied head out
-    assert set(tensors) - tied_copies == set(original)
+    tied_copies = set(tensors) - set(original)  # BLOOM's converter writes the tied head out
+    assert tied_copies <= {"lm_head.weight"} and set(original) <= set(tensors)
     for key, value in original.items():
         np.testing.assert_allclose(tensors[key], value, rtol=1e-6, atol=1e-6, err_msg=key)
+    hf_config, hf_params = load_hf_dir(directory)
+    config, params = load_gguf(path)
+    if tied_copies:  # the GGUF holds the head the HF checkpoint ties to the embedding
+        assert hf_config.tie_word_embeddings and not config.tie_word_embeddings
+        np.testing.assert_array_equal(params.pop("lm_head")["kernel"], np.asarray(hf_params["embed"]["embedding"]).T)
+        config = dataclasses.replace(config, tie_word_embeddings=True)
+    if getattr(config, "rope_scaling", None) and hf_config.rope_scaling:  # LongRoPE's attn factor: float32
+        assert config.rope_scaling.attention_factor == pytest.approx(hf_config.rope_scaling.attention_factor, rel=1e-6)
+        config = dataclasses.replace(config, rope_scaling=dataclasses.replace(
+            config.rope_scaling, attention_factor=hf_config.rope_scaling.attention_factor))
+    # the same config but for what this GGUF does not carry (token ids: no tokenizer written; Mamba's
+    # context: the converter writes 2**20) or carries as float32 (eps)
+    differ = {f.name for f in dataclasses.fields(config) if getattr(config, f.name) != getattr(hf_config, f.name)}
+    assert differ <= {"bos_token_id", "eos_token_id", "max_position_embeddings", "rms_norm_eps"}, differ
+    assert config.rms_norm_eps == pytest.approx(hf_config.rms_norm_eps, rel=1e-6)
+    flat, hf_flat = (dict(jax.tree_util.tree_leaves_with_path(p)) for p in (params, hf_params))
+    assert flat.keys() == hf_flat.keys()
+    for key, value in hf_flat.items():
+        np.testing.assert_allclose(flat[key], value, rtol=1e-6, atol=1e-6, err_msg=jax.tree_util.keystr(key))
 
 
 @pytest.mark.parametrize("name, qtype", [("qwen3", gguf.GGMLQuantizationType.Q8_0),
