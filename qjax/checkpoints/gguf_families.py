@@ -18,7 +18,8 @@ The converter's transforms undone here:
   gptneox, bloom: the fused qkv rows (per head [q, k, v]) regrouped to [all q | all k | all v];
   falcon: the same for its grouped layout (per KV head [q_0 .. q_{g-1}, k, v]);
   mamba: A_log stored as A = -exp(A_log); the depthwise conv (C, 1, k) squeezed to (C, k);
-  MoE (Mixtral, Qwen2/3-MoE, OLMoE): per-expert weights stacked as ffn_{gate,up,down}_exps;
+  MoE (Mixtral, Qwen2/3-MoE, OLMoE): per-expert weights stacked as ffn_{gate,up,down}_exps (Mixtral
+    files from before April 2024: one tensor per expert, ffn_{gate,up,down}.{e});
   stablelm: StableLM 2's per-head q/k LayerNorms stacked as attn_{q,k}_norm (heads, head_dim);
   phi3: LongRoPE's factors written as tensors rope_factors_{long,short} (read back into the config,
     and then applied as transformers does: the long factors for sequences past the original context;
@@ -383,6 +384,7 @@ class GGUFArch:
     undo: Callable[[str, np.ndarray, Meta], np.ndarray] = _no_undo
     layer_fn: Optional[Callable[[Meta], tuple]] = None  # a layer table that depends on the file
     config_tensors: tuple = ()  # tensors read into the config (hf_config), not into params
+    per_expert: tuple = ()  # (GGUF, HF) layer names with {e}: one tensor per expert (older files)
 
     def layer_table(self, meta: Meta) -> tuple:
         return self.layer_fn(meta) if self.layer_fn else self.layer
@@ -399,7 +401,9 @@ _BLOOM_TOP = (("token_embd.weight", "transformer.word_embeddings.weight"),
               *_pairs("output_norm", "transformer.ln_f"), ("output.weight", "lm_head.weight"))
 
 ARCHITECTURES = {
-    "llama": GGUFArch(_llama, _LLAMA_TOP, _MIXTRAL_LAYER, undo=_undo_llama),
+    "llama": GGUFArch(_llama, _LLAMA_TOP, _MIXTRAL_LAYER, undo=_undo_llama, per_expert=tuple(
+        (f"ffn_{p}.{{e}}.weight", f"block_sparse_moe.experts.{{e}}.{w}.weight")
+        for p, w in (("gate", "w1"), ("up", "w3"), ("down", "w2")))),
     "mistral": GGUFArch(_llama, _LLAMA_TOP, _LLAMA_LAYER, undo=_undo_llama),
     "qwen2": GGUFArch(_qwen("Qwen2ForCausalLM"), _LLAMA_TOP, _LLAMA_LAYER),
     "qwen3": GGUFArch(_qwen("Qwen3ForCausalLM"), _LLAMA_TOP, _LLAMA_LAYER),
@@ -439,8 +443,12 @@ def hf_names(arch: GGUFArch, meta: Meta) -> dict[str, tuple[str, bool]]:
     """GGUF tensor name -> (HF name, stacked experts) for every tensor name this file may hold."""
     out = {g: (h, False) for g, h in arch.top}
     table = arch.layer_table(meta)
+    experts = int(meta.get("expert_count", 0) or 0)
     for i in range(meta.num_layers):
         prefix = arch.hf_layer_prefix.format(i=i)
         for g, h in table:
             out[f"blk.{i}.{g}"] = (prefix + h, "{e}" in h)
+        for g, h in arch.per_expert:
+            for e in range(experts):
+                out[f"blk.{i}.{g.format(e=e)}"] = (prefix + h.format(e=e), False)
     return out

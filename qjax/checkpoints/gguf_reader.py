@@ -117,17 +117,12 @@ def _gguf_namer(raw: dict, path: Path, names: dict[str, tuple[str, bool]]):
     stacked = [(re.compile(re.escape(hf).replace(re.escape("{e}"), r"(\d+)")), g)
                for g, (hf, s) in names.items() if s]
 
-    def gguf_name(hf: str):
-        if hf in direct:
-            return direct[hf]
-        for pattern, g in stacked:
-            m = pattern.fullmatch(hf)
-            if m:
-                return f"{g}[{m.group(1)}]"
-        return None
+    def gguf_names(hf: str) -> list:
+        found = [f"{g}[{m.group(1)}]" for pattern, g in stacked if (m := pattern.fullmatch(hf))]
+        return found + ([direct[hf]] if hf in direct else [])
 
     def name_of(qjax_path: str) -> str:
-        found = [g for g in map(gguf_name, family.hf_name(qjax_path).split(" or ")) if g]
+        found = [g for hf in family.hf_name(qjax_path).split(" or ") for g in gguf_names(hf)]
         return " or ".join(dict.fromkeys(found)) or qjax_path
 
     return name_of

@@ -173,11 +173,12 @@ def _tensors(arch: str, cfg, tensors: dict[str, np.ndarray]):
 
 
 def convert(directory, out_path, *, cfg, qtype: gguf.GGMLQuantizationType = gguf.GGMLQuantizationType.F32,
-            drop: tuple = (), squeeze: bool = False) -> Path:
+            drop: tuple = (), squeeze: bool = False, per_expert: bool = False) -> Path:
     """Writes `directory`'s checkpoint (HF config object `cfg`) as a GGUF file at `out_path`;
     2-D and 3-D weights as `qtype` (norms, biases and 1-D tensors stay F32, as the converter keeps
     them); GGUF tensors named in `drop` are left out; `squeeze`: size-1 dims dropped, as older
-    converters wrote every tensor."""
+    converters wrote every tensor; `per_expert`: one tensor per expert `blk.{i}.ffn_{gate,up,down}.{e}`, as
+    llama.cpp wrote Mixtral before stacking them (April 2024)."""
     directory, out_path = Path(directory), Path(out_path)
     raw = json.loads((directory / "config.json").read_text())
     arch = ARCH[raw["architectures"][0]]
@@ -189,6 +190,12 @@ def convert(directory, out_path, *, cfg, qtype: gguf.GGMLQuantizationType = gguf
                           gguf.GGMLQuantizationType.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0,
                           gguf.GGMLQuantizationType.Q4_0: gguf.LlamaFileType.MOSTLY_Q4_0}[qtype])
     for hf_name, w in _tensors(arch, cfg, tensors):
+        if per_expert and ".experts." in hf_name:
+            kind = {"w1": "gate", "w3": "up", "w2": "down"}[hf_name.split(".")[-2]]
+            layer = hf_name.split(".")[2]
+            for e, we in enumerate(w):
+                writer.add_tensor(f"blk.{layer}.ffn_{kind}.{e}.weight", np.ascontiguousarray(we, np.float32))
+            continue
         if arch == "bloom":  # the converter drops BLOOM's "transformer." prefix before mapping names
             hf_name = hf_name.removeprefix("transformer.")
         name = hf_name + ".weight" if hf_name.startswith("rope_factors") else names.get_name(

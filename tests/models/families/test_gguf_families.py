@@ -140,6 +140,19 @@ def test_older_converters_squeezed_tensors(converted, tmp_path):
     np.testing.assert_allclose(np.asarray(forward(params, tokens, config)[0]), expected, atol=1e-4, rtol=0)
 
 
+def test_mixtral_with_one_tensor_per_expert(converted, tmp_path):
+    """Mixtral GGUFs from before April 2024 hold blk.{i}.ffn_{gate,up,down}.{e}.weight, one per expert."""
+    directory, model, _ = converted("mixtral")
+    path = convert(directory, tmp_path / "per_expert.gguf", cfg=model.config, per_expert=True)
+    names = {t.name for t in gguf.GGUFReader(str(path)).tensors}
+    assert "blk.0.ffn_up.3.weight" in names and "blk.0.ffn_up_exps.weight" not in names
+    config, params = load_gguf(path)
+    tokens = _tokens()
+    with torch.no_grad():
+        expected = model(torch.from_numpy(tokens).long()).logits.numpy()
+    np.testing.assert_allclose(np.asarray(forward(params, tokens, config)[0]), expected, atol=1e-4, rtol=0)
+
+
 def test_unknown_architecture_is_named(tmp_path):
     path = tmp_path / "opt.gguf"
     writer = gguf.GGUFWriter(str(path), "opt")
@@ -160,7 +173,7 @@ def test_missing_tensor_is_named(converted, tmp_path, name, victim):
     directory, model, _ = converted(name)
     path = convert(directory, tmp_path / "broken.gguf", cfg=model.config, drop=(victim,))
     with pytest.raises(CheckpointError, match=rf"broken.gguf: tensor for layers_\d/\S+ is missing "
-                                              rf"\(checkpoint tensor {victim.replace('.', '[.]')}(\[0\])?\)"):
+                                              rf"\(checkpoint tensor {victim.replace('.', '[.]')}(\[0\])?( or \S+)?\)"):
         load_gguf(path)
 
 
