@@ -1,31 +1,26 @@
-"""GGUF (llama.cpp) files -> (ModelConfig, params) with weights dequantized to float32."""
+"""GGUF (llama.cpp) files -> (config, params) with weights dequantized to float32.
+
+A GGUF file is read back into the Hugging Face checkpoint it was converted from (`gguf_families`:
+metadata -> config.json fields, tensors -> HF tensors with llama.cpp's converter transforms undone),
+and that checkpoint is read the HF way (`hf_reader.config_from_raw`, `hf_reader.params_from_tensors`),
+so every family has one declaration of its parts and tensor layout. Architectures: see
+`gguf_families.ARCHITECTURES` (Llama / Mistral / Mixtral, Qwen2/3, Qwen2/3-MoE, OLMoE, Gemma 1/2/3,
+Phi-3, StableLM, GPT-NeoX, Falcon, BLOOM, Mamba).
+"""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 
-from qjax.checkpoints.convert import build_params
+from qjax.checkpoints.convert import expected_shapes
 from qjax.checkpoints.errors import CheckpointError
-from qjax.models.config import ModelConfig, RopeScaling
+from qjax.checkpoints.gguf_families import Meta, arch_of, hf_names, unpermute_rope_rows
+from qjax.checkpoints.hf_reader import config_from_raw, family_of, map_tensor_names, params_from_tensors
 
-# GGUF general.architecture -> qjax architecture. Mistral GGUFs are written as "llama".
-_ARCHITECTURES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2"}
-_LAYER_TENSORS = {
-    "attn_norm.weight": "input_norm/scale",
-    "ffn_norm.weight": "post_attn_norm/scale",
-    "attn_q.weight": "attn/q_proj/kernel",
-    "attn_k.weight": "attn/k_proj/kernel",
-    "attn_v.weight": "attn/v_proj/kernel",
-    "attn_output.weight": "attn/o_proj/kernel",
-    "attn_q.bias": "attn/q_proj/bias",
-    "attn_k.bias": "attn/k_proj/bias",
-    "attn_v.bias": "attn/v_proj/bias",
-    "ffn_gate.weight": "mlp/gate_proj/kernel",
-    "ffn_up.weight": "mlp/up_proj/kernel",
-    "ffn_down.weight": "mlp/down_proj/kernel",
-}
+__all__ = ["open_gguf", "read_config", "hf_checkpoint", "load_gguf", "unpermute_rope_rows"]
 
 
 def open_gguf(path: str | Path):
@@ -41,66 +36,23 @@ def open_gguf(path: str | Path):
         raise CheckpointError(f"{path}: not a readable GGUF file (truncated or corrupt?): {e}") from e
 
 
-def _field(reader, key, default=None):
-    field = reader.fields.get(key)
-    if field is None:
-        return default
-    value = field.contents()
-    return value
+def metadata(reader, path: Path) -> Meta:
+    """The file's metadata and tensor shapes ((out, in) order, as torch holds them)."""
+    fields = {}
+    for key, field in reader.fields.items():
+        if key.startswith("tokenizer.ggml.") and not key.endswith("_token_id"):
+            continue  # vocabularies: large, and read by the tokenizer, not here
+        fields[key] = field.contents()
+    shapes = {t.name: tuple(int(s) for s in reversed(t.shape)) for t in reader.tensors}
+    by_name = {t.name: t for t in reader.tensors}
+    return Meta(arch=fields.get("general.architecture"), fields=fields, shapes=shapes, source=str(path),
+                read=lambda name: _dequantize(by_name[name], path))
 
 
-def read_config(reader, path: Path) -> ModelConfig:
-    arch = _field(reader, "general.architecture")
-    if arch not in _ARCHITECTURES:
-        raise CheckpointError(
-            f"{path}: unknown architecture {arch!r}; supported GGUF architectures: {sorted(_ARCHITECTURES)}")
-
-    def need(key):
-        value = _field(reader, f"{arch}.{key}")
-        if value is None:
-            raise CheckpointError(f"{path}: GGUF metadata {arch}.{key} is missing")
-        return value
-
-    hidden = int(need("embedding_length"))
-    heads = int(need("attention.head_count"))
-    head_dim = int(_field(reader, f"{arch}.attention.key_length", 0) or
-                   _field(reader, f"{arch}.rope.dimension_count", 0) or hidden // heads)
-    tokens = _field(reader, "tokenizer.ggml.tokens")
-    vocab = int(_field(reader, f"{arch}.vocab_size", 0) or (len(tokens) if tokens else 0))
-    names = {t.name for t in reader.tensors}
-    scaling = None
-    scaling_type = _field(reader, f"{arch}.rope.scaling.type")
-    if scaling_type in ("linear",):
-        scaling = RopeScaling("linear", float(_field(reader, f"{arch}.rope.scaling.factor")))
-    elif scaling_type not in (None, "none"):
-        raise CheckpointError(f"{path}: unsupported rope scaling type {scaling_type!r}")
-    return ModelConfig(
-        architecture=_ARCHITECTURES[arch],
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=int(need("feed_forward_length")),
-        num_layers=int(need("block_count")),
-        num_heads=heads,
-        num_kv_heads=int(_field(reader, f"{arch}.attention.head_count_kv", heads)),
-        head_dim=head_dim,
-        rms_norm_eps=float(need("attention.layer_norm_rms_epsilon")),
-        rope_theta=float(_field(reader, f"{arch}.rope.freq_base", 10000.0)),
-        rope_scaling=scaling,
-        max_position_embeddings=int(_field(reader, f"{arch}.context_length", 2048)),
-        tie_word_embeddings="output.weight" not in names,
-        attention_bias="blk.0.attn_q.bias" in names,
-        bos_token_id=_field(reader, "tokenizer.ggml.bos_token_id"),
-        eos_token_id=_field(reader, "tokenizer.ggml.eos_token_id"),
-    )
-
-
-def unpermute_rope_rows(w: np.ndarray, n_head: int) -> np.ndarray:
-    """Undoes llama.cpp's convert-time permutation of Q/K rows (interleaved -> HF rotate-half).
-
-    w: (n_head * head_dim, in) in torch (out, in) layout.
-    """
-    rows = w.shape[0]
-    return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+def read_config(reader, path: Path):
+    """The ModelConfig (MambaConfig for mamba) of an open GGUF file."""
+    meta = metadata(reader, path)
+    return config_from_raw(arch_of(meta.arch, str(path)).hf_config(meta), path)
 
 
 def _dequantize(tensor, path: Path) -> np.ndarray:
@@ -119,32 +71,83 @@ def _dequantize(tensor, path: Path) -> np.ndarray:
     return np.asarray(data, np.float32).reshape(shape)
 
 
-def load_gguf(path: str | Path) -> tuple[ModelConfig, dict]:
-    """Reads a llama-family GGUF: config from metadata, every tensor dequantized to float32.
+def hf_checkpoint(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """(config.json fields, HF tensors as float32 (out, in) arrays) of a GGUF file: the checkpoint
+    llama.cpp's converter made it from, with its transforms undone (`gguf_families`).
 
-    Returns params in the qjax layout (see `qjax.models.llama`). Q/K rows are un-permuted for
-    llama-architecture files (llama.cpp permutes them for its interleaved RoPE; qwen2 is not permuted).
+    Raises CheckpointError naming the file and the tensor for an unknown architecture, a tensor the
+    architecture does not have, or a tensor that cannot be read or reshaped.
+    """
+    raw, tensors, _, _ = _read(Path(path))
+    return raw, tensors
+
+
+def _read(path: Path):
+    reader = open_gguf(path)
+    meta = metadata(reader, path)
+    arch = arch_of(meta.arch, str(path))
+    raw = arch.hf_config(meta)
+    names = hf_names(arch, meta)
+    tensors: dict[str, np.ndarray] = {}
+    origin: dict[str, str] = {}  # HF name -> GGUF name
+    for tensor in reader.tensors:
+        if tensor.name in arch.config_tensors:
+            continue
+        if tensor.name not in names:
+            raise CheckpointError(f"{path}: tensor {tensor.name} is not part of the {meta.arch} layout qjax reads")
+        hf, stacked = names[tensor.name]
+        w = _dequantize(tensor, path)
+        parts = [(hf.format(e=e), w[e], f"{tensor.name}[{e}]") for e in range(w.shape[0])] if stacked else [
+            (hf, w, tensor.name)]
+        for name, value, gguf_name in parts:
+            try:
+                tensors[name] = np.asarray(arch.undo(name, value, meta), np.float32)
+            except ValueError as e:
+                raise CheckpointError(f"{path}: tensor {gguf_name} has shape {tuple(value.shape)}, which does not fit "
+                                      f"the metadata: {e}") from e
+            origin[name] = gguf_name
+    return raw, tensors, names, origin
+
+
+def _gguf_namer(raw: dict, path: Path, names: dict[str, tuple[str, bool]]):
+    """qjax path -> the GGUF tensor(s) that hold it (`blk.0.ffn_up_exps.weight[3]`: expert 3 of a
+    stacked tensor), for error messages."""
+    family = family_of(raw, path)
+    direct = {hf: g for g, (hf, stacked) in names.items() if not stacked}
+    stacked = [(re.compile(re.escape(hf).replace(re.escape("{e}"), r"(\d+)")), g)
+               for g, (hf, s) in names.items() if s]
+
+    def gguf_name(hf: str):
+        if hf in direct:
+            return direct[hf]
+        for pattern, g in stacked:
+            m = pattern.fullmatch(hf)
+            if m:
+                return f"{g}[{m.group(1)}]"
+        return None
+
+    def name_of(qjax_path: str) -> str:
+        found = [g for g in map(gguf_name, family.hf_name(qjax_path).split(" or ")) if g]
+        return " or ".join(dict.fromkeys(found)) or qjax_path
+
+    return name_of
+
+
+def load_gguf(path: str | Path) -> tuple:
+    """(config, params) of a GGUF file: config from its metadata, every tensor dequantized to
+    float32 and placed in the qjax layout of its family (`qjax.models.decoder`, `qjax.models.mamba`).
+
+    Raises CheckpointError naming the file and the problem: unreadable file, unknown architecture,
+    missing metadata, a missing tensor or one whose shape disagrees with the metadata (named by
+    its GGUF name).
     """
     path = Path(path)
-    reader = open_gguf(path)
-    config = read_config(reader, path)
-    arch = _field(reader, "general.architecture")
-    flat: dict[str, np.ndarray] = {}
-    for tensor in reader.tensors:
-        name = tensor.name
-        if name == "token_embd.weight":
-            flat["embed/embedding"] = _dequantize(tensor, path)
-        elif name == "output_norm.weight":
-            flat["final_norm/scale"] = _dequantize(tensor, path)
-        elif name == "output.weight":
-            flat["lm_head/kernel"] = _dequantize(tensor, path).T
-        elif name.startswith("blk."):
-            _, layer, rest = name.split(".", 2)
-            if rest not in _LAYER_TENSORS:
-                continue
-            w = _dequantize(tensor, path)
-            if arch == "llama" and rest.startswith(("attn_q.", "attn_k.")):
-                n = config.num_heads if rest.startswith("attn_q.") else config.num_kv_heads
-                w = unpermute_rope_rows(w, n)
-            flat[f"layers_{layer}/{_LAYER_TENSORS[rest]}"] = w.T if w.ndim == 2 else w
-    return config, build_params(flat, config, str(path))
+    raw, tensors, names, origin = _read(path)
+    config = config_from_raw(raw, path)
+    expected = expected_shapes(config)
+    used = map_tensor_names(tensors, family_of(raw, path), path)
+    for name in tensors:  # a tensor the config leaves unused (a q/k norm of a model without them) is an error
+        if used.get(name) not in expected:
+            raise CheckpointError(f"{path}: tensor {origin[name]} is not used by the "
+                                  f"{raw['architectures'][0]} model its metadata describes")
+    return config, params_from_tensors(tensors, raw, config, str(path), _gguf_namer(raw, path, names))

@@ -10,6 +10,7 @@ grouped per KV head (GPT-NeoX, BLOOM, Falcon) are reordered to [q | k | v] rows 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from pathlib import Path
 from typing import Callable, Optional
@@ -42,7 +43,9 @@ class Family:
     ModelConfig fields that are not read the common way (`common_fields`), or that override them.
     prefixes: stripped from tensor names (first match). layers: the container of the blocks
     ("layers", "h"). top, layer: (HF pattern, qjax path) pairs. qkv: raw config -> the row reorder
-    of fused q/k/v tensors (None: already [q | k | v]).
+    of fused q/k/v tensors (None: already [q | k | v]). text_config: for a multimodal checkpoint,
+    the config key of its text model (`model_config`); only the text model is read, tensors outside
+    the prefixes (a vision tower, a multimodal projector) are ignored.
     """
 
     architecture: str
@@ -53,6 +56,18 @@ class Family:
     layers: str = "layers"
     qkv: Optional[Callable[[dict, dict], Callable[[np.ndarray], np.ndarray]]] = None
     make_config: Optional[Callable[[dict, Path], object]] = None  # a config other than ModelConfig
+    text_config: Optional[str] = None  # the key of a nested text-model config (multimodal checkpoints)
+
+    def model_config(self, raw: dict) -> dict:
+        """The config.json dict that describes the decoder: `raw` itself, or for a multimodal
+        checkpoint its `text_config` (with the top level's architectures and tie_word_embeddings)."""
+        if self.text_config is None:
+            return raw
+        text = dict(raw.get(self.text_config) or {})
+        for key in ("architectures", "tie_word_embeddings"):
+            if key in raw:
+                text[key] = raw[key]
+        return text
 
     def tensor_fixes(self, raw: dict, fields: dict) -> Callable[[str], Optional[Callable[[np.ndarray], np.ndarray]]]:
         """qjax path -> the change a stored tensor needs before the (out, in) -> (in, out) transpose
@@ -99,11 +114,13 @@ def rope_fields(raw: dict, path: Path, *, parameters: Optional[dict] = None) -> 
     scaling_raw = raw.get("rope_scaling") or params
     theta = raw.get("rope_theta") or params.get("rope_theta") or raw.get("rotary_emb_base") or 10000.0
     fraction = params.get("partial_rotary_factor") or raw.get("partial_rotary_factor") or raw.get("rotary_pct") or 1.0
-    return {"rope_theta": float(theta), "rope_scaling": rope_scaling(scaling_raw, path),
+    return {"rope_theta": float(theta), "rope_scaling": rope_scaling(scaling_raw, path, raw),
             "rotary_fraction": float(fraction)}
 
 
-def rope_scaling(raw: dict | None, path: Path) -> RopeScaling | None:
+def rope_scaling(raw: dict | None, path: Path, config: Optional[dict] = None) -> RopeScaling | None:
+    """The RopeScaling of a `rope_scaling` / `rope_parameters` dict (None: plain RoPE); config: the
+    whole config.json, where longrope's max / original_max_position_embeddings may sit."""
     if not raw:
         return None
     kind = raw.get("rope_type", raw.get("type"))
@@ -114,7 +131,29 @@ def rope_scaling(raw: dict | None, path: Path) -> RopeScaling | None:
     if kind == "llama3":
         return RopeScaling("llama3", float(raw["factor"]), float(raw["low_freq_factor"]),
                            float(raw["high_freq_factor"]), int(raw["original_max_position_embeddings"]))
-    raise CheckpointError(f"{path}: unsupported rope_scaling type {kind!r} (supported: linear, llama3)")
+    if kind == "longrope":
+        return longrope_scaling(raw, config or {}, path)
+    raise CheckpointError(f"{path}: unsupported rope_scaling type {kind!r} (supported: linear, llama3, longrope)")
+
+
+def longrope_scaling(raw: dict, config: dict, path: Path) -> RopeScaling:
+    """LongRoPE (Phi-3 128k, Phi-3.5) as transformers' `_compute_longrope_parameters` reads it:
+    original_max_position_embeddings from the scaling dict or the config; factor from the dict, else
+    max_position_embeddings / original; attention_factor from the dict, else sqrt(1 + ln(factor) /
+    ln(original)) when factor > 1 (else 1)."""
+    original = raw.get("original_max_position_embeddings") or config.get("original_max_position_embeddings")
+    if not original:
+        raise CheckpointError(f"{path}: longrope rope scaling needs original_max_position_embeddings")
+    factor = raw.get("factor") or config.get("max_position_embeddings", original) / original
+    attention = raw.get("attention_factor")
+    if attention is None:
+        attention = math.sqrt(1 + math.log(factor) / math.log(original)) if factor > 1.0 else 1.0
+    try:
+        return RopeScaling("longrope", float(factor), original_max_position_embeddings=int(original),
+                           short_factor=tuple(float(f) for f in raw["short_factor"]),
+                           long_factor=tuple(float(f) for f in raw["long_factor"]), attention_factor=float(attention))
+    except KeyError as e:
+        raise CheckpointError(f"{path}: longrope rope scaling lacks {e.args[0]!r}") from e
 
 
 def activation_of(raw: dict, path: Path, *keys: str) -> str:
@@ -142,6 +181,7 @@ _LLAMA_TOP = (("embed_tokens.weight", "embed/embedding"), ("norm.weight", "final
 _LLAMA_ATTN = tuple((f"self_attn.{p}_proj.{w}", f"attn/{p}_proj/{'kernel' if w == 'weight' else 'bias'}")
                     for p in ("q", "k", "v", "o", "qkv") for w in ("weight", "bias"))
 _LLAMA_LAYER = (("input_layernorm.weight", "input_norm/scale"), ("input_layernorm.bias", "input_norm/bias"),
+                *((f"self_attn.{p}_layernorm.norms.{{e}}.weight", f"attn/{p}_norm/heads_{{e}}/scale") for p in "qk"),
                 ("post_attention_layernorm.weight", "post_attn_norm/scale"),
                 ("post_attention_layernorm.bias", "post_attn_norm/bias"),
                 ("self_attn.q_norm.weight", "attn/q_norm/scale"), ("self_attn.k_norm.weight", "attn/k_norm/scale"),
@@ -243,11 +283,11 @@ def _phi3(raw, path):
 
 
 def _stablelm(raw, path):
-    if raw.get("qk_layernorm"):
-        raise CheckpointError(f"{path}: StableLM with qk_layernorm (a LayerNorm per head) is not supported")
+    parallel = bool(raw.get("use_parallel_residual"))
     return {"norm": "layer", "rms_norm_eps": float(raw.get("layer_norm_eps", 1e-5)),
             "attention_bias": bool(raw.get("use_qkv_bias", False)),
-            "residual": "parallel" if raw.get("use_parallel_residual") else "sequential"}
+            "qk_norm": "per_head" if raw.get("qk_layernorm") else None,
+            "residual": "parallel" if parallel else "sequential", "parallel_shared_norm": parallel}
 
 
 def _gpt_neox(raw, path):
@@ -264,9 +304,8 @@ def _falcon_kv_heads(raw) -> int:
 
 
 def _falcon(raw, path):
-    if raw.get("alibi"):
-        raise CheckpointError(f"{path}: Falcon with alibi=true is not supported (RoPE Falcons are)")
     hidden, heads = raw["hidden_size"], raw["num_attention_heads"]
+    alibi = bool(raw.get("alibi"))  # falcon-rw: ALiBi as BLOOM's, added before the 1/sqrt(head_dim) scale
     new_arch = bool(raw.get("new_decoder_architecture"))
     parallel = new_arch or bool(raw.get("parallel_attn", True))
     two_norms = new_arch and (raw.get("num_ln_in_parallel_attn") or 2) == 2
@@ -277,6 +316,7 @@ def _falcon(raw, path):
             "intermediate_size": int(raw.get("ffn_hidden_size") or 4 * hidden), "head_dim": hidden // heads,
             "num_layers": raw["num_hidden_layers"], "num_heads": heads,
             "residual": "parallel" if parallel else "sequential", "parallel_shared_norm": parallel and not two_norms,
+            "positional": "alibi" if alibi else "rope", "alibi_scale": (hidden // heads) ** -0.5 if alibi else 1.0,
             "tie_word_embeddings": bool(raw.get("tie_word_embeddings", True))}
 
 
@@ -293,12 +333,13 @@ def _per_head_qkv(raw, fields):
 
 
 def _opt(raw, path):
-    if not raw.get("do_layer_norm_before", True):
-        raise CheckpointError(f"{path}: OPT with post-layer norms (do_layer_norm_before=false, opt-350m) is not supported")
-    if raw.get("word_embed_proj_dim", raw["hidden_size"]) != raw["hidden_size"]:
-        raise CheckpointError(f"{path}: OPT with word_embed_proj_dim != hidden_size (project_in/out) is not supported")
+    pre_norm = bool(raw.get("do_layer_norm_before", True))  # False: opt-350m's post-norm blocks
+    embed_dim = raw.get("word_embed_proj_dim") or raw["hidden_size"]
     bias = bool(raw.get("enable_bias", True))
-    return {"norm": "layer", "rms_norm_eps": 1e-5, "mlp": "plain",
+    return {"residual": "sequential" if pre_norm else "post",
+            "final_norm": pre_norm and not raw.get("_remove_final_layer_norm", False),
+            "embed_proj_dim": None if embed_dim == raw["hidden_size"] else int(embed_dim),
+            "norm": "layer", "rms_norm_eps": 1e-5, "mlp": "plain",
             "activation": activation_of(raw, path, "activation_function"), "attention_bias": bias, "o_bias": bias,
             "mlp_bias": bias, "positional": "learned", "position_offset": 2, "intermediate_size": raw["ffn_dim"],
             "tie_word_embeddings": bool(raw.get("tie_word_embeddings", True))}
@@ -376,6 +417,11 @@ FAMILIES = {
     "GemmaForCausalLM": Family("gemma", _gemma, _LLAMA_TOP, _LLAMA_LAYER),
     "Gemma2ForCausalLM": Family("gemma2", _gemma2, _LLAMA_TOP, _GEMMA2_LAYER),
     "Gemma3ForCausalLM": Family("gemma3", _gemma3, _LLAMA_TOP, _GEMMA2_LAYER),
+    # transformers saves the text model as language_model.model.* (older hub files: the same; newer
+    # ones: model.language_model.*); the vision tower and projector are not read
+    "Gemma3ForConditionalGeneration": Family(
+        "gemma3", _gemma3, _LLAMA_TOP, _GEMMA2_LAYER,
+        prefixes=("language_model.model.", "model.language_model.", "language_model."), text_config="text_config"),
     "Phi3ForCausalLM": Family("phi3", _phi3, _LLAMA_TOP, _LLAMA_LAYER),
     "StableLmForCausalLM": Family("stablelm", _stablelm, _LLAMA_TOP, _LLAMA_LAYER),
     "GPTNeoXForCausalLM": Family(
@@ -388,7 +434,8 @@ FAMILIES = {
         _FALCON_LAYER, prefixes=("transformer.",), layers="h", qkv=_falcon_qkv),
     "OPTForCausalLM": Family(
         "opt", _opt, (("embed_tokens.weight", "embed/embedding"), ("embed_positions.weight", "pos_embed/embedding"),
-                      *_norm_pair("final_layer_norm", "final_norm"), ("lm_head.weight", "lm_head/kernel")),
+                      *_norm_pair("final_layer_norm", "final_norm"), ("lm_head.weight", "lm_head/kernel"),
+                      ("project_in.weight", "project_in/kernel"), ("project_out.weight", "project_out/kernel")),
         _OPT_LAYER, prefixes=("model.decoder.", "decoder.")),
     "BloomForCausalLM": Family("bloom", _bloom, _BLOOM_TOP, _NEOX_LAYER[:4] + (
         *_linear_pair("self_attention.query_key_value", "attn/qkv_proj"),

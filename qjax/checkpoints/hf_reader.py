@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import re
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
+
+from qjax.checkpoints.convert import build_params
 from qjax.checkpoints.errors import CheckpointError
 from qjax.checkpoints.hf_families import FAMILIES, Family, rope_fields
 from qjax.models.config import ModelConfig
+
+log = logging.getLogger(__name__)
 
 
 def family_of(raw: dict, path: Path) -> Family:
@@ -29,7 +37,18 @@ def read_config(directory: Path) -> ModelConfig:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: not valid JSON: {e}") from e
+    return config_from_raw(raw, path)
+
+
+def config_from_raw(raw: dict, path) -> ModelConfig:
+    """The config of a parsed config.json (`raw`; `path` names it in errors): the family's parts
+    (`Family.parts`) over the fields every family reads the same way."""
     family = family_of(raw, path)
+    if family.text_config is not None:
+        if not isinstance(raw.get(family.text_config), dict):
+            raise CheckpointError(f"{path}: a {raw['architectures'][0]} config needs a {family.text_config!r} dict")
+        log.info("%s: reading the text model of %s (its vision tower is not loaded)", path, raw["architectures"][0])
+        raw = family.model_config(raw)
     try:
         if family.make_config is not None:  # a model other than the decoder (Mamba)
             return family.make_config(raw, path)
@@ -88,3 +107,30 @@ def load_hf_dir(directory: str | Path) -> tuple[ModelConfig, dict]:
     from qjax.checkpoints.mesh_loader import load_hf_dir_on_mesh  # it builds on this module
 
     return load_hf_dir_on_mesh(directory, None, dtype="float32")
+
+
+def params_from_tensors(tensors: dict[str, np.ndarray], raw: dict, config, source: str,
+                        tensor_name: Callable[[str], str] | None = None) -> dict:
+    """The params pytree of in-memory HF tensors (HF name -> (out, in) float array, as
+    `save_pretrained` writes them) of the family of `raw` (config.json) and `config`.
+
+    The same mapping as the streaming loader (`mesh_loader.load_hf_dir_on_mesh`): names by
+    `map_tensor_names`, the family's fixes (`Family.tensor_fixes`), 2-D kernels transposed to (in, out).
+    Errors (CheckpointError) name `source`, the qjax path and `tensor_name(path)` (default: the HF
+    name); tensors the family does not know are ignored.
+    """
+    family = family_of(raw, source)
+    fix_for = family.tensor_fixes(raw, dataclasses.asdict(config))
+    tensor_name = tensor_name or family.hf_name
+    flat = {}
+    for name, path in map_tensor_names(tensors, family, source).items():
+        w = tensors[name]
+        fix = fix_for(path)
+        if fix is not None:
+            try:
+                w = fix(w)
+            except ValueError as e:
+                raise CheckpointError(f"{source}: tensor {tensor_name(path)} has shape {tuple(w.shape)}, which does "
+                                      f"not split into the config's q/k/v heads: {e}") from e
+        flat[path] = w.T if path.endswith("/kernel") and w.ndim == 2 else w
+    return build_params(flat, config, source, tensor_name)

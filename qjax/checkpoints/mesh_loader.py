@@ -29,7 +29,7 @@ from jax.sharding import Mesh, NamedSharding
 from qjax.checkpoints.convert import expected_shapes, nest
 from qjax.checkpoints.errors import CheckpointError
 from qjax.checkpoints.hf_reader import family_of, map_tensor_names, read_config
-from qjax.checkpoints.safetensors_stream import TensorSource, all_finite, tensor_sources
+from qjax.checkpoints.safetensors_stream import TensorSource, tensor_sources
 from qjax.models.config import ModelConfig
 from qjax.parallel.rules import DEFAULT_RULES, Rule, param_spec
 
@@ -50,11 +50,7 @@ def place_tensor(source: TensorSource, shape: tuple, sharding: Optional[NamedSha
     def read(index):
         key = tuple((s.start, s.stop, s.step) for s in index)
         if key not in slices:
-            value = source.read(index, dtype, transpose)
-            if not all_finite(value):
-                raise CheckpointError(f"{source.file}: tensor {source.name} (for a {shape} parameter) "
-                                      f"contains NaN or Inf")
-            slices[key] = value
+            slices[key] = source.read(index, dtype, transpose)
         return slices[key]
 
     if sharding is None:

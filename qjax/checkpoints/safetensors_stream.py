@@ -3,15 +3,23 @@
 A safetensors file is an 8-byte little-endian header length N, N bytes of JSON
 ({name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": ...}) and the raw
 row-major data; offsets count from the end of the header. `TensorSource.read(index)` maps only
-that tensor's bytes, copies the requested slice out in the target dtype and drops the map, so the
-pages of a tensor leave the process's resident set once its slices are placed.
+that tensor's bytes, copies the requested slice out in the target dtype (transposed on the way for
+kernels, NaN/Inf checked on the way) and drops the map, so the pages of a tensor leave the
+process's resident set once its slices are placed. The copy lands in fresh, pre-faulted memory
+aligned so that jax's CPU client adopts it as the device buffer (`aligned_empty`): on CPU
+devices a slice is copied once, from the page cache to its final place.
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import functools
 import json
+import mmap
 import struct
+import sys
+import typing
 from pathlib import Path
 from typing import Optional
 
@@ -53,40 +61,161 @@ class TensorSource:
         # a plain ndarray view: slices of a np.memmap subclass cost a Python callback each
         return np.memmap(self.file, self.dtype, "r", offset=self.offset, shape=self.shape).view(np.ndarray)
 
-    def read(self, index: tuple = (), dtype=None, transpose: bool = False) -> np.ndarray:
-        """A C-contiguous copy of `stored[index]` (`stored.T[index]` with transpose) in `dtype`.
+    def read(self, index: tuple = (), dtype=None, transpose: bool = False, check_finite: bool = True) -> np.ndarray:
+        """`stored[index]` (`stored.T[index]` with transpose, for 2-D tensors) as a new C-contiguous
+        array in `dtype` whose data starts on an ALIGNMENT-byte boundary (`aligned_empty`).
 
-        A transposed slice is copied TRANSPOSE_ROWS stored rows at a time (numpy's plain transposed
-        copy walks the source with a stride of a whole row per element: several times slower)."""
+        One pass over the slice, CHUNK_BYTES of stored rows at a time: a chunk is copied (transposed
+        TRANSPOSE_ROWS stored rows at a time: numpy's plain transposed copy walks the source a whole
+        row per element, several times slower) and converted on the way (`converter`), then, with
+        check_finite, its stored values are checked for NaN/Inf while they are in cache; a narrowing
+        conversion (float32 -> float16 or bfloat16) is checked again on the output, for overflow.
+        Raises CheckpointError naming the file and tensor when a value is not finite.
+        """
         data = self.mapped()
         dtype = np.dtype(dtype or self.dtype)
-        if not transpose:
-            out = np.array(data[index], dtype=dtype, order="C", copy=True)
-        else:
-            index = tuple(index) + (slice(None),) * (2 - len(index))
+        index = tuple(index) + (slice(None),) * (len(self.shape) - len(index))
+        if transpose:
+            if len(self.shape) != 2:
+                raise ValueError(f"tensor {self.name}: only 2-D tensors are read transposed, not {self.shape}")
             block = data[index[1], index[0]]  # (out slice, in slice) of the stored (out, in) tensor
-            out = np.empty(block.shape[::-1], dtype)
-            for i in range(0, block.shape[0], TRANSPOSE_ROWS):
-                out[:, i:i + TRANSPOSE_ROWS] = block[i:i + TRANSPOSE_ROWS].T
-            del block
-        del data  # unmap: the tensor's pages are no longer ours
+            out = aligned_empty(block.shape[::-1], dtype)
+        else:
+            block = data[index]
+            out = aligned_empty(block.shape, dtype)
+        convert = converter(self.dtype, dtype)
+        finite = FiniteCheck.of(self.dtype) if check_finite else None
+        if block.ndim == 0 or block.size == 0:
+            convert(out, block)
+            chunks = [(0, block)]
+        else:
+            step = max(1, CHUNK_BYTES // block[:1].nbytes)
+            step = -(-step // TRANSPOSE_ROWS) * TRANSPOSE_ROWS if transpose else step
+            chunks = [(r, block[r:r + step]) for r in range(0, block.shape[0], step)]
+        for r, chunk in chunks:
+            if transpose:
+                for i in range(0, chunk.shape[0], TRANSPOSE_ROWS):
+                    convert(out[:, r + i:r + i + TRANSPOSE_ROWS], chunk[i:i + TRANSPOSE_ROWS].T)
+            elif chunk.ndim:
+                convert(out[r:r + chunk.shape[0]], chunk)
+            if finite is not None and not finite(chunk):
+                raise CheckpointError(f"{self.file}: tensor {self.name} contains NaN or Inf")
+        del data, block, chunks  # unmap: the tensor's pages are no longer ours
+        if check_finite and narrows(self.dtype, dtype) and not FiniteCheck.of(dtype)(out):
+            raise CheckpointError(f"{self.file}: tensor {self.name} overflows {dtype.name} (values beyond its range)")
         return out
 
 
 TRANSPOSE_ROWS = 16
+CHUNK_BYTES = 256 << 10  # stored bytes copied, then checked, at a time: they stay in the core's L2 cache
+ALIGNMENT = 64  # bytes: jax's CPU client adopts a numpy array this aligned as a device buffer, without a copy
 
-_EXPONENT_MASKS = {np.dtype(ml_dtypes.bfloat16): (np.uint16, 0x7F80), np.dtype(np.float16): (np.uint16, 0x7C00),
-                   np.dtype(np.float32): (np.uint32, 0x7F800000),
-                   np.dtype(np.float64): (np.uint64, 0x7FF0000000000000)}
+
+def aligned_empty(shape: tuple, dtype) -> np.ndarray:
+    """An uninitialised C-contiguous array of `shape` and `dtype` whose data starts on an
+    ALIGNMENT-byte boundary."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + ALIGNMENT, np.uint8)
+    prefault(raw)
+    start = -raw.ctypes.data % ALIGNMENT
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
+_MADV_POPULATE_WRITE = 23  # Linux >= 5.14
+_PAGE = mmap.PAGESIZE
+
+
+@functools.lru_cache(maxsize=None)
+def _madvise():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    madvise.argtypes, madvise.restype = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
+    return madvise
+
+
+def prefault(x: np.ndarray) -> None:
+    """Makes the whole pages of a fresh array resident in one call (Linux's MADV_POPULATE_WRITE)
+    instead of one page fault per page on first write: the same memory, several times faster to
+    obtain (a no-op elsewhere, on older kernels, or for small arrays)."""
+    madvise = _madvise()
+    if madvise is None or x.nbytes < 64 * _PAGE:
+        return
+    start = -(-x.ctypes.data // _PAGE) * _PAGE
+    end = (x.ctypes.data + x.nbytes) // _PAGE * _PAGE
+    madvise(start, end - start, _MADV_POPULATE_WRITE)  # on failure (EINVAL: old kernel) pages fault as usual
+
+
+_BITS = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
+def converter(stored: np.dtype, dtype: np.dtype):
+    """`convert(out, x)`: writes x (any strides) into out (same shape) converted from `stored` to
+    `dtype`, exactly as numpy / ml_dtypes casting does (round to nearest even when narrowing).
+    Same dtype: a bit copy; bfloat16 -> float32: the bits shifted left by 16 (exact)."""
+    stored, dtype = np.dtype(stored), np.dtype(dtype)
+    if stored == dtype:
+        bits = _BITS.get(dtype.itemsize)
+        if bits is None:
+            return lambda out, x: np.copyto(out, x)
+        return lambda out, x: np.copyto(out.view(bits), x.view(bits))
+    if stored == np.dtype(ml_dtypes.bfloat16) and dtype == np.dtype(np.float32):
+        return lambda out, x: np.left_shift(x.view(np.uint16), 16, out=out.view(np.uint32), dtype=np.uint32)
+
+    def cast(out, x):
+        with np.errstate(over="ignore"):  # an overflow to Inf is reported by the caller's finite check
+            np.copyto(out, x, casting="unsafe")
+
+    return cast
+
+
+def narrows(stored: np.dtype, dtype: np.dtype) -> bool:
+    """Whether converting float `stored` values to `dtype` can overflow (dtype's range is smaller)."""
+    if np.dtype(stored) not in FiniteCheck.MASKS or np.dtype(dtype) not in FiniteCheck.MASKS:
+        return False
+    return float(ml_dtypes.finfo(dtype).max) < float(ml_dtypes.finfo(stored).max)
+
+
+@dataclasses.dataclass(frozen=True)
+class FiniteCheck:
+    """`check(x) -> bool`: whether a float array of `dtype` (any strides) holds no NaN or Inf, from its
+    bits: a value is not finite when its bits without the sign reach the all-ones exponent. Runs
+    in two vectorised passes over a scratch buffer (fast for bfloat16, whose numpy ufuncs are slow);
+    always True for dtypes that are not floats."""
+
+    MASKS: typing.ClassVar[dict] = {
+        np.dtype(ml_dtypes.bfloat16): (np.uint16, 0x7FFF, 0x7F80), np.dtype(np.float16): (np.uint16, 0x7FFF, 0x7C00),
+        np.dtype(np.float32): (np.uint32, 0x7FFFFFFF, 0x7F800000),
+        np.dtype(np.float64): (np.uint64, 0x7FFFFFFFFFFFFFFF, 0x7FF0000000000000)}
+
+    dtype: np.dtype
+
+    @classmethod
+    def of(cls, dtype) -> "FiniteCheck":
+        return cls(np.dtype(dtype))
+
+    def __call__(self, x: np.ndarray) -> bool:
+        if self.dtype not in self.MASKS or x.size == 0:
+            return True
+        bits, magnitude, exponent = self.MASKS[self.dtype]
+        x = x.reshape(1) if x.ndim == 0 else x
+        scratch = np.empty(x.shape, bits)
+        np.bitwise_and(x.view(bits), bits(magnitude), out=scratch)
+        return bool(scratch.max() < bits(exponent))
 
 
 def all_finite(x: np.ndarray) -> bool:
-    """Whether a float array (bf16, f16, f32, f64) holds no NaN or Inf, by its exponent bits (fast for
-    bfloat16, whose numpy ufuncs are slow); True for other dtypes."""
-    if x.dtype not in _EXPONENT_MASKS:
-        return True
-    bits, mask = _EXPONENT_MASKS[x.dtype]
-    return not np.any((np.ascontiguousarray(x).view(bits) & bits(mask)) == mask)
+    """Whether a float array (bf16, f16, f32, f64) holds no NaN or Inf (True for other dtypes), checked
+    CHUNK_BYTES at a time (`FiniteCheck`)."""
+    check = FiniteCheck.of(x.dtype)
+    if x.ndim == 0 or x.size == 0:
+        return check(x)
+    step = max(1, CHUNK_BYTES // x[:1].nbytes)
+    return all(check(x[r:r + step]) for r in range(0, x.shape[0], step))
 
 
 def read_header(file: Path) -> dict[str, TensorSource]:

@@ -14,8 +14,10 @@ NORMS = ("rms", "rms_one_plus", "layer")  # RMSNorm * w | RMSNorm * (1 + w) (Gem
 ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu")
 MLPS = ("gated", "plain")  # act(gate(x)) * up(x) -> down | act(up(x)) -> down
 POSITIONALS = ("rope", "alibi", "learned")
-RESIDUALS = ("sequential", "parallel", "sandwich")
-QK_NORMS = (None, "head", "full")  # RMSNorm over each head's dims (Qwen3, Gemma 3) | over all heads (OLMoE)
+RESIDUALS = ("sequential", "parallel", "sandwich", "post")
+# the model's norm over each head's dims (Qwen3, Gemma 3) | over all heads (OLMoE) | a bias-free
+# LayerNorm with its own weights per head (StableLM qk_layernorm)
+QK_NORMS = (None, "head", "full", "per_head")
 LAYER_TYPES = ("full", "sliding")
 
 # The families qjax reads, and the architecture string each is stored under.
@@ -24,15 +26,36 @@ SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma
                            "qwen3_moe", "olmoe")
 
 
+ROPE_SCALINGS = ("linear", "llama3", "longrope")
+
+
 @dataclasses.dataclass(frozen=True)
 class RopeScaling:
-    """RoPE frequency scaling as in transformers' `rope_scaling` ("linear" or "llama3")."""
+    """RoPE frequency scaling as in transformers' `rope_scaling` / `rope_parameters`.
+
+    linear: inverse frequencies / factor. llama3: factor, low/high_freq_factor and
+    original_max_position_embeddings as in Llama 3.1. longrope (Phi-3 128k, Phi-3.5): inverse
+    frequencies / short_factor (per frequency) while a forward's largest position + 1 is at most
+    original_max_position_embeddings, else / long_factor; cos and sin are multiplied by
+    attention_factor (transformers' default: sqrt(1 + ln(factor) / ln(original_max)) for factor > 1,
+    factor = max_position_embeddings / original_max_position_embeddings).
+    """
 
     rope_type: str
     factor: float
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
     original_max_position_embeddings: int = 8192
+    short_factor: tuple = ()
+    long_factor: tuple = ()
+    attention_factor: float = 1.0
+
+    def __post_init__(self):
+        if self.rope_type not in ROPE_SCALINGS:
+            raise ValueError(f"RopeScaling.rope_type={self.rope_type!r}; expected one of {ROPE_SCALINGS}")
+        if self.rope_type == "longrope" and (not self.short_factor or len(self.short_factor) != len(self.long_factor)):
+            raise ValueError("RopeScaling longrope needs short_factor and long_factor of one length, got "
+                             f"{len(self.short_factor)} and {len(self.long_factor)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,12 +73,20 @@ class ModelConfig:
       fused_qkv / fused_gate_up: the checkpoint holds one kernel attn/qkv_proj ([q | k | v] columns) /
         mlp/gate_up_proj ([gate | up] columns) instead of separate ones.
       attention_bias (q/k/v bias), o_bias, mlp_bias: which linears carry a bias.
-      qk_norm: one of QK_NORMS; clip_qkv: q, k, v clamped to [-clip, clip] (OLMoE).
+      qk_norm: one of QK_NORMS (eps rms_norm_eps); clip_qkv: q, k, v clamped to [-clip, clip] (OLMoE).
       positional: one of POSITIONALS; rotary_fraction: the leading share of each head's dims that
         RoPE rotates (partial rotary); position_offset: row offset into the learned table (OPT: 2).
       residual: "sequential" (x += attn(n1(x)); x += mlp(n2(x))), "parallel" (x += attn(n1(x)) +
         mlp(n2(x)); with parallel_shared_norm both read n1(x)), "sandwich" (Gemma 2/3: the block
-        outputs are normed again before the residual add).
+        outputs are normed again before the residual add), "post" (OPT-350m: x = n1(x + attn(x));
+        x = n2(x + mlp(x)); n1, n2 keep the pre-norm names input_norm, post_attn_norm).
+      final_norm: a norm before the LM head (False: OPT-350m).
+      embed_proj_dim: the embedding width when it differs from hidden_size (OPT-350m): the token
+        rows go through project_in (embed_proj_dim -> hidden, no bias) before the learned positions
+        are added, and the last hidden state through project_out (hidden -> embed_proj_dim) before the
+        LM head.
+      alibi_scale: multiplies the ALiBi slopes (Falcon adds the bias before the 1/sqrt(head_dim)
+        score scale: head_dim ** -0.5; BLOOM after it: 1).
       query_scale: attention's score scale (None: head_dim ** -0.5).
       attn_softcap / final_softcap: cap * tanh(x / cap) on the attention scores / the logits.
       sliding_window, layer_types: layer i attends only its last sliding_window keys when
@@ -100,6 +131,9 @@ class ModelConfig:
     rotary_fraction: float = 1.0
     position_offset: int = 0
     residual: str = "sequential"
+    final_norm: bool = True
+    embed_proj_dim: Optional[int] = None
+    alibi_scale: float = 1.0
     parallel_shared_norm: bool = False
     query_scale: Optional[float] = None
     attn_softcap: Optional[float] = None
@@ -149,6 +183,11 @@ class ModelConfig:
     def recurrent(self) -> bool:
         """False: every token attends to its keys (see `qjax.models.mamba.MambaConfig.recurrent`)."""
         return False
+
+    @property
+    def embed_dim(self) -> int:
+        """Width of the embedding table and of the LM head's input (hidden_size unless embed_proj_dim)."""
+        return self.embed_proj_dim or self.hidden_size
 
     @property
     def rotary_dim(self) -> int:

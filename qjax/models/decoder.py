@@ -3,7 +3,8 @@
 
 Parameter pytree (a plain nested dict; weights are Dense kernels, shape (in, out)); a part that the
 config does not declare has no parameters:
-  embed/embedding                       (vocab, hidden)
+  embed/embedding                       (vocab, embed_dim)   embed_dim: hidden unless embed_proj_dim
+  project_in/kernel, project_out/kernel (embed_dim, hidden), (hidden, embed_dim)     embed_proj_dim
   pos_embed/embedding                   (max_positions + position_offset, hidden)   learned positions
   embed_norm/{scale,bias}               (hidden,)                                    word-embedding norm
   layers_{i}/input_norm/scale (+bias)   (hidden,)                                    before attention
@@ -12,11 +13,12 @@ config does not declare has no parameters:
   layers_{i}/attn/{q,k,v,qkv}_proj/bias                                              attention_bias
   layers_{i}/attn/o_proj/kernel (+bias) (heads * head_dim, hidden)
   layers_{i}/attn/{q,k}_norm/scale      (head_dim,) or (q / kv size,)                qk_norm
+  layers_{i}/attn/{q,k}_norm/heads_{h}/scale  (head_dim,)                            qk_norm per_head
   layers_{i}/post_attn_norm/scale       (hidden,)   the MLP's input norm (absent: parallel, shared)
   layers_{i}/attn_output_norm/scale, layers_{i}/mlp_output_norm/scale                sandwich
   layers_{i}/mlp/...  or  layers_{i}/moe/...                                         see qjax.models.mlp
-  final_norm/scale (+bias)              (hidden,)
-  lm_head/kernel                        (hidden, vocab)   absent when embeddings are tied
+  final_norm/scale (+bias)              (hidden,)                                    final_norm
+  lm_head/kernel                        (embed_dim, vocab)   absent when embeddings are tied
 Any kernel may be replaced by a quantized array (anything with `matmul`); see `qjax.ops.linear`.
 Every linear is a `layers.Linear` whose site name is its path (layers_3/mlp/down_proj).
 """
@@ -37,9 +39,9 @@ from qjax.ops.attention import blocked_attention, causal_attention, grouped_atte
 from qjax.ops.kv_attention import quantized_cache_attention
 from qjax.models.config import ModelConfig
 from qjax.models import mamba
-from qjax.models.layers import FUSE_MIN_ROWS, Linear, Norm, sibling_linears
+from qjax.models.layers import FUSE_MIN_ROWS, Linear, Norm, PerHeadNorm, sibling_linears
 from qjax.models.mlp import MLP, MoE
-from qjax.models.rope import apply_rope, inverse_frequencies
+from qjax.models.rope import apply_rope, rope_frequencies
 from qjax.ops import Runtime, tied_logits
 
 BLOCKED_MIN_QUERIES = 64  # cached forwards of at least this many tokens use blocked_attention
@@ -107,14 +109,17 @@ class Attention(nn.Module):
         if cfg.qk_norm == "head":
             q = Norm(cfg.norm, cfg.rms_norm_eps, name="q_norm")(q)
             k = Norm(cfg.norm, cfg.rms_norm_eps, name="k_norm")(k)
+        elif cfg.qk_norm == "per_head":
+            q = PerHeadNorm(cfg.rms_norm_eps, name="q_norm")(q)
+            k = PerHeadNorm(cfg.rms_norm_eps, name="k_norm")(k)
         if cfg.positional == "rope":
-            inv_freq = inverse_frequencies(cfg, local=self.sliding)
-            q = apply_rope(q, positions, inv_freq)
-            k = apply_rope(k, positions, inv_freq)
+            inv_freq, rope_scale = rope_frequencies(cfg, positions, local=self.sliding)
+            q = apply_rope(q, positions, inv_freq, rope_scale)
+            k = apply_rope(k, positions, inv_freq, rope_scale)
         if cfg.query_scale is not None:  # the attention functions scale by head_dim ** -0.5
             q = q * jnp.asarray(cfg.query_scale * math.sqrt(cfg.head_dim), q.dtype)
         mods = dict(softcap=cfg.attn_softcap,
-                    alibi=alibi_slopes(cfg.num_heads) if cfg.positional == "alibi" else None)
+                    alibi=alibi_slopes(cfg.num_heads) * cfg.alibi_scale if cfg.positional == "alibi" else None)
         if layer_cache is not None:
             spec = kv_cache_lib.resolve_spec(rt.kv_cache)
             layer_cache = spec.write_layer(layer_cache, k, v, cache_start)
@@ -154,6 +159,11 @@ class DecoderLayer(nn.Module):
                 return MoE(cfg, rt, name="moe")(h, runtime_state)
             return MLP(cfg, rt, name="mlp")(h, runtime_state)
 
+        if cfg.residual == "post":
+            h, layer_cache = Attention(cfg, rt, self.sliding, name="attn")(
+                x, positions, mask, layer_cache, cache_start, runtime_state)
+            x = norm("input_norm")(x + h)
+            return norm("post_attn_norm")(x + feed_forward(x)), layer_cache
         normed = norm("input_norm")(x)
         h, layer_cache = Attention(cfg, rt, self.sliding, name="attn")(
             normed, positions, mask, layer_cache, cache_start, runtime_state)
@@ -199,12 +209,15 @@ def decoder_inputs(cfg: ModelConfig, shape: tuple[int, int], positions, attentio
     return start, key_mask, positions, mask
 
 
-def embed_tokens(cfg: ModelConfig, embedding, tokens, positions, pos_embedding, dtype):
+def embed_tokens(cfg: ModelConfig, embedding, tokens, positions, pos_embedding, dtype, project_in=None):
     """(B, T, hidden) inputs of the first layer: the token rows (times sqrt(hidden) when
-    embed_scale), plus the learned position rows at positions + position_offset."""
+    embed_scale; through `project_in`, a function (..., embed_dim) -> (..., hidden), when
+    embed_proj_dim), plus the learned position rows at positions + position_offset."""
     x = jnp.take(embedding, tokens, axis=0).astype(dtype)
     if cfg.embed_scale:
         x = x * jnp.asarray(math.sqrt(cfg.hidden_size), dtype)
+    if project_in is not None:
+        x = project_in(x)
     if pos_embedding is not None:
         x = x + jnp.take(pos_embedding, positions + cfg.position_offset, axis=0).astype(dtype)
     return x
@@ -212,13 +225,17 @@ def embed_tokens(cfg: ModelConfig, embedding, tokens, positions, pos_embedding, 
 
 def embed_inputs(params: dict, config: ModelConfig, tokens, positions=None, dtype=jnp.float32):
     """(B, T, hidden) inputs of layer 0 from qjax params (the decoder's steps before its first
-    block: `embed_tokens`, then `embed_norm` when declared); positions default to arange(T)."""
+    block: `embed_tokens` (with project_in), then `embed_norm` when declared); positions default to
+    arange(T)."""
     if isinstance(config, mamba.MambaConfig):
         return jnp.take(params["embed"]["embedding"], tokens, axis=0).astype(dtype)
     if positions is None:
         positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
     pos_table = params["pos_embed"]["embedding"] if config.positional == "learned" else None
-    x = embed_tokens(config, params["embed"]["embedding"], tokens, positions, pos_table, dtype)
+    project_in = None
+    if config.embed_proj_dim:
+        project_in = functools.partial(Linear(config.hidden_size, Runtime()).apply, {"params": params["project_in"]})
+    x = embed_tokens(config, params["embed"]["embedding"], tokens, positions, pos_table, dtype, project_in)
     if config.embed_norm:
         x = Norm(config.norm, config.rms_norm_eps).apply({"params": params["embed_norm"]}, x)
     return x
@@ -248,12 +265,16 @@ class Decoder(nn.Module):
             masks[True] = decoder_inputs(cfg, tokens.shape, positions, attention_mask, cache, pair_mask,
                                          sliding=True)[3]
 
-        embedding = self.param("embed", nn.initializers.normal(0.02), (cfg.vocab_size, cfg.hidden_size))
+        embedding = self.param("embed", nn.initializers.normal(0.02), (cfg.vocab_size, cfg.embed_dim))
         pos_embedding = None
         if cfg.positional == "learned":
             pos_embedding = self.param("pos_embed", nn.initializers.normal(0.02),
                                        (cfg.max_position_embeddings + cfg.position_offset, cfg.hidden_size))
-        x = embed_tokens(cfg, embedding, tokens, positions, pos_embedding, dtype)
+        project_in = None
+        if cfg.embed_proj_dim:
+            project_in = functools.partial(Linear(cfg.hidden_size, self.runtime, name="project_in"),
+                                           runtime_state=runtime_state)
+        x = embed_tokens(cfg, embedding, tokens, positions, pos_embedding, dtype, project_in)
         if cfg.embed_norm:
             x = Norm(cfg.norm, cfg.rms_norm_eps, name="embed_norm")(x)
         if self.scan_layers:
@@ -277,7 +298,10 @@ class Decoder(nn.Module):
                 new_layers.append(layer_cache)
         if logits_at is not None:  # only these flat (batch * T) positions reach the LM head
             x = jnp.take(x.reshape(-1, x.shape[-1]), logits_at, axis=0)
-        x = Norm(cfg.norm, cfg.rms_norm_eps, name="final_norm")(x)
+        if cfg.final_norm:
+            x = Norm(cfg.norm, cfg.rms_norm_eps, name="final_norm")(x)
+        if cfg.embed_proj_dim:
+            x = Linear(cfg.embed_dim, self.runtime, name="project_out")(x, runtime_state)
         if cfg.tie_word_embeddings:
             logits = tied_logits(x, embedding.astype(dtype))
         else:

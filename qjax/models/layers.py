@@ -84,26 +84,41 @@ class Norm(nn.Module):
     """Normalisation over the last axis, computed in float32, by kind (`config.NORMS`):
       rms           x / rms(x) * scale                  (param scale)
       rms_one_plus  x / rms(x) * (1 + scale)            (param scale, stored as in Gemma's checkpoints)
-      layer         (x - mean) / std(x) * scale + bias  (params scale, bias)
+      layer         (x - mean) / std(x) * scale + bias  (params scale, bias; no bias when not use_bias)
     with eps added to the mean square / variance."""
 
     kind: str
     eps: float
+    use_bias: bool = True
 
     @nn.compact
     def __call__(self, x):
         x32 = x.astype(jnp.float32)
         if self.kind == "layer":
             scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
-            bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],))
             mean = jnp.mean(x32, axis=-1, keepdims=True)
             centred = x32 - mean
             y = centred * jax.lax.rsqrt(jnp.mean(centred * centred, axis=-1, keepdims=True) + self.eps)
-            return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
+            y = y * scale.astype(jnp.float32)
+            if self.use_bias:
+                y = y + self.param("bias", nn.initializers.zeros, (x.shape[-1],)).astype(jnp.float32)
+            return y.astype(x.dtype)
         init = nn.initializers.zeros if self.kind == "rms_one_plus" else nn.initializers.ones
         scale = self.param("scale", init, (x.shape[-1],)).astype(jnp.float32)
         y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
         return ((1.0 + scale if self.kind == "rms_one_plus" else scale) * y).astype(x.dtype)
+
+
+class PerHeadNorm(nn.Module):
+    """A bias-free LayerNorm with its own weights per head (StableLM's qk_layernorm): x (..., heads,
+    head_dim); params heads_{h}/scale (head_dim,)."""
+
+    eps: float
+
+    @nn.compact
+    def __call__(self, x):
+        return jnp.stack([Norm("layer", self.eps, use_bias=False, name=f"heads_{h}")(x[..., h, :])
+                          for h in range(x.shape[-2])], axis=-2)
 
 
 def activation(name: str):

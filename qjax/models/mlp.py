@@ -4,6 +4,8 @@ Parameter layout (kernels (in, out)):
   mlp/{gate,up}_proj/kernel (hidden, f), mlp/down_proj/kernel (f, hidden)    gated
   mlp/gate_up_proj/kernel (hidden, 2 f): [gate | up] columns                 gated, fused (Phi-3)
   mlp/{up,down}_proj/{kernel,bias}                                           plain (act(up) -> down)
+  mlp/act_scale (f,)   plain, optional: act(up(x)) / act_scale feeds down (absent in checkpoints;
+                       AWQ adds it where no op before down_proj can absorb its scales)
   moe/router/kernel (hidden, E)                                              MoE router (no bias)
   moe/experts_{e}/{gate,up,down}_proj/kernel                                 expert e, a gated MLP
   moe/shared_expert/{gate,up,down}_proj/kernel, moe/shared_expert_gate/kernel (hidden, 1)
@@ -38,6 +40,8 @@ class MLP(nn.Module):
         bias = cfg.mlp_bias
         if cfg.mlp == "plain":
             h = act(Linear(f, rt, bias, name="up_proj")(x, runtime_state, token_mask))
+            if self.has_variable("params", "act_scale"):  # AWQ's scaled activation
+                h = h / self.get_variable("params", "act_scale").astype(h.dtype)
         elif cfg.fused_gate_up:
             gate, up = jnp.split(Linear(2 * f, rt, bias, name="gate_up_proj")(x, runtime_state, token_mask), 2,
                                  axis=-1)

@@ -3,22 +3,36 @@
 For linears sharing an input X (in channels) and a factor s > 0 per channel, X W = (X / s)(s W):
 the weight rows (our kernels are (in, out)) are multiplied by s and the op producing X divides by s,
 so the float model is unchanged while salient channels get a finer grid. As mit-han-lab/llm-awq
-`auto_scale_block` for Llama blocks, with s = mean|x|^alpha / sqrt(max * min) (mean|x| per channel
-over every calibration token, clamped at 1e-4) and alpha in {0, 1/n_grid, ..., (n_grid-1)/n_grid}
-chosen by the mean squared error of the inspected module's output when the scaled group is
-pseudo-quantized (Q(W s) / s, the rest float):
-  q/k/v      prev op input_norm (scale /= s)        inspected: the attention module (o_proj float)
-  o_proj     prev op v_proj (columns and bias /= s) inspected: o_proj; only when num_heads ==
-             num_kv_heads (each o input channel is one v output channel), as llm-awq
-  gate/up    prev op post_attn_norm (scale /= s)    inspected: the MLP (down_proj float)
-  down_proj  prev op up_proj (columns /= s)         inspected: down_proj
-All four factors are searched on inputs captured with the unscaled block, then folded. Then the
-optional clip search (llm-awq `auto_clip_block`, every linear but q/k): per output column and input
-group, the symmetric clamp [-m, m], m = max|w| * (1 - i / clip_grid) for i < max_shrink * clip_grid,
-minimising the mean squared error of that group's partial outputs on `clip_tokens` calibration
-tokens (inputs divided by the folded s), is applied to the float weights. Finally every linear is
-RTN-quantized with the run's spec (the core's grid: its asymmetric range always contains 0, where
-llm-awq's is [min, max]).
+`auto_scale_block`, with s = mean|x|^alpha / sqrt(max * min) (mean|x| per channel over every
+calibration token, clamped at 1e-4) and alpha in {0, 1/n_grid, ..., (n_grid-1)/n_grid} chosen by the
+mean squared error of the inspected module's output when the group's quantized linears are
+pseudo-quantized (Q(W s) / s, the rest float). The groups follow the parts the config declares
+(`scale_groups`; llm-awq's per-family tables for Llama, Falcon, BLOOM, OPT, Mixtral):
+  qkv        q/k/v or fused qkv   <- input_norm (scale, bias / s)      inspected: attention
+  gate_up    gate/up, gate_up or a plain MLP's up; in a MoE block the router, every expert's
+             gate/up and the shared expert's gate/up and gate   <- post_attn_norm
+                                                                   inspected: the MLP / MoE block
+  qkv_mlp    parallel blocks whose attention and MLP read one norm (Falcon-7B, StableLM with
+             use_parallel_residual): the two groups above as one <- input_norm; inspected: the block
+  o          o_proj               <- v's output columns (v_proj, or the v columns of a fused qkv)
+             only when num_heads == num_kv_heads and no clip_qkv     inspected: o_proj
+  down       down_proj (each expert's and the shared expert's too) <- up's columns (gated; the up
+             half of a fused gate_up), up_proj's columns and bias for ReLU (relu(z/s) = relu(z)/s),
+             else (GELU: GPT-NeoX, Falcon, BLOOM) a new `act_scale` divisor of the activation output,
+             llm-awq's ScaledActivation (see qjax.models.mlp)          inspected: down_proj
+  Mamba      in (in_proj <- input_norm), dt (dt_proj <- x_proj's dt columns)
+Not scaled, and reported as skipped with the reason: q/k/v and the MLP input of post-norm blocks
+(OPT-350m: the input is the residual stream), o_proj under grouped / multi-query attention or
+clip_qkv, Mamba's x_proj and out_proj. A (1 + w) RMSNorm (Gemma) absorbs s as w -> (1 + w) / s - 1.
+A router or shared-expert gate is rescaled exactly and stays float. An expert's down_proj search
+loss is over every search token (its channel means only over the tokens routed to it).
+All factors are searched on inputs captured with the unscaled block, then folded. Then the
+optional clip search (llm-awq `auto_clip_block`, every quantized linear but the query / key ones):
+per output column and input group, the symmetric clamp [-m, m], m = max|w| * (1 - i / clip_grid)
+for i < max_shrink * clip_grid, minimising the mean squared error of that group's partial outputs on
+`clip_tokens` calibration tokens (inputs divided by the folded s), is applied to the float weights.
+Finally every linear is RTN-quantized with the run's spec (the core's grid: its asymmetric range
+always contains 0, where llm-awq's is [min, max]).
 
 The loss of the search is computed on the first `search_windows` calibration windows truncated to
 their first `search_seqlen` tokens (exact for causal attention: a prefix's outputs do not depend
@@ -36,9 +50,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from qjax.models.config import ModelConfig
-from qjax.models.llama import MLP, Attention
+from qjax.models.decoder import Attention, DecoderLayer, layer_kind
+from qjax.models.mamba import MambaConfig
+from qjax.models.mlp import MLP, MoE
 from qjax.ops.runtime import Runtime
-from qjax.quant.calibration import positions_and_mask, site_node
+from qjax.quant.calibration import copy_tree, positions_and_mask, site_node
 from qjax.formats.grids import expand_stat, make_grid
 from qjax.quant.registry import Method, register
 from qjax.quant.rtn import quantize_rtn, rtn_round_trip
@@ -83,100 +99,228 @@ def awq_scales(absmean, alpha) -> jax.Array:
     return s / jnp.sqrt(jnp.max(s) * jnp.min(s))
 
 
-def _attn(params, x, config: ModelConfig):
-    positions, mask = positions_and_mask(x.shape[0], x.shape[1], config)
-    return Attention(config, Runtime()).apply({"params": params}, x, positions, mask, None, 0, None)[0]
+# ------------------------------------------------------------------------------------------------
+# Scale groups: which linears share an input, and which op absorbs 1 / s
 
 
-def _mlp(params, x, config: ModelConfig):
-    return MLP(config, Runtime()).apply({"params": params}, x, None)
+@dataclasses.dataclass(frozen=True)
+class ScaleGroup:
+    """Linears that read one tensor X, scaled together: their kernel rows are multiplied by s and
+    the op producing X divides its output by s.
+
+    name: the report key (qkv, o, gate_up, down, qkv_mlp, experts_3/down, in, dt, ...).
+    members: sites whose kernel rows are multiplied by s (a router among them stays float).
+    absorb: how X is divided by s: ("norm", norm path) (its scale, and bias, / s; a (1 + w) RMSNorm:
+      w -> (1 + w) / s - 1) | ("columns", site, start, stop) (those output columns and bias of a
+      linear / s; stop None: to the end) | ("act_scale", mlp path) (the MLP's `act_scale`, a divisor
+      of its activation output, multiplied by s).
+    inspect: whose output the search compares: "attn", "mlp", "moe", "block" (the whole decoder
+      layer) or a member site (that linear alone).
+    """
+
+    name: str
+    members: tuple
+    absorb: tuple
+    inspect: str
+
+    @property
+    def input_site(self) -> str:
+        """The member whose captured input is X (a router first: it sees every token)."""
+        return self.members[0]
 
 
-def _scaled_module(params, kind: str, s, spec: WeightQuantSpec):
-    """Module params with the group's kernels replaced by Q(W s) / s (rows = input channels)."""
-    def fq(w):
-        return rtn_round_trip(w * s[:, None], spec) / s[:, None]
-
-    if kind == "qkv":
-        return {**params, **{k: {**params[k], "kernel": fq(params[k]["kernel"])}
-                             for k in ("q_proj", "k_proj", "v_proj")}}
-    if kind == "gate_up":
-        return {**params, **{k: {**params[k], "kernel": fq(params[k]["kernel"])} for k in ("gate_proj", "up_proj")}}
-    return {"kernel": fq(params["kernel"])}
+def _mlp_inputs(config: ModelConfig, prefix: str) -> tuple:
+    if config.mlp == "plain":
+        return (f"{prefix}/up_proj",)
+    if config.fused_gate_up:
+        return (f"{prefix}/gate_up_proj",)
+    return (f"{prefix}/gate_proj", f"{prefix}/up_proj")
 
 
-def _module_out(params, x, kind: str, config: ModelConfig):
-    if kind == "qkv":
-        return _attn(params, x, config)
-    if kind == "gate_up":
-        return _mlp(params, x, config)
-    return jnp.matmul(x, params["kernel"], precision=jax.lax.Precision.HIGHEST)
+def _down_group(config: ModelConfig, prefix: str, width: int) -> ScaleGroup:
+    name = "down" if prefix == "mlp" else f"{prefix.split('/')[-1]}/down"
+    down = f"{prefix}/down_proj"
+    if config.mlp == "gated" and config.fused_gate_up:
+        absorb = ("columns", f"{prefix}/gate_up_proj", width, 2 * width)  # act(gate) * (up / s)
+    elif config.mlp == "gated" or config.activation == "relu":  # relu(z / s) = relu(z) / s for s > 0
+        absorb = ("columns", f"{prefix}/up_proj", 0, None)
+    else:  # act(z / s) != act(z) / s: llm-awq's ScaledActivation
+        absorb = ("act_scale", prefix)
+    return ScaleGroup(name, (down,), absorb, down)
 
 
-@functools.partial(jax.jit, static_argnames=("kind", "spec", "config", "n_grid"))
-def _search_losses(params, x, absmean, *, kind: str, spec: WeightQuantSpec, config: ModelConfig, n_grid: int):
-    """(n_grid,) output MSE of the inspected module for alpha = i / n_grid."""
-    ref = _module_out(params, x, kind, config)
+def scale_groups(config, layer: int) -> tuple[list[ScaleGroup], dict[str, str]]:
+    """(the ScaleGroups of block `layer`, {group name: why it cannot be scaled}) by the parts the
+    config declares (the module docstring has the table)."""
+    if isinstance(config, MambaConfig):
+        dt_columns = ("columns", "mixer/x_proj", 0, config.dt_rank)
+        return [ScaleGroup("in", ("mixer/in_proj",), ("norm", "input_norm"), "mixer/in_proj"),
+                ScaleGroup("dt", ("mixer/dt_proj",), dt_columns, "mixer/dt_proj")], {
+            "x_proj": "its input is silu(conv(x)): no op before it is linear in its input",
+            "out_proj": "its input is y * silu(z): no op before it is linear in its input"}
+    groups, skipped = [], {}
+    attn = ("attn/qkv_proj",) if config.fused_qkv else ("attn/q_proj", "attn/k_proj", "attn/v_proj")
+    moe = config.is_moe(layer)
+    if moe:
+        prefixes = [f"moe/experts_{e}" for e in range(config.num_experts)]
+        widths = [config.moe_intermediate_size] * config.num_experts
+        ff = ("moe/router",) + sum((_mlp_inputs(config, p) for p in prefixes), ())
+        if config.shared_expert_size:
+            prefixes.append("moe/shared_expert")
+            widths.append(config.shared_expert_size)
+            ff += _mlp_inputs(config, "moe/shared_expert") + ("moe/shared_expert_gate",)
+    else:
+        prefixes, widths, ff = ["mlp"], [config.intermediate_size], _mlp_inputs(config, "mlp")
+    if config.residual == "post":
+        reason = "post-norm block: its input is the residual stream, which no op can rescale"
+        skipped["qkv"] = skipped["gate_up"] = reason
+    elif config.residual == "parallel" and config.parallel_shared_norm:
+        groups.append(ScaleGroup("qkv_mlp", attn + ff, ("norm", "input_norm"), "block"))
+    else:
+        groups.append(ScaleGroup("qkv", attn, ("norm", "input_norm"), "attn"))
+        groups.append(ScaleGroup("gate_up", ff, ("norm", "post_attn_norm"), "moe" if moe else "mlp"))
+    if config.num_heads != config.num_kv_heads:
+        skipped["o"] = "num_heads != num_kv_heads: v cannot absorb o_proj's scales (needs num_heads == num_kv_heads)"
+    elif config.clip_qkv is not None:
+        skipped["o"] = "clip_qkv: the clamp of v does not commute with a scale"
+    else:
+        v = (("attn/qkv_proj", config.q_size + config.kv_size, config.q_size + 2 * config.kv_size) if config.fused_qkv
+             else ("attn/v_proj", 0, None))
+        groups.append(ScaleGroup("o", ("attn/o_proj",), ("columns", *v), "attn/o_proj"))
+    for prefix, width in zip(prefixes, widths):
+        groups.append(_down_group(config, prefix, width))
+    return groups, skipped
+
+
+def _sub(tree: Mapping, path: str):
+    for key in path.split("/"):
+        tree = tree[key]
+    return tree
+
+
+def _replace(tree: Mapping, path: str, fn) -> dict:
+    """A copy of the nested dict `tree` with the node at `path` replaced by fn(node)."""
+    key, _, rest = path.partition("/")
+    return {**tree, key: _replace(tree[key], rest, fn) if rest else fn(tree[key])}
+
+
+def _sliding_moe(config, layer: int) -> tuple[bool, bool]:
+    if isinstance(config, MambaConfig):
+        return False, False
+    kind = layer_kind(config, layer)
+    return kind["sliding"], kind["moe"]
+
+
+def _inspected_out(module, x, inspect: str, config, kind: tuple):
+    """Output of the inspected module (`ScaleGroup.inspect`; "linear": a single linear's node) on
+    its input x (B, T, in), from its params `module` (the whole block for "block")."""
+    sliding, moe = kind
+    if inspect in ("attn", "block"):
+        positions, mask = positions_and_mask(x.shape[0], x.shape[1], config, sliding=sliding)
+        if inspect == "attn":
+            return Attention(config, Runtime(), sliding).apply({"params": module}, x, positions, mask, None, 0, None)[0]
+        return DecoderLayer(config, Runtime(), sliding, moe).apply({"params": module}, x, positions, mask)[0]
+    if inspect == "mlp":
+        return MLP(config, Runtime()).apply({"params": module}, x, None)
+    if inspect == "moe":
+        return MoE(config, Runtime()).apply({"params": module}, x, None)
+    out = jnp.matmul(x, module["kernel"], precision=jax.lax.Precision.HIGHEST)
+    return out + module["bias"] if "bias" in module else out
+
+
+def _pseudo_quantized(module, sites: tuple, s, spec: WeightQuantSpec):
+    """Module params with the kernels of `sites` (paths inside it; "" the module itself) replaced by
+    Q(W s) / s (rows = input channels)."""
+    def fq(node):
+        w = node["kernel"]
+        return {**node, "kernel": rtn_round_trip(w * s[:, None], spec) / s[:, None]}
+
+    for site in sites:
+        module = fq(module) if site == "" else _replace(module, site, fq)
+    return module
+
+
+@functools.partial(jax.jit, static_argnames=("inspect", "sites", "spec", "config", "kind", "n_grid"))
+def _search_losses(module, x, absmean, *, inspect: str, sites: tuple, spec: WeightQuantSpec, config, kind: tuple,
+                   n_grid: int):
+    """(n_grid,) output MSE of the inspected module for alpha = i / n_grid (one compilation per
+    module structure and shapes: every expert's down_proj shares one)."""
+    ref = _inspected_out(module, x, inspect, config, kind)
 
     def loss(alpha):
-        out = _module_out(_scaled_module(params, kind, awq_scales(absmean, alpha), spec), x, kind, config)
+        out = _inspected_out(_pseudo_quantized(module, sites, awq_scales(absmean, alpha), spec), x, inspect, config,
+                             kind)
         return jnp.mean(jnp.square(ref - out))
 
     return jax.lax.map(loss, jnp.arange(n_grid, dtype=jnp.float32) / n_grid)
 
 
-def search_scale(params, x, absmean, kind: str, spec: WeightQuantSpec, config: ModelConfig,
-                 n_grid: int = 20) -> tuple[np.ndarray, float, np.ndarray]:
-    """(best s (in,), best alpha, losses (n_grid,)) for one group; ties keep the smaller alpha."""
-    losses = np.asarray(_search_losses(params, x, jnp.asarray(absmean, jnp.float32), kind=kind, spec=spec,
-                                       config=config, n_grid=n_grid))
+def search_scale(block, x, absmean, group: ScaleGroup, sites: tuple, spec: WeightQuantSpec, config,
+                 kind: tuple = (False, False), n_grid: int = 20) -> tuple[np.ndarray, float, np.ndarray]:
+    """(best s (in,), best alpha, losses (n_grid,)) for one group of `block` whose `sites` are
+    quantized with `spec`; x: the inspected module's input; ties keep the smaller alpha."""
+    if group.inspect == "block":
+        module, inspect, rel = block, "block", tuple(sites)
+    elif group.inspect in ("attn", "mlp", "moe"):
+        module, inspect = block[group.inspect], group.inspect
+        rel = tuple(site.split("/", 1)[1] for site in sites)
+    else:
+        module, inspect, rel = _sub(block, group.inspect), "linear", ("",)
+    losses = np.asarray(_search_losses(module, x, jnp.asarray(absmean, jnp.float32), inspect=inspect, sites=rel,
+                                       spec=spec, config=config, kind=kind, n_grid=n_grid))
     if not np.all(np.isfinite(losses)):
-        raise ValueError(f"AWQ {kind}: non-finite search loss {losses}")
+        raise ValueError(f"AWQ {group.name}: non-finite search loss {losses}")
     best = int(np.argmin(losses))
     alpha = best / n_grid
     return np.asarray(awq_scales(absmean, alpha)), alpha, losses
 
 
-def fold_scales(block: Mapping, scales: Mapping[str, np.ndarray], config: ModelConfig) -> dict:
+def fold_scales(block: Mapping, scales: Mapping[str, np.ndarray], config, layer: int = 0) -> dict:
     """Block params with AWQ factors folded in exactly (the float block computes the same function).
 
-    scales: any of "qkv", "o", "gate_up", "down" -> s (in,) of that group's input channels.
+    scales: group name (`scale_groups(config, layer)`) -> s (in,) of that group's input channels.
+    Raises ValueError for a group this block cannot scale (with the reason) or does not have.
     """
-    b = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in block.items()}
-    attn = {k: dict(v) for k, v in b["attn"].items()}
-    mlp = {k: dict(v) for k, v in b["mlp"].items()}
+    groups, skipped = scale_groups(config, layer)
+    by_name = {g.name: g for g in groups}
     f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
+    norm_kind = getattr(config, "norm", "rms")
+    out = copy_tree(block)
+    for name, s in scales.items():
+        if name not in by_name:
+            raise ValueError(f"AWQ: cannot fold group {name!r}: "
+                             + skipped.get(name, f"no such group (this block has {sorted(by_name)})"))
+        group, s = by_name[name], f32(s)
 
-    def rows(kernel, s):
-        return (f32(kernel) * f32(s)[:, None]).astype(kernel.dtype)
+        def rows(node):
+            return {**node, "kernel": (f32(node["kernel"]) * s[:, None]).astype(node["kernel"].dtype)}
 
-    def cols(x, s):
-        return (f32(x) / f32(s)).astype(x.dtype)
+        for site in group.members:
+            out = _replace(out, site, rows)
+        how, path, *cols = group.absorb
+        if how == "norm":
+            def divide(node):
+                new = dict(node)
+                if norm_kind == "rms_one_plus":
+                    new["scale"] = ((1.0 + f32(node["scale"])) / s - 1.0).astype(node["scale"].dtype)
+                else:
+                    new["scale"] = (f32(node["scale"]) / s).astype(node["scale"].dtype)
+                if "bias" in node:
+                    new["bias"] = (f32(node["bias"]) / s).astype(node["bias"].dtype)
+                return new
+        elif how == "columns":
+            a, b = cols
 
-    if "qkv" in scales:
-        s = scales["qkv"]
-        b["input_norm"] = {"scale": cols(b["input_norm"]["scale"], s)}
-        for k in ("q_proj", "k_proj", "v_proj"):
-            attn[k]["kernel"] = rows(attn[k]["kernel"], s)
-    if "o" in scales:
-        if config.num_heads != config.num_kv_heads:
-            raise ValueError("AWQ: the v_proj -> o_proj fold needs num_heads == num_kv_heads")
-        s = scales["o"]
-        attn["v_proj"]["kernel"] = cols(attn["v_proj"]["kernel"], s)
-        if "bias" in attn["v_proj"]:
-            attn["v_proj"]["bias"] = cols(attn["v_proj"]["bias"], s)
-        attn["o_proj"]["kernel"] = rows(attn["o_proj"]["kernel"], s)
-    if "gate_up" in scales:
-        s = scales["gate_up"]
-        b["post_attn_norm"] = {"scale": cols(b["post_attn_norm"]["scale"], s)}
-        for k in ("gate_proj", "up_proj"):
-            mlp[k]["kernel"] = rows(mlp[k]["kernel"], s)
-    if "down" in scales:
-        s = scales["down"]
-        mlp["up_proj"]["kernel"] = cols(mlp["up_proj"]["kernel"], s)
-        mlp["down_proj"]["kernel"] = rows(mlp["down_proj"]["kernel"], s)
-    b["attn"], b["mlp"] = attn, mlp
-    return b
+            def divide(node):
+                new = {**node, "kernel": f32(node["kernel"]).at[:, a:b].divide(s).astype(node["kernel"].dtype)}
+                if "bias" in node:
+                    new["bias"] = f32(node["bias"]).at[a:b].divide(s).astype(node["bias"].dtype)
+                return new
+        else:  # act_scale: the MLP divides act(up(x)) by it
+            def divide(node):
+                return {**node, "act_scale": f32(node.get("act_scale", 1.0)) * s}
+        out = _replace(out, path, divide)
+    return out
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "clip_grid", "n_shrink"))
@@ -231,62 +375,53 @@ def _token_sample(x: jax.Array, n: int) -> jax.Array:
 # ------------------------------------------------------------------------------------------------
 # Block function
 
-
-GROUPS = (("qkv", "attn/q_proj", ("attn/q_proj", "attn/k_proj", "attn/v_proj")),
-          ("o", "attn/o_proj", ("attn/o_proj",)),
-          ("gate_up", "mlp/gate_proj", ("mlp/gate_proj", "mlp/up_proj")),
-          ("down", "mlp/down_proj", ("mlp/down_proj",)))
+NO_CLIP = ("attn/q_proj", "attn/k_proj", "attn/qkv_proj")  # llm-awq does not clip the query / key linears
 
 
 def awq_block(capture, specs: Mapping[str, WeightQuantSpec], cfg: AWQConfig = AWQConfig()):
     """Block function for `calibration.quantize_blockwise`: AWQ scales (searched, folded), clip
-    search, RTN of every site in `specs` (site -> spec). A group is scaled only when all its linears
-    are quantized with one spec; its info records alpha and the search losses."""
+    search, RTN of every site in `specs` (site -> spec). A group is searched when its quantized
+    members share one spec (its float members, e.g. a router, are rescaled exactly and stay float);
+    its info records alpha and the search losses, or why it was skipped."""
     config = capture.config
+    groups, skipped = scale_groups(config, capture.layer)
+    kind = _sliding_moe(config, capture.layer)
     stats = capture.channel_stats()
-    n_win = cfg.search_windows
-    x_inputs = capture.linear_inputs(n_win)
-    x_inputs = {k: v[:, :cfg.search_seqlen] for k, v in x_inputs.items()}
+    x_inputs = {k: v[:, :cfg.search_seqlen] for k, v in capture.linear_inputs(cfg.search_windows).items()}
     block = capture.params
-    scales, infos = {}, {}
-    for name, input_site, members in GROUPS:
-        present = [m for m in members if m in specs]
+    scales, infos = {}, {name: {"skipped": reason} for name, reason in skipped.items()}
+    scale_of_site = {}
+    for group in groups:
+        present = [m for m in group.members if m in specs]
         if not present:
             continue
         group_specs = {specs[m] for m in present}
-        if len(present) != len(members) or len(group_specs) != 1:
-            infos[name] = {"skipped": "not every linear of the group is quantized with one spec"}
+        if len(group_specs) != 1:
+            infos[group.name] = {"skipped": "the group's linears are quantized with different specs"}
             continue
-        if name == "o" and config.num_heads != config.num_kv_heads:
-            infos[name] = {"skipped": "num_heads != num_kv_heads (v_proj cannot absorb the scales)"}
-            continue
-        spec = group_specs.pop()
-        if name == "qkv":
-            module = block["attn"]
-        elif name == "gate_up":
-            module = block["mlp"]
-        else:
-            module = block[input_site.split("/")[0]][input_site.split("/")[1]]
-        s, alpha, losses = search_scale(module, x_inputs[input_site], stats[input_site].absmean, name, spec,
-                                        config, cfg.n_grid)
-        scales[name] = s
-        infos[name] = {"alpha": alpha, "loss": float(losses.min()), "loss_alpha0": float(losses[0])}
-    folded = fold_scales(block, scales, config)
+        x = (capture.block_inputs(cfg.search_windows)[:, :cfg.search_seqlen] if group.inspect == "block"
+             else x_inputs[group.input_site if group.inspect in ("attn", "mlp", "moe") else group.inspect])
+        s, alpha, losses = search_scale(block, x, stats[group.input_site].absmean, group, tuple(present),
+                                        group_specs.pop(), config, kind, cfg.n_grid)
+        scales[group.name] = s
+        scale_of_site.update({m: s for m in group.members})
+        infos[group.name] = {"alpha": alpha, "loss": float(losses.min()), "loss_alpha0": float(losses[0])}
+    folded = fold_scales(block, scales, config, capture.layer)
     linears = {}
-    for name, input_site, members in GROUPS:
-        for site in members:
-            if site not in specs:
-                continue
-            spec = specs[site]
-            node = site_node(folded, site)
-            w = node["kernel"]
-            if cfg.clip and site not in ("attn/q_proj", "attn/k_proj"):
-                x = _token_sample(x_inputs[input_site], cfg.clip_tokens)
-                if name in scales:
-                    x = x / jnp.asarray(scales[name], jnp.float32)
-                w = clip_weight(w, x, spec, cfg).astype(np.asarray(node["kernel"]).dtype)
-            node["kernel"] = quantize_rtn(w, spec, path=capture.path(site))
-            linears[capture.path(site)] = {"clipped": bool(cfg.clip and site not in ("attn/q_proj", "attn/k_proj"))}
+    for site in capture.sites():
+        if site not in specs:
+            continue
+        spec = specs[site]
+        node = site_node(folded, site)
+        w = node["kernel"]
+        clipped = cfg.clip and site not in NO_CLIP
+        if clipped:
+            x = _token_sample(x_inputs[site], cfg.clip_tokens)
+            if site in scale_of_site:
+                x = x / jnp.asarray(scale_of_site[site], jnp.float32)
+            w = clip_weight(w, x, spec, cfg).astype(np.asarray(node["kernel"]).dtype)
+        node["kernel"] = quantize_rtn(w, spec, path=capture.path(site))
+        linears[capture.path(site)] = {"clipped": bool(clipped)}
     return folded, {"awq": infos, "linears": linears}
 
 
@@ -294,4 +429,5 @@ register(Method("awq", AWQConfig, block_fn=awq_block,
                 doc="AWQ: activation-aware scales folded into the float block, clip search, then RTN"))
 
 
-__all__ = ["AWQConfig", "awq_scales", "search_scale", "fold_scales", "clip_weight", "awq_block"]
+__all__ = ["AWQConfig", "ScaleGroup", "awq_scales", "scale_groups", "search_scale", "fold_scales", "clip_weight",
+           "awq_block"]

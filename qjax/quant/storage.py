@@ -21,15 +21,17 @@ import shutil
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from qjax.formats.qarray import Outliers, QArray, QStat
 from qjax.quant.rules import flatten_params
 from qjax.formats.spec import WeightQuantSpec
+from qjax.parallel.rules import DEFAULT_RULES, Rule, param_shardings
 
 FORMAT_VERSION = 1
 META_FILE = "qjax_quant.json"
@@ -82,24 +84,23 @@ def _qarray_to_tree(qa: QArray) -> tuple[dict, dict]:
     return tree, meta
 
 
-def _stat_from_tree(tree, meta):
+def _stat_from_tree(tree, meta, leaf=jnp.asarray):
     if meta == "array":
-        return jnp.asarray(tree)
-    return QStat(codes=jnp.asarray(tree["codes"]), scale=jnp.asarray(tree["scale"]),
-                 offset=jnp.asarray(tree["offset"]), shape=tuple(meta["shape"]), bits=meta["bits"],
-                 group_size=meta["group_size"])
+        return leaf(tree)
+    return QStat(codes=leaf(tree["codes"]), scale=leaf(tree["scale"]), offset=leaf(tree["offset"]),
+                 shape=tuple(meta["shape"]), bits=meta["bits"], group_size=meta["group_size"])
 
 
-def _qarray_from_tree(tree: Mapping, meta: Mapping) -> QArray:
+def _qarray_from_tree(tree: Mapping, meta: Mapping, leaf=jnp.asarray) -> QArray:
+    """The QArray of `tree` (its stored array leaves, each passed through `leaf`) and `meta`."""
     spec = meta["spec"]
     outliers = None
     if meta["outliers"]:
         o = tree["outliers"]
-        outliers = Outliers(rows=jnp.asarray(o["rows"]), cols=jnp.asarray(o["cols"]),
-                            values=jnp.asarray(o["values"]))
-    return QArray(codes=jnp.asarray(tree["codes"]), scale=_stat_from_tree(tree["scale"], meta["scale"]),
-                  zero=None if meta["zero"] is None else _stat_from_tree(tree["zero"], meta["zero"]),
-                  codebook=jnp.asarray(tree["codebook"]) if meta["codebook"] else None,
+        outliers = Outliers(rows=leaf(o["rows"]), cols=leaf(o["cols"]), values=leaf(o["values"]))
+    return QArray(codes=leaf(tree["codes"]), scale=_stat_from_tree(tree["scale"], meta["scale"], leaf),
+                  zero=None if meta["zero"] is None else _stat_from_tree(tree["zero"], meta["zero"], leaf),
+                  codebook=leaf(tree["codebook"]) if meta["codebook"] else None,
                   outliers=outliers, spec=WeightQuantSpec.from_dict(spec), shape=tuple(meta["shape"]),
                   dtype=meta["dtype"])
 
@@ -119,17 +120,26 @@ def _split(params: Mapping, prefix: str, meta: dict) -> dict:
     return out
 
 
-def _join(tree: Mapping, prefix: str, meta: Mapping) -> dict:
+def _join(tree: Mapping, prefix: str, meta: Mapping, leaf=jnp.asarray) -> dict:
     out = {}
     for key, value in tree.items():
         path = f"{prefix}/{key}" if prefix else key
         if path in meta:
-            out[key] = _qarray_from_tree(value, meta[path])
+            out[key] = _qarray_from_tree(value, meta[path], leaf)
         elif isinstance(value, Mapping):
-            out[key] = _join(value, path, meta)
+            out[key] = _join(value, path, meta, leaf)
         else:
-            out[key] = jnp.asarray(value)
+            out[key] = leaf(value)
     return out
+
+
+def _storable(x):
+    """A leaf as Orbax should write it: a jax.Array spread over devices of other processes stays one
+    (each process writes the shards it holds); anything else becomes one host numpy array (written
+    once, by process 0)."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return x
+    return np.asarray(x)
 
 
 def disk_bytes(path: Union[str, os.PathLike]) -> int:
@@ -210,8 +220,9 @@ def save_params(path: Union[str, os.PathLike], params: Mapping, *, overwrite: bo
     process is killed during the save (with overwrite=True the two are exchanged atomically on Linux;
     elsewhere a kill between the two renames leaves the old one at `.<name>.old-<pid>-*`).
     Temporaries of killed saves are removed by the next save to the same path. In a multi-process
-    run every process calls it with the same params: Orbax writes each array once, process 0 writes
-    the metadata and renames, and all return after the rename.
+    run every process calls it with the same params: Orbax writes each array once (an array sharded
+    over several processes' devices: each process its own shards), process 0 writes the metadata and
+    renames, and all return after the rename.
 
     Returns {"path", "disk_bytes", "nbytes"} (bytes on disk and `params_nbytes`).
     Raises FileExistsError if `path` exists and overwrite is False.
@@ -235,7 +246,7 @@ def save_params(path: Union[str, os.PathLike], params: Mapping, *, overwrite: bo
     _barrier(multi, f"qjax save_params start {path}")
     meta: dict = {}
     tree = _split(params, "", meta)
-    tree = jax.tree_util.tree_map(np.asarray, tree)
+    tree = jax.tree_util.tree_map(_storable, tree)
     try:
         with ocp.PyTreeCheckpointer(use_compression=False) as ckptr:
             ckptr.save(tmp / ARRAYS_DIR, tree)
@@ -328,8 +339,14 @@ def _first_line(e: BaseException) -> str:
     return line if len(line) <= 300 else line[:300] + " ..."
 
 
-def restore_params(path: Union[str, os.PathLike], *, like: Optional[Mapping] = None) -> dict:
+def restore_params(path: Union[str, os.PathLike], *, like: Optional[Mapping] = None,
+                   mesh: Optional[Mesh] = None, rules: Sequence[Rule] = DEFAULT_RULES) -> dict:
     """Restore what `save_params` wrote: nested dicts of jax arrays and QArrays, bit-exact.
+
+    Without `mesh`, each array comes back whole on the default device (however it was saved). With
+    `mesh`, each comes back laid out on it by the partition `rules` (`qjax.parallel.param_shardings`:
+    QArray codes, scales and zeros follow their kernel), every process reading from the checkpoint
+    only the shards its devices hold: in a multi-process run all processes call it together.
 
     With `like` (the model's params, e.g. the float params of `load_model`), the restored tree must
     have the same parameter paths, and each leaf the same shape (a QArray's `shape` is the float
@@ -349,7 +366,12 @@ def restore_params(path: Union[str, os.PathLike], *, like: Optional[Mapping] = N
     asyncio_log.setLevel(logging.CRITICAL)  # Orbax's failed reads log "Event loop is closed" per array
     try:
         with ocp.PyTreeCheckpointer() as ckptr:
-            tree = ckptr.restore(arrays)
+            stored = ckptr.metadata(arrays).item_metadata.tree  # {..: ArrayMetadata (shape, dtype)}
+            if mesh is None:
+                restore_args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), stored)
+            else:
+                restore_args = _sharded_restore_args(stored, meta["qarrays"], mesh, rules)
+            tree = ckptr.restore(arrays, restore_args=restore_args)
         params = _join(tree, "", meta["qarrays"])
     except Exception as e:  # Orbax / TensorStore raise many types; name the checkpoint and the first line
         _drop_closed_loop_reports()
@@ -360,6 +382,18 @@ def restore_params(path: Union[str, os.PathLike], *, like: Optional[Mapping] = N
     if like is not None:
         check_tree_matches(params, like, where=str(path))
     return params
+
+
+def _sharded_restore_args(stored: Mapping, qarrays: Mapping, mesh: Mesh, rules: Sequence[Rule]) -> dict:
+    """Orbax restore arguments placing every stored array on `mesh` as `param_shardings` lays out the
+    params they make up (worked out on their shapes alone, before any data is read)."""
+    import orbax.checkpoint as ocp
+
+    abstract = _join(stored, "", qarrays, leaf=lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype))
+    shardings = _split(param_shardings(abstract, mesh, rules), "", {})  # the stored layout, of shardings
+    return jax.tree_util.tree_map(
+        lambda m, sharding: ocp.ArrayRestoreArgs(sharding=sharding, global_shape=tuple(m.shape), dtype=m.dtype),
+        stored, shardings)
 
 
 def _shapes(tree: Any, prefix: str = "") -> dict:

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -90,3 +92,95 @@ def test_two_host_suite_equals_one_process_and_resumes(tmp_path):
     outs = run_two_hosts(common + ["--config.mesh=data:2,model:2"] + where("two"))  # resume: all done
     assert len(_rows(tmp_path / "two.jsonl")) == len(two)
     assert "[run]" not in outs[0] + outs[1]
+
+
+_QUANTIZED_PARAMS = textwrap.dedent('''
+    import numpy as np
+    from qjax.formats import QArray, SecondLevelSpec, WeightQuantSpec
+    from qjax.formats.qarray import quantize_stat
+    from qjax.quant.rtn import quantize_rtn, rtn_codes
+
+    def quantized_params():
+        """Float leaves and QArrays of every storage form (zero points, symmetric NF4, second-level
+        QStats with outliers), the same on every process (fixed seed)."""
+        rng = np.random.default_rng(7)
+        w = lambda *shape: rng.standard_normal(shape).astype(np.float32)
+        down = w(128, 64)
+        codes, scale, zero = rtn_codes(down, WeightQuantSpec(bits=3, group_size=16))
+        second = SecondLevelSpec(bits=3, group_size=8)
+        spqr = QArray.from_codes(codes, quantize_stat(scale, second), quantize_stat(zero, second),
+                                 spec=WeightQuantSpec(bits=3, group_size=16),
+                                 outliers=([1, 40, 127], [0, 5, 63], [9.0, -7.5, 3.25]))
+        return {"embed": {"embedding": w(256, 64)},
+                "layers_0": {"attn": {"q_proj": {"kernel": quantize_rtn(w(64, 64), WeightQuantSpec(
+                                          bits=4, group_size=32, symmetric=True, grid="nf4"))},
+                                      "o_proj": {"kernel": w(64, 64).astype("bfloat16")}},
+                             "mlp": {"gate_proj": {"kernel": quantize_rtn(w(64, 128), WeightQuantSpec(bits=4, group_size=16))},
+                                     "down_proj": {"kernel": spqr}}},
+                "final_norm": {"scale": w(64)}}
+''')
+
+_SHARDED_SAVE_RESTORE = _QUANTIZED_PARAMS + textwrap.dedent('''
+    import sys
+    import jax
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
+    from jax.experimental import multihost_utils
+    import qjax.parallel as qp
+    from qjax.quant.storage import restore_params, save_params
+
+    mesh = qp.make_mesh("model:4")  # every weight split over both processes' devices
+    reference = quantized_params()
+    sharded = qp.shard_params(reference, mesh)
+    assert not sharded["layers_0"]["mlp"]["down_proj"]["kernel"].codes.is_fully_addressable
+    save_params(sys.argv[3], sharded)
+    restored = restore_params(sys.argv[3], mesh=mesh, like=reference)
+    is_q = lambda x: isinstance(x, QArray)
+    assert jax.tree_util.tree_structure(restored) == jax.tree_util.tree_structure(reference)  # specs, shapes
+    want = jax.tree_util.tree_leaves_with_path(reference)
+    got = jax.tree_util.tree_leaves(restored)
+    layouts = jax.tree_util.tree_leaves(qp.param_shardings(reference, mesh))
+    assert len(want) == len(got) == len(layouts)
+    split = 0
+    for (path, w), g, layout in zip(want, got, layouts):
+        w = np.asarray(w)
+        assert g.shape == w.shape and g.dtype == w.dtype and g.sharding == layout, (path, g.sharding, layout)
+        split += g.sharding.spec != jax.sharding.PartitionSpec()
+        for shard in g.addressable_shards:
+            np.testing.assert_array_equal(np.asarray(shard.data), w[shard.index], err_msg=str(path))
+    q = restored["layers_0"]["mlp"]["gate_proj"]["kernel"]
+    np.testing.assert_array_equal(multihost_utils.process_allgather(q.dequantize(), tiled=True),
+                                  np.asarray(reference["layers_0"]["mlp"]["gate_proj"]["kernel"].dequantize()))
+    print("restored", jax.process_index(), len(got), "arrays", split, "split")
+''')
+
+
+def test_two_processes_save_and_restore_sharded_qarrays(tmp_path):
+    """Both processes save QArray params sharded over a model:4 mesh spanning them (each writes its own
+    shards), restore them onto that mesh with the rules' shardings, and find every addressable shard
+    equal to the numpy reference; one process then restores the checkpoint whole."""
+    port = _free_port()
+    ckpt = tmp_path / "ckpt"
+    procs = [subprocess.Popen([sys.executable, "-c", _SHARDED_SAVE_RESTORE, f"127.0.0.1:{port}", str(i), str(ckpt)],
+                              cwd=ROOT, env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    try:
+        outs = [p.communicate(timeout=600)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-4000:]
+    for i, out in enumerate(outs):
+        found = re.search(rf"restored {i} (\d+) arrays (\d+) split", out)
+        assert found and int(found[2]) >= 8, out[-2000:]  # most arrays split over the processes
+    scope: dict = {}
+    exec(_QUANTIZED_PARAMS, scope)
+    import jax
+    import numpy as np
+
+    from qjax.quant.storage import restore_params
+
+    whole = restore_params(ckpt)  # one process, one device: every array whole
+    for w, g in zip(jax.tree_util.tree_leaves(scope["quantized_params"]()), jax.tree_util.tree_leaves(whole)):
+        np.testing.assert_array_equal(np.asarray(g), np.asarray(w))

@@ -46,6 +46,25 @@ FAMILIES = {
         vocab_size=VOCAB, hidden_size=64, ffn_dim=96, num_hidden_layers=2, num_attention_heads=4,
         max_position_embeddings=256, word_embed_proj_dim=64)),
     "bloom": (T.BloomConfig, T.BloomForCausalLM, dict(vocab_size=VOCAB, hidden_size=96, n_layer=2, n_head=6)),
+    # variants
+    "gemma3_multimodal": (T.Gemma3Config, T.Gemma3ForConditionalGeneration, dict(
+        text_config=dict(LLAMA_LIKE, head_dim=16, query_pre_attn_scalar=24, sliding_window=6, eos_token_id=None,
+                         layer_types=["sliding_attention", "full_attention"]),
+        vision_config=dict(hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=28, patch_size=14),
+        mm_tokens_per_image=4, image_token_index=VOCAB - 1, boi_token_index=VOCAB - 3, eoi_token_index=VOCAB - 2)),
+    "falcon_alibi": (T.FalconConfig, T.FalconForCausalLM, dict(  # falcon-rw: ALiBi, sequential, biases
+        vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, ffn_hidden_size=96,
+        alibi=True, multi_query=False, parallel_attn=False, bias=True)),
+    "opt_350m": (T.OPTConfig, T.OPTForCausalLM, dict(  # post-norm blocks, project_in / project_out
+        vocab_size=VOCAB, hidden_size=64, ffn_dim=96, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=256, word_embed_proj_dim=32, do_layer_norm_before=False)),
+    "stablelm_qk_parallel": (T.StableLmConfig, T.StableLmForCausalLM, dict(
+        LLAMA_LIKE, qk_layernorm=True, use_parallel_residual=True)),
+    "phi3_longrope": (T.Phi3Config, T.Phi3ForCausalLM, dict(  # long factors beyond 12 positions
+        LLAMA_LIKE, pad_token_id=0, max_position_embeddings=48, original_max_position_embeddings=12,
+        rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.5,
+                         "short_factor": [1.0, 1.25, 1.5, 2.0], "long_factor": [1.0, 3.0, 9.0, 27.0]})),
     "mixtral": (T.MixtralConfig, T.MixtralForCausalLM, dict(LLAMA_LIKE, num_local_experts=4, num_experts_per_tok=2)),
     "qwen2_moe": (T.Qwen2MoeConfig, T.Qwen2MoeForCausalLM, dict(
         LLAMA_LIKE, **MOE, num_experts=4, shared_expert_intermediate_size=48)),
@@ -68,11 +87,12 @@ def word_level_tokenizer(vocab_size: int):
     return tokenizer
 
 
-def save_family(name: str, directory):
-    """Saves family `name`'s tiny model to `directory`; returns the torch model."""
+def save_family(name: str, directory, **overrides):
+    """Saves family `name`'s tiny model (config kwargs updated by `overrides`) to `directory`;
+    returns the torch model."""
     config_cls, model_cls, kwargs = FAMILIES[name]
     torch.manual_seed(0)
-    config = config_cls(**kwargs)
+    config = config_cls(**{**kwargs, **overrides})
     config.eos_token_id = None
     model = model_cls(config).eval().float()
     with torch.no_grad():
