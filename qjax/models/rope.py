@@ -49,10 +49,14 @@ def rope_frequencies(config: ModelConfig, positions: jax.Array, *, local: bool =
     """(inverse frequencies, cos/sin scale) of a forward at `positions` (B, T), for `apply_rope`.
 
     Without longrope: (`inverse_frequencies`, 1.0). With longrope: per row (B, rotary_dim // 2), the
-    long factors where the row's largest position + 1 exceeds original_max_position_embeddings (as
-    transformers chooses them per forward call, so a decode step past that length uses the long
-    factors while the cached keys keep the ones they were written with), and the scale
-    attention_factor."""
+    long factors where the row's largest position + 1 exceeds original_max_position_embeddings, and
+    the scale attention_factor. This is transformers' (and Microsoft's Phi-3 code's) choice per
+    forward call: a decode step past that length uses the long factors while the cached keys keep
+    the ones they were written with. So qjax equals transformers wherever the calls cut the sequence
+    alike (one forward over a window or request; generation whose prompt fits one prefill chunk);
+    for sequences that cross the original length, a prompt prefilled in several chunks, a packed row
+    holding requests on both sides of it, or a context scored through the KV cache apart from its
+    continuation can get other factors than one transformers forward over the whole sequence."""
     scaling = config.rope_scaling
     if scaling is None or scaling.rope_type != "longrope" or (local and config.local_rope_theta is not None):
         return inverse_frequencies(config, local=local), 1.0

@@ -153,8 +153,9 @@ def scale_groups(config, layer: int) -> tuple[list[ScaleGroup], dict[str, str]]:
     """(the ScaleGroups of block `layer`, {group name: why it cannot be scaled}) by the parts the
     config declares (the module docstring has the table)."""
     if isinstance(config, MambaConfig):
+        dt_columns = ("columns", "mixer/x_proj", 0, config.dt_rank)
         return [ScaleGroup("in", ("mixer/in_proj",), ("norm", "input_norm"), "mixer/in_proj"),
-                ScaleGroup("dt", ("mixer/dt_proj",), ("columns", "mixer/x_proj", 0, config.dt_rank), "mixer/dt_proj")], {
+                ScaleGroup("dt", ("mixer/dt_proj",), dt_columns, "mixer/dt_proj")], {
             "x_proj": "its input is silu(conv(x)): no op before it is linear in its input",
             "out_proj": "its input is y * silu(z): no op before it is linear in its input"}
     groups, skipped = [], {}

@@ -5,6 +5,8 @@ targeted linear and reporting which groups it scaled and which it skipped."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -18,8 +20,6 @@ from qjax.quant.recipe import Recipe
 from qjax.quant.rules import DEFAULT_WEIGHT_PATTERN, flatten_params
 
 from family_tiny import VOCAB, save_family
-
-import re
 
 # what each family's blocks can absorb (besides o / down, checked per family below)
 FOLD_FAMILIES = {
@@ -40,7 +40,7 @@ FAST_FOLD = ("gemma2", "falcon", "bloom", "opt_350m", "qwen2_moe")
 def _random_scales(params, config, layer, rng):
     groups, _ = scale_groups(config, layer)
     block = params[f"layers_{layer}"]
-    return {g.name: np.exp(rng.uniform(-1.5, 1.5, site_node(block, g.members[0])["kernel"].shape[0])).astype(np.float32)
+    return {g.name: np.exp(rng.uniform(-1.5, 1.5, site_node(block, g.members[0])["kernel"].shape[0]))
             for g in groups}
 
 
@@ -57,7 +57,8 @@ def test_fold_preserves_the_float_model(tmp_path, name):
         folded[f"layers_{i}"] = fold_scales(params[f"layers_{i}"], scales, config, i)
     for group in FOLD_FAMILIES[name]:  # each group changed the weights it scales
         member = next(g for g in scale_groups(config, 0)[0] if g.name == group).members[0]
-        assert not np.allclose(site_node(folded["layers_0"], member)["kernel"], site_node(params["layers_0"], member)["kernel"])
+        assert not np.allclose(site_node(folded["layers_0"], member)["kernel"],
+                               site_node(params["layers_0"], member)["kernel"])
     tokens = np.random.default_rng(1).integers(0, VOCAB, size=(2, 12)).astype(np.int32)
     ref = np.asarray(forward(params, tokens, config)[0])
     out = np.asarray(forward(folded, tokens, config)[0])
@@ -69,20 +70,24 @@ AWQ_FAMILIES = {  # name -> groups the report must show as searched / as skipped
     "falcon": ({"qkv_mlp", "down"}, {"o"}),
     "qwen2_moe": ({"qkv", "gate_up", "experts_0/down", "shared_expert/down"}, {"o"}),
     "opt_350m": ({"o", "down"}, {"qkv", "gate_up"}),
+    "bloom": ({"qkv", "gate_up", "o", "down"}, set()),
+    "mamba": ({"in", "dt"}, {"x_proj", "out_proj"}),
 }
 
 
-@pytest.mark.parametrize("name", [n if n in ("falcon", "qwen2_moe") else pytest.param(n, marks=pytest.mark.slow)
+@pytest.mark.parametrize("name", [n if n == "qwen2_moe" else pytest.param(n, marks=pytest.mark.slow)
                                   for n in AWQ_FAMILIES])
 def test_awq_w4_quantizes_every_linear(tmp_path, name):
     save_family(name, tmp_path)
     config, params, _ = load_model(str(tmp_path))
     calib = np.random.default_rng(2).integers(0, VOCAB, size=(4, 16)).astype(np.int32)
-    recipe = Recipe.parse("awq:w4g16,n_grid=5,search_windows=2,clip_grid=5,clip_tokens=32")
+    dt_rule = r",layers_\d+/mixer/dt_proj:w4g4" if name == "mamba" else ""  # dt_proj reads dt_rank = 4 channels
+    recipe = Recipe.parse("awq:w4g16,n_grid=5,search_windows=2,clip_grid=5,clip_tokens=32" + dt_rule)
     new, report = quantize(params, config, recipe, calib, progress=False)
     targeted = [p for p in flatten_params(params) if re.fullmatch(DEFAULT_WEIGHT_PATTERN, p)]
     flat = flatten_params(new)
-    assert targeted and all(isinstance(flat[p], QArray) for p in targeted), [p for p in targeted if not isinstance(flat[p], QArray)]
+    assert targeted and all(isinstance(flat[p], QArray) for p in targeted), [
+        p for p in targeted if not isinstance(flat[p], QArray)]
     assert report["quantized"] == len(targeted)
     searched, skipped = AWQ_FAMILIES[name]
     for block in report["blocks"]:

@@ -43,9 +43,10 @@ def test_family_runs_every_entry_point(tmp_path, name):
 
     context, continuation = windows[0, :10].tolist(), windows[0, 10:13].tolist()
     (ll, greedy), = score_requests(params, config, [(context, continuation)])
-    expected = sum(logp[0, 9 + i, tok] for i, tok in enumerate(continuation))
+    request_logp = _hf_logprobs(model, windows[:1, :12])  # as lm-eval's HF model: (context + continuation)[:-1]
+    expected = sum(request_logp[0, 9 + i, tok] for i, tok in enumerate(continuation))
     assert ll == pytest.approx(expected, abs=1e-4)
-    assert greedy == all(np.argmax(logp[0, 9 + i]) == tok for i, tok in enumerate(continuation))
+    assert greedy == all(np.argmax(request_logp[0, 9 + i]) == tok for i, tok in enumerate(continuation))
 
     w8a8_recipe = Recipe.parse("w8sym,a8").apply(params, config, progress=False)
     w8a8 = perplexity_of_windows(w8a8_recipe.params, config, windows, batch_size=2, runtime=w8a8_recipe.runtime,

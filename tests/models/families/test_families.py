@@ -14,7 +14,8 @@ from qjax.models import forward
 
 from family_tiny import FAMILIES, VOCAB, save_family
 
-# default suite: sliding + soft-capping + sandwich, ALiBi + fused per-head qkv, MoE, LongRoPE past its switch; the rest under -m slow
+# default suite: sliding + soft-capping + sandwich, ALiBi + fused per-head qkv, MoE, LongRoPE past its
+# switch; the rest under -m slow
 FAST_GENERATE = ("gemma2", "bloom", "mixtral", "phi3_longrope")
 
 

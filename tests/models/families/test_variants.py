@@ -22,7 +22,8 @@ def test_longrope_switches_to_long_factors_past_the_original_length(tmp_path):
     scaling = config.rope_scaling
     assert scaling.rope_type == "longrope" and scaling.original_max_position_embeddings == 12
     assert math.isclose(scaling.attention_factor, math.sqrt(1 + math.log(48 / 12) / math.log(12)))
-    only_short = dataclasses.replace(config, rope_scaling=dataclasses.replace(scaling, long_factor=scaling.short_factor))
+    only_short = dataclasses.replace(
+        config, rope_scaling=dataclasses.replace(scaling, long_factor=scaling.short_factor))
     for length, uses_long in ((12, False), (20, True)):
         tokens = np.random.default_rng(length).integers(0, VOCAB, size=(1, length)).astype(np.int32)
         with torch.no_grad():
@@ -42,8 +43,9 @@ def test_multimodal_gemma3_reads_both_text_layouts(tmp_path):
     renamed = tmp_path / "renamed"
     renamed.mkdir()
     (renamed / "config.json").write_bytes((tmp_path / "config.json").read_bytes())
-    save_file({k.replace("language_model.model.", "model.language_model.").replace("vision_tower.", "model.vision_tower."): v
-               for k, v in tensors.items()}, str(renamed / "model.safetensors"))
+    newer = {k.replace("language_model.model.", "model.language_model.").replace("vision_tower.", "model.vision_tower."): v
+             for k, v in tensors.items()}
+    save_file(newer, str(renamed / "model.safetensors"))
     _, params2, _ = load_model(str(renamed))
     tokens = np.arange(10, dtype=np.int32)[None]
     np.testing.assert_array_equal(np.asarray(forward(params2, tokens, config)[0]),
