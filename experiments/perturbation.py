@@ -50,7 +50,7 @@ except ImportError:
 from qjax.analysis.table import markdown_table
 from qjax.checkpoints import load_model
 from qjax.data.corpus import load_windows
-from qjax.data.provenance import corpus_sources, describe as describe_sources
+from qjax.data.provenance import calibration_identity, corpus_sources, describe as describe_sources
 from qjax.eval.results import ResultStore, make_row, run_id
 from qjax.models.llama import Decoder, linen_variables
 from qjax.ops.runtime import Runtime
@@ -165,9 +165,7 @@ def base_identity(cfg, recipe: Recipe, data_dir: Optional[str]) -> tuple[str, st
     windows_data = corpus_sources(cfg.dataset, cfg.split, data_dir)
     labels, calibration = list(windows_data), None
     if recipe.calibrated:
-        cal = cfg.calibration
-        calibration = {"settings": cal.to_dict(),
-                       "data": corpus_sources(cal.dataset, cal.split, data_dir, jsonl=cal.get("jsonl") or None)}
+        calibration = calibration_identity(cfg.calibration, data_dir)
         labels = labels + [label for label in calibration["data"] if label not in labels]
     rid = run_id(model=cfg.model, task=window_task(cfg), recipe=str(recipe), window_batch=cfg.window_batch,
                  data=windows_data, calibration=calibration)

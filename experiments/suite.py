@@ -334,7 +334,7 @@ def run_task_rows(task: str, params, config: ModelConfig, tokenizer, cfg, runtim
         result = perplexity(params, config, tokenizer, dataset=task, split=p.split, seqlen=p.seqlen,
                             max_windows=None if p.max_windows < 0 else p.max_windows,
                             batch_size=p.batch_size, runtime=runtime, runtime_state=runtime_state,
-                            data_dir=data_dir, progress=False)
+                            data_dir=data_dir, progress=is_primary())  # tqdm on stderr
         return [{"task": f"{task}/{p.split}", "metric": "perplexity", "value": result["ppl"],
                  "items": result["tokens"], "seconds": result["seconds"], "details": result,
                  "config": p.to_dict()}]

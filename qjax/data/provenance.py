@@ -131,5 +131,14 @@ def corpus_sources(dataset: str, split: str, data_dir: Optional[str | os.PathLik
     return sources.labels()
 
 
-__all__ = ["corpus_sources", "Sources", "recording", "record_file", "record_hub", "hub_revision", "file_label", "describe",
+def calibration_identity(calibration, data_dir: Optional[str | os.PathLike] = None) -> dict:
+    """What a calibrated result depends on in its calibration: {"settings": the fields of
+    `calibration` (a mapping or ConfigDict like `qjax.data.corpus.CalibrationData`: dataset, split,
+    num_windows, seqlen, seed, optional jsonl), "data": the labels of the corpus it samples}."""
+    settings = calibration.to_dict() if hasattr(calibration, "to_dict") else dict(calibration)
+    return {"settings": settings, "data": corpus_sources(settings["dataset"], settings["split"], data_dir,
+                                                         jsonl=settings.get("jsonl") or None)}
+
+
+__all__ = ["calibration_identity", "corpus_sources", "Sources", "recording", "record_file", "record_hub", "hub_revision", "file_label", "describe",
            "task_sources"]

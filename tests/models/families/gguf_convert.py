@@ -11,8 +11,9 @@ Transforms per architecture (as the converter does them):
   qwen2moe / qwen3moe / olmoe: experts stacked (E, out, in);
   mamba: A = -exp(A_log), conv1d (C, 1, k) -> (C, k), lm_head dropped when equal to the embedding;
   stablelm: per-head q/k LayerNorms stacked (heads, head_dim);
+  llama with llama3 RoPE scaling: the per-frequency divisors as tensor rope_freqs;
   phi3 LongRoPE: factors as tensors rope_factors_{long,short}, attn factor and original context as metadata.
-Quantized files keep norms and MoE routers in F32.
+Quantized files keep norms, MoE routers and rows that are no whole number of blocks in F32.
 """
 
 from __future__ import annotations
@@ -152,7 +153,8 @@ def _tensors(arch: str, cfg, tensors: dict[str, np.ndarray]):
             if name == "lm_head.weight" and np.array_equal(w, tensors["backbone.embeddings.weight"]):
                 continue
         parts = name.split(".")
-        group = next((i for i, p in enumerate(parts[:-1]) if p in ("experts", "norms") and parts[i + 1].isdigit()), None)
+        group = next((i for i, p in enumerate(parts[:-1])
+                      if p in ("experts", "norms") and parts[i + 1].isdigit()), None)
         if group is not None:  # experts (MoE) and per-head norms (StableLM 2) stacked per layer and kind
             key = ".".join(parts[:group] + parts[group + 2:]) if parts[group] == "norms" else ".".join(
                 parts[:group + 1] + parts[group + 2:])
@@ -166,16 +168,35 @@ def _tensors(arch: str, cfg, tensors: dict[str, np.ndarray]):
     if arch == "bloom" and "lm_head.weight" not in tensors:
         yield "lm_head.weight", tensors["transformer.word_embeddings.weight"]
     rope = _rope(cfg)
+    if arch == "llama" and rope.get("rope_type") == "llama3":  # per-frequency divisors, as the converter computes them
+        dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+        freqs = 1.0 / (np.float32(rope["rope_theta"]) ** (np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)))
+        old_len = rope["original_max_position_embeddings"]
+        low_wavelen, high_wavelen = old_len / rope["low_freq_factor"], old_len / rope["high_freq_factor"]
+        divisors = []
+        for freq in freqs:
+            wavelen = 2 * math.pi / freq
+            if wavelen < high_wavelen:
+                divisors.append(1.0)
+            elif wavelen > low_wavelen:
+                divisors.append(rope["factor"])
+            else:
+                smooth = ((old_len / wavelen - rope["low_freq_factor"])
+                          / (rope["high_freq_factor"] - rope["low_freq_factor"]))
+                divisors.append(1 / ((1 - smooth) / rope["factor"] + smooth))
+        yield "rope_freqs", np.asarray(divisors, np.float32)
     if arch == "phi3" and rope.get("rope_type") == "longrope":
         yield "rope_factors_long", np.asarray(rope["long_factor"], np.float32)
         yield "rope_factors_short", np.asarray(rope["short_factor"], np.float32)
 
 
 def convert(directory, out_path, *, cfg, qtype: gguf.GGMLQuantizationType = gguf.GGMLQuantizationType.F32,
-            drop: tuple = ()) -> Path:
+            drop: tuple = (), squeeze: bool = False, per_expert: bool = False) -> Path:
     """Writes `directory`'s checkpoint (HF config object `cfg`) as a GGUF file at `out_path`;
     2-D and 3-D weights as `qtype` (norms, biases and 1-D tensors stay F32, as the converter keeps
-    them); GGUF tensors named in `drop` are left out."""
+    them); GGUF tensors named in `drop` are left out; `squeeze`: size-1 dims dropped, as older
+    converters wrote every tensor; `per_expert`: one tensor per expert `blk.{i}.ffn_{gate,up,down}.{e}`, as
+    llama.cpp wrote Mixtral before stacking them (April 2024)."""
     directory, out_path = Path(directory), Path(out_path)
     raw = json.loads((directory / "config.json").read_text())
     arch = ARCH[raw["architectures"][0]]
@@ -183,18 +204,27 @@ def convert(directory, out_path, *, cfg, qtype: gguf.GGMLQuantizationType = gguf
     names = gguf.get_tensor_name_map(_ARCH_ENUM[arch], cfg.num_hidden_layers)
     writer = gguf.GGUFWriter(str(out_path), arch)
     _metadata(writer, arch, cfg, raw)
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32 if qtype == gguf.GGMLQuantizationType.F32 else
-                         gguf.LlamaFileType.MOSTLY_Q8_0)
+    writer.add_file_type({gguf.GGMLQuantizationType.F32: gguf.LlamaFileType.ALL_F32,
+                          gguf.GGMLQuantizationType.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0,
+                          gguf.GGMLQuantizationType.Q4_0: gguf.LlamaFileType.MOSTLY_Q4_0}[qtype])
     for hf_name, w in _tensors(arch, cfg, tensors):
+        if per_expert and ".experts." in hf_name:
+            kind = {"w1": "gate", "w3": "up", "w2": "down"}[hf_name.split(".")[-2]]
+            layer = hf_name.split(".")[2]
+            for e, we in enumerate(w):
+                writer.add_tensor(f"blk.{layer}.ffn_{kind}.{e}.weight", np.ascontiguousarray(we, np.float32))
+            continue
         if arch == "bloom":  # the converter drops BLOOM's "transformer." prefix before mapping names
             hf_name = hf_name.removeprefix("transformer.")
-        name = hf_name + ".weight" if hf_name.startswith("rope_factors") else names.get_name(
+        name = hf_name + ".weight" if hf_name.startswith("rope_") else names.get_name(
             hf_name, try_suffixes=(".weight", ".bias"))
         assert name is not None, f"llama.cpp's tensor map has no name for {hf_name}"
         if name in drop:
             continue
-        w = np.ascontiguousarray(w, np.float32)
-        if qtype != gguf.GGMLQuantizationType.F32 and w.ndim >= 2 and not name.endswith(("_norm.weight", "_inp.weight")):
+        w = np.ascontiguousarray(w.squeeze() if squeeze else w, np.float32)
+        block = gguf.GGML_QUANT_SIZES[qtype][0]
+        if (qtype != gguf.GGMLQuantizationType.F32 and w.ndim >= 2 and w.shape[-1] % block == 0
+                and not name.endswith(("_norm.weight", "_inp.weight"))):  # else F32, as llama.cpp falls back
             writer.add_tensor(name, gguf.quants.quantize(w, qtype), raw_dtype=qtype)
         else:
             writer.add_tensor(name, w)
