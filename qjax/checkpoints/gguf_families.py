@@ -10,7 +10,9 @@ HF way (`hf_families`), so a family's parts and tensor layout are declared once.
     `{e}` in an HF name marks a stacked expert tensor (GGUF (n_expert, out, in)) that is split into
     one HF tensor per expert;
   undo(hf_name, array, meta) -> the array as HF stored it;
-  config_tensors: tensors that hold configuration (Phi-3's LongRoPE factors), read into the config.
+  config_tensors: tensors that hold configuration (Llama 3's rope_freqs, Phi-3's LongRoPE factors),
+    read into the config by hf_config (`Meta.read`), not into params;
+  per_expert: (GGUF, HF) layer names with `{e}` for files with one tensor per expert.
 
 The converter's transforms undone here:
   llama (Llama, Mistral, Mixtral): Q/K rows permuted for llama.cpp's interleaved RoPE;
@@ -30,7 +32,8 @@ What GGUF does not store comes from llama.cpp's own rules for the architecture: 
 query scale (1/sqrt(head_dim), 1/sqrt(hidden/heads) for the 27B sizes), their sliding-window layer
 patterns (every 2nd / 6th layer global), Gemma 3's local RoPE base (10000, unscaled), the MoE
 renormalisation of the top-k weights (llama (Mixtral) and qwen3moe: yes; qwen2moe and olmoe: no).
-A tied LM head is a file without `output.weight`.
+GPT-NeoX's and Falcon's MLPs use the exact GELU of their HF configs (llama.cpp computes the tanh
+approximation). A tied LM head is a file without `output.weight`.
 
 OPT has no llama.cpp architecture, so there is no GGUF form of it to read.
 """
@@ -48,13 +51,13 @@ from qjax.checkpoints.errors import CheckpointError
 @dataclasses.dataclass(frozen=True)
 class Meta:
     """A GGUF file's metadata (key -> value), its tensor names and shapes ((out, in) order), its path,
-    and a reader of the tensors that are configuration (LongRoPE factors)."""
+    and `read`: tensor name -> float32 values, for the tensors that are configuration."""
 
     arch: str
     fields: dict
     shapes: dict
     source: str
-    read: Optional[Callable[[str], np.ndarray]] = None  # tensor name -> float32 values (config tensors)
+    read: Optional[Callable[[str], np.ndarray]] = None
 
     def get(self, key: str, default: Any = None) -> Any:
         """`{arch}.{key}` (or `key` itself when it starts with `general.` / `tokenizer.`)."""
