@@ -36,7 +36,9 @@ _NATIVE_ON_A_MESH = textwrap.dedent("""
     from qjax import native
     from qjax.models import ModelConfig, forward, init_params
 
-    assert native.available() and native.blas_name() is not None
+    if not (native.available() and native.blas_name() is not None):
+        print("SKIP: qjax's CPU kernels or their BLAS are unavailable here")
+        raise SystemExit(0)
     config = ModelConfig("llama", vocab_size=64, hidden_size=64, intermediate_size=96, num_layers=2, num_heads=4,
                          num_kv_heads=2, head_dim=16, max_position_embeddings=64)
     params = init_params(config, jax.random.key(0))
@@ -59,8 +61,8 @@ def test_native_kernels_step_aside_for_sharded_operands():
     env.pop("QJAX_KERNELS", None)
     proc = subprocess.run([sys.executable, "-c", _NATIVE_ON_A_MESH], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=600)
-    if proc.returncode and "NativeBuildError" in proc.stderr + proc.stdout:
+    if proc.returncode == 0 and "SKIP:" in proc.stdout:
         import pytest
 
-        pytest.skip("qjax's CPU kernels cannot be built here")
+        pytest.skip(proc.stdout.split("SKIP:", 1)[1].strip())
     assert proc.returncode == 0 and "native kernels only off the mesh" in proc.stdout, proc.stderr[-4000:]
