@@ -13,10 +13,11 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 
 from qjax.checkpoints.errors import CheckpointError  # noqa: E402
 from qjax.checkpoints.safetensors_stream import ALIGNMENT, all_finite, read_header  # noqa: E402
+from qjax.ops.kernels import use_kernels  # noqa: E402
 
 TORCH = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 INDEXES = [(), (slice(3, 40),), (slice(None), slice(16, 48)), (slice(5, 37), slice(1, 63)),
-           (slice(0, 16), slice(48, 64))]
+           (slice(0, 16), slice(48, 64)), (slice(None), slice(0, 67))]
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +41,15 @@ def _bits(x: np.ndarray) -> np.ndarray:
     return x.view({2: np.uint16, 4: np.uint32}[x.dtype.itemsize])
 
 
+@pytest.mark.parametrize("kernels", ["auto", "xla"])  # the native transpose where it applies; numpy's
 @pytest.mark.parametrize("stored_dtype", list(TORCH))
 @pytest.mark.parametrize("dtype", list(TORCH))
-def test_slices_equal_torch_reader_bit_for_bit(stored, stored_dtype, dtype):
+def test_slices_equal_torch_reader_bit_for_bit(stored, stored_dtype, dtype, kernels):
+    with use_kernels(kernels):
+        _check_slices(stored, stored_dtype, dtype)
+
+
+def _check_slices(stored, stored_dtype, dtype):
     reference = load_file(str(stored[stored_dtype]))
     sources = read_header(stored[stored_dtype])
     for name, transposes in (("m", (False, True)), ("v", (False,)), ("t", (False,))):
