@@ -189,8 +189,8 @@ def narrows(stored: np.dtype, dtype: np.dtype) -> bool:
 class FiniteCheck:
     """`check(x) -> bool`: whether a float array of `dtype` (any strides) holds no NaN or Inf, from its
     bits: a value is not finite when its bits without the sign reach the all-ones exponent. Runs
-    in two vectorised passes over a scratch buffer (fast for bfloat16, whose numpy ufuncs are slow);
-    always True for dtypes that are not floats."""
+    in two vectorised passes over a scratch buffer of at most CHUNK_BYTES-sized row blocks (fast for
+    bfloat16, whose numpy ufuncs are slow); always True for dtypes that are not floats."""
 
     MASKS: typing.ClassVar[dict] = {
         np.dtype(ml_dtypes.bfloat16): (np.uint16, 0x7FFF, 0x7F80), np.dtype(np.float16): (np.uint16, 0x7FFF, 0x7C00),
@@ -206,21 +206,14 @@ class FiniteCheck:
     def __call__(self, x: np.ndarray) -> bool:
         if self.dtype not in self.MASKS or x.size == 0:
             return True
-        bits, magnitude, exponent = self.MASKS[self.dtype]
         x = x.reshape(1) if x.ndim == 0 else x
+        if x.nbytes > CHUNK_BYTES and len(x) > 1:  # a cache-sized scratch buffer at a time
+            step = max(1, CHUNK_BYTES // x[:1].nbytes)
+            return all(self(x[r:r + step]) for r in range(0, len(x), step))
+        bits, magnitude, exponent = self.MASKS[self.dtype]
         scratch = np.empty(x.shape, bits)
         np.bitwise_and(x.view(bits), bits(magnitude), out=scratch)
         return bool(scratch.max() < bits(exponent))
-
-
-def all_finite(x: np.ndarray) -> bool:
-    """Whether a float array (bf16, f16, f32, f64) holds no NaN or Inf (True for other dtypes), checked
-    CHUNK_BYTES at a time (`FiniteCheck`)."""
-    check = FiniteCheck.of(x.dtype)
-    if x.ndim == 0 or x.size == 0:
-        return check(x)
-    step = max(1, CHUNK_BYTES // x[:1].nbytes)
-    return all(check(x[r:r + step]) for r in range(0, x.shape[0], step))
 
 
 def read_header(file: Path) -> dict[str, TensorSource]:
