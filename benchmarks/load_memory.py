@@ -12,7 +12,11 @@ split into `--shards` safetensors files with a model.safetensors.index.json, int
 * old (`--old`): what `load_model` did before this loader (`previous_loader`): every tensor read
   whole through safetensors into float32 numpy, the whole model collected, then `jnp.asarray` per
   leaf onto the default device, in `--dtype`;
-* read: every file read once, in 64 MiB chunks, into a reused buffer (the I/O floor).
+* read: every file read once, in 64 MiB chunks, into a reused buffer (the I/O floor);
+* alloc: every tensor's bytes read into a new array of its own, kept (`safetensors_stream.aligned_empty`,
+  pre-faulted as the loader's are): the I/O plus obtaining the memory the loaded model occupies, the
+  floor of any loader whose result lives in host memory (as CPU devices' buffers do). The new
+  loader's time is printed against both floors.
 
 Each reports its peak RSS (`getrusage` ru_maxrss, cross-checked with /proc's VmHWM; the driver that
 forks them stays small, as Linux carries the parent's RSS at fork into the child's ru_maxrss), the
@@ -45,7 +49,7 @@ _DEVICES = flags.DEFINE_integer("devices", 8, "simulated CPU devices of the load
 _MESH = flags.DEFINE_string("mesh", "model:8", "mesh of the new loader")
 _OLD = flags.DEFINE_bool("old", False, "also run the previous whole-model loader (needs ~4x the model)")
 _WORKDIR = flags.DEFINE_string("workdir", None, "where to write the checkpoint (default: a temp dir)")
-_ROLE = flags.DEFINE_enum("role", "main", ["main", "write", "new", "old", "read"], "internal: subprocess role")
+_ROLE = flags.DEFINE_enum("role", "main", ["main", "write", "new", "old", "read", "alloc"], "internal: subprocess role")
 
 TINYLLAMA = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_attention_heads=32,
                  num_key_value_heads=4, max_position_embeddings=2048, rms_norm_eps=1e-5, rope_theta=10000.0,
@@ -173,6 +177,21 @@ def child(role: str, folder: Path) -> dict:
                     pass
         return {"seconds": time.perf_counter() - start, "cpu_seconds": _cpu_seconds() - cpu, "base_rss_mib": base,
                 "peak_rss_mib": _rss_mib(), "hwm_mib": _status_mib("VmHWM")}
+    if role == "alloc":
+        from qjax.checkpoints.safetensors_stream import aligned_empty, tensor_sources
+
+        sources = sorted(tensor_sources(folder).values(), key=lambda t: (str(t.file), t.offset))
+        base = _current_rss_mib()
+        start, cpu = time.perf_counter(), _cpu_seconds()
+        kept = []
+        for file in sorted({t.file for t in sources}):
+            with open(file, "rb", buffering=0) as f:
+                for t in (t for t in sources if t.file == file):
+                    kept.append(aligned_empty((t.nbytes,), np.uint8))
+                    f.seek(t.offset)
+                    f.readinto(kept[-1])
+        return {"seconds": time.perf_counter() - start, "cpu_seconds": _cpu_seconds() - cpu, "base_rss_mib": base,
+                "peak_rss_mib": _rss_mib(), "hwm_mib": _status_mib("VmHWM")}
     import jax
     import jax.numpy as jnp
 
@@ -222,14 +241,18 @@ def main(argv):
               f"files (written in {time.perf_counter() - start:.0f} s); model in {_DTYPE.value}: "
               f"{model_bytes / 2**20:.0f} MiB; {_DEVICES.value} CPU devices, mesh {_MESH.value}")
         read = run_child("read", folder)
-        print(f"{'loader':<8} {'seconds':>8} {'x read':>7} {'CPU s':>7} {'peak RSS MiB':>13} {'x model':>8} "
+        alloc = run_child("alloc", folder)
+        print(f"{'loader':<8} {'seconds':>8} {'x read':>7} {'x alloc':>8} {'CPU s':>7} {'peak RSS MiB':>13} {'x model':>8} "
               f"{'above imports MiB':>18} {'x model':>8} {'VmHWM MiB':>10}")
-        print(f"{'read':<8} {read['seconds']:>8.2f} {1.0:>7.2f} {read['cpu_seconds']:>7.2f} {read['peak_rss_mib']:>13.0f} "
-              f"{'':>8} {'':>18} {'':>8} {read['hwm_mib']:>10.0f}")
+        for role, r in (("read", read), ("alloc", alloc)):
+            print(f"{role:<8} {r['seconds']:>8.2f} {r['seconds'] / read['seconds']:>7.2f} "
+                  f"{r['seconds'] / alloc['seconds']:>8.2f} {r['cpu_seconds']:>7.2f} "
+                  f"{r['peak_rss_mib']:>13.0f} {'':>8} {'':>18} {'':>8} {r['hwm_mib']:>10.0f}")
         for role in (["old"] if _OLD.value else []) + ["new"]:
             r = run_child(role, folder)
             above = r["peak_rss_mib"] - r["base_rss_mib"]
-            print(f"{role:<8} {r['seconds']:>8.2f} {r['seconds'] / read['seconds']:>7.2f} {r['cpu_seconds']:>7.2f} "
+            print(f"{role:<8} {r['seconds']:>8.2f} {r['seconds'] / read['seconds']:>7.2f} "
+                  f"{r['seconds'] / alloc['seconds']:>8.2f} {r['cpu_seconds']:>7.2f} "
                   f"{r['peak_rss_mib']:>13.0f} "
                   f"{r['peak_rss_mib'] * 2**20 / model_bytes:>8.2f} {above:>18.0f} {above * 2**20 / model_bytes:>8.2f} "
                   f"{r['hwm_mib']:>10.0f}")

@@ -152,7 +152,7 @@ def transformed_params(model: str, params, config: ModelConfig, tokenizer, recip
     if primary_value(final.is_dir()):
         start = time.perf_counter()
         try:
-            restored = from_storable(restore_params(final, like=params))
+            restored = from_storable(restore_params(final, like=params, mesh=active_mesh()))
             return restored, runtime, None, {"cache": str(final),
                                              "restored_seconds": time.perf_counter() - start}
         except StoredParamsError as e:  # damaged on disk: quantize again

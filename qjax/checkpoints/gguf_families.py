@@ -10,7 +10,9 @@ HF way (`hf_families`), so a family's parts and tensor layout are declared once.
     `{e}` in an HF name marks a stacked expert tensor (GGUF (n_expert, out, in)) that is split into
     one HF tensor per expert;
   undo(hf_name, array, meta) -> the array as HF stored it;
-  config_tensors: tensors that hold configuration (Phi-3's LongRoPE factors), read into the config.
+  config_tensors: tensors that hold configuration (Llama 3's rope_freqs, Phi-3's LongRoPE factors),
+    read into the config by hf_config (`Meta.read`), not into params;
+  per_expert: (GGUF, HF) layer names with `{e}` for files with one tensor per expert.
 
 The converter's transforms undone here:
   llama (Llama, Mistral, Mixtral): Q/K rows permuted for llama.cpp's interleaved RoPE;
@@ -18,8 +20,11 @@ The converter's transforms undone here:
   gptneox, bloom: the fused qkv rows (per head [q, k, v]) regrouped to [all q | all k | all v];
   falcon: the same for its grouped layout (per KV head [q_0 .. q_{g-1}, k, v]);
   mamba: A_log stored as A = -exp(A_log); the depthwise conv (C, 1, k) squeezed to (C, k);
-  MoE (Mixtral, Qwen2/3-MoE, OLMoE): per-expert weights stacked as ffn_{gate,up,down}_exps;
+  MoE (Mixtral, Qwen2/3-MoE, OLMoE): per-expert weights stacked as ffn_{gate,up,down}_exps (Mixtral
+    files from before April 2024: one tensor per expert, ffn_{gate,up,down}.{e});
   stablelm: StableLM 2's per-head q/k LayerNorms stacked as attn_{q,k}_norm (heads, head_dim);
+  llama: Llama 3's RoPE scaling written as per-frequency divisors, tensor rope_freqs (the llama3
+    rope_scaling that gives them is recovered, `llama3_scaling`);
   phi3: LongRoPE's factors written as tensors rope_factors_{long,short} (read back into the config,
     and then applied as transformers does: the long factors for sequences past the original context;
     llama.cpp picks them by its context size instead).
@@ -27,7 +32,8 @@ What GGUF does not store comes from llama.cpp's own rules for the architecture: 
 query scale (1/sqrt(head_dim), 1/sqrt(hidden/heads) for the 27B sizes), their sliding-window layer
 patterns (every 2nd / 6th layer global), Gemma 3's local RoPE base (10000, unscaled), the MoE
 renormalisation of the top-k weights (llama (Mixtral) and qwen3moe: yes; qwen2moe and olmoe: no).
-A tied LM head is a file without `output.weight`.
+GPT-NeoX's and Falcon's MLPs use the exact GELU of their HF configs (llama.cpp computes the tanh
+approximation). A tied LM head is a file without `output.weight`.
 
 OPT has no llama.cpp architecture, so there is no GGUF form of it to read.
 """
@@ -45,13 +51,13 @@ from qjax.checkpoints.errors import CheckpointError
 @dataclasses.dataclass(frozen=True)
 class Meta:
     """A GGUF file's metadata (key -> value), its tensor names and shapes ((out, in) order), its path,
-    and a reader of the tensors that are configuration (LongRoPE factors)."""
+    and `read`: tensor name -> float32 values, for the tensors that are configuration."""
 
     arch: str
     fields: dict
     shapes: dict
     source: str
-    read: Optional[Callable[[str], np.ndarray]] = None  # tensor name -> float32 values (config tensors)
+    read: Optional[Callable[[str], np.ndarray]] = None
 
     def get(self, key: str, default: Any = None) -> Any:
         """`{arch}.{key}` (or `key` itself when it starts with `general.` / `tokenizer.`)."""
@@ -228,9 +234,69 @@ def _attention_fields(meta: Meta) -> dict:
     elif scaling not in (None, "none"):
         raise CheckpointError(f"{meta.source}: unsupported rope scaling type {scaling!r} (supported: linear)")
     if meta.has("rope_freqs.weight"):
-        raise CheckpointError(f"{meta.source}: tensor rope_freqs.weight (llama3-style RoPE frequency factors) "
-                              f"is not supported")
+        if meta.arch not in ("llama", "mistral"):
+            raise CheckpointError(f"{meta.source}: tensor rope_freqs.weight (RoPE frequency factors) is only read "
+                                  f"for llama files")
+        out["rope_scaling"] = llama3_scaling(meta.read("rope_freqs.weight"), out["rope_theta"],
+                                             int(rope_dims or head_dim), meta.source)
     return out
+
+
+def llama3_scaling(factors: np.ndarray, theta: float, dim: int, source: str) -> Optional[dict]:
+    """The llama3 `rope_scaling` whose per-frequency divisors are `factors` (llama.cpp's
+    rope_freqs tensor, (dim // 2,)): None when they are all 1.
+
+    Llama 3's rule divides the inverse frequency of wavelength w by 1 (w < high_wavelen), by
+    `factor` (w > low_wavelen), else by 1 / ((1 - s) / factor + s) with s = a / w - b linear in 1 / w.
+    factor is the largest divisor; (a, b) are fitted on the in-between wavelengths (or, with fewer
+    than two of them, placed in the gaps between the zones: any such choice gives the same
+    frequencies). Only (a, b) matter, so original_max_position_embeddings is set to 8192 and the
+    low / high freq factors follow. `check_llama3_scaling` verifies the result against the tensor.
+    """
+    f = np.asarray(factors, np.float64).reshape(-1)
+    if f.size != dim // 2:
+        raise CheckpointError(f"{source}: tensor rope_freqs.weight has {f.size} entries, the rotary dim {dim} needs "
+                              f"{dim // 2}")
+    if np.allclose(f, 1.0, rtol=0, atol=1e-6):
+        return None
+    wavelen = 2 * np.pi * theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
+    factor = float(f.max())
+    high, low = np.isclose(f, 1.0, rtol=1e-6), np.isclose(f, factor, rtol=1e-6)
+    medium = ~high & ~low
+    if factor <= 1.0 or not low.any():
+        raise CheckpointError(f"{source}: tensor rope_freqs.weight does not follow llama3 RoPE scaling "
+                              f"(no frequency divided by the full factor)")
+    s = (1 / f - 1 / factor) / (1 - 1 / factor)  # 1 on high-frequency dims, 0 on low ones
+    inv_w = 1 / wavelen
+    if medium.sum() >= 2:
+        a, minus_b = np.polyfit(inv_w[medium], s[medium], 1)
+        b = -minus_b
+    elif medium.any():  # one: s = 1 at a wavelength between the high zone and it
+        w_m = float(wavelen[medium][0])
+        w_1 = np.sqrt(wavelen[high].max() * w_m) if high.any() else w_m / 2
+        a = (1 - float(s[medium][0])) / (1 / w_1 - 1 / w_m)
+        b = a / w_1 - 1
+    else:  # none: s = 1 and s = 0 at the thirds (log scale) of the gap between the zones
+        short, long_ = wavelen[high].max(initial=wavelen.min() / 4), wavelen[low].min()
+        w_1, w_0 = short ** (2 / 3) * long_ ** (1 / 3), short ** (1 / 3) * long_ ** (2 / 3)
+        a = 1 / (1 / w_1 - 1 / w_0)
+        b = a / w_0
+    original = 8192
+    width = original / a  # high_freq_factor - low_freq_factor
+    return {"rope_type": "llama3", "factor": factor, "low_freq_factor": float(b * width),
+            "high_freq_factor": float(b * width + width), "original_max_position_embeddings": original}
+
+
+def check_llama3_scaling(config, factors: np.ndarray, source: str) -> None:
+    """The config's scaled RoPE frequencies divide the plain ones by `factors` (rope_freqs), to
+    float32 precision; else CheckpointError."""
+    from qjax.models.rope import inverse_frequencies
+
+    plain = 1.0 / (config.rope_theta ** (np.arange(0, config.rotary_dim, 2, dtype=np.float64) / config.rotary_dim))
+    got = plain / inverse_frequencies(config)
+    if not np.allclose(got, np.asarray(factors, np.float64).reshape(-1), rtol=1e-5, atol=0):
+        raise CheckpointError(f"{source}: tensor rope_freqs.weight does not follow llama3 RoPE scaling "
+                              f"(factors {np.asarray(factors).tolist()})")
 
 
 def _moe_fields(meta: Meta) -> dict:
@@ -383,6 +449,7 @@ class GGUFArch:
     undo: Callable[[str, np.ndarray, Meta], np.ndarray] = _no_undo
     layer_fn: Optional[Callable[[Meta], tuple]] = None  # a layer table that depends on the file
     config_tensors: tuple = ()  # tensors read into the config (hf_config), not into params
+    per_expert: tuple = ()  # (GGUF, HF) layer names with {e}: one tensor per expert (older files)
 
     def layer_table(self, meta: Meta) -> tuple:
         return self.layer_fn(meta) if self.layer_fn else self.layer
@@ -399,8 +466,11 @@ _BLOOM_TOP = (("token_embd.weight", "transformer.word_embeddings.weight"),
               *_pairs("output_norm", "transformer.ln_f"), ("output.weight", "lm_head.weight"))
 
 ARCHITECTURES = {
-    "llama": GGUFArch(_llama, _LLAMA_TOP, _MIXTRAL_LAYER, undo=_undo_llama),
-    "mistral": GGUFArch(_llama, _LLAMA_TOP, _LLAMA_LAYER, undo=_undo_llama),
+    "llama": GGUFArch(_llama, _LLAMA_TOP, _MIXTRAL_LAYER, undo=_undo_llama, config_tensors=("rope_freqs.weight",),
+                      per_expert=tuple(
+        (f"ffn_{p}.{{e}}.weight", f"block_sparse_moe.experts.{{e}}.{w}.weight")
+        for p, w in (("gate", "w1"), ("up", "w3"), ("down", "w2")))),
+    "mistral": GGUFArch(_llama, _LLAMA_TOP, _LLAMA_LAYER, undo=_undo_llama, config_tensors=("rope_freqs.weight",)),
     "qwen2": GGUFArch(_qwen("Qwen2ForCausalLM"), _LLAMA_TOP, _LLAMA_LAYER),
     "qwen3": GGUFArch(_qwen("Qwen3ForCausalLM"), _LLAMA_TOP, _LLAMA_LAYER),
     "qwen2moe": GGUFArch(_qwen_moe("Qwen2MoeForCausalLM", False), _LLAMA_TOP, _QWEN_MOE_LAYER, undo=_undo_qwen2_moe),
@@ -439,8 +509,12 @@ def hf_names(arch: GGUFArch, meta: Meta) -> dict[str, tuple[str, bool]]:
     """GGUF tensor name -> (HF name, stacked experts) for every tensor name this file may hold."""
     out = {g: (h, False) for g, h in arch.top}
     table = arch.layer_table(meta)
+    experts = int(meta.get("expert_count", 0) or 0)
     for i in range(meta.num_layers):
         prefix = arch.hf_layer_prefix.format(i=i)
         for g, h in table:
             out[f"blk.{i}.{g}"] = (prefix + h, "{e}" in h)
+        for g, h in arch.per_expert:
+            for e in range(experts):
+                out[f"blk.{i}.{g.format(e=e)}"] = (prefix + h.format(e=e), False)
     return out

@@ -17,7 +17,7 @@ import numpy as np
 
 from qjax.checkpoints.convert import expected_shapes
 from qjax.checkpoints.errors import CheckpointError
-from qjax.checkpoints.gguf_families import Meta, arch_of, hf_names, unpermute_rope_rows
+from qjax.checkpoints.gguf_families import Meta, arch_of, check_llama3_scaling, hf_names, unpermute_rope_rows
 from qjax.checkpoints.hf_reader import config_from_raw, family_of, map_tensor_names, params_from_tensors
 
 __all__ = ["open_gguf", "read_config", "hf_checkpoint", "load_gguf", "unpermute_rope_rows"]
@@ -78,7 +78,7 @@ def hf_checkpoint(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
     Raises CheckpointError naming the file and the tensor for an unknown architecture, a tensor the
     architecture does not have, or a tensor that cannot be read or reshaped.
     """
-    raw, tensors, _, _ = _read(Path(path))
+    _, raw, tensors, _, _ = _read(Path(path))
     return raw, tensors
 
 
@@ -106,7 +106,7 @@ def _read(path: Path):
                 raise CheckpointError(f"{path}: tensor {gguf_name} has shape {tuple(value.shape)}, which does not fit "
                                       f"the metadata: {e}") from e
             origin[name] = gguf_name
-    return raw, tensors, names, origin
+    return meta, raw, tensors, names, origin
 
 
 def _gguf_namer(raw: dict, path: Path, names: dict[str, tuple[str, bool]]):
@@ -117,17 +117,12 @@ def _gguf_namer(raw: dict, path: Path, names: dict[str, tuple[str, bool]]):
     stacked = [(re.compile(re.escape(hf).replace(re.escape("{e}"), r"(\d+)")), g)
                for g, (hf, s) in names.items() if s]
 
-    def gguf_name(hf: str):
-        if hf in direct:
-            return direct[hf]
-        for pattern, g in stacked:
-            m = pattern.fullmatch(hf)
-            if m:
-                return f"{g}[{m.group(1)}]"
-        return None
+    def gguf_names(hf: str) -> list:
+        found = [f"{g}[{m.group(1)}]" for pattern, g in stacked if (m := pattern.fullmatch(hf))]
+        return found + ([direct[hf]] if hf in direct else [])
 
     def name_of(qjax_path: str) -> str:
-        found = [g for g in map(gguf_name, family.hf_name(qjax_path).split(" or ")) if g]
+        found = [g for hf in family.hf_name(qjax_path).split(" or ") for g in gguf_names(hf)]
         return " or ".join(dict.fromkeys(found)) or qjax_path
 
     return name_of
@@ -142,8 +137,10 @@ def load_gguf(path: str | Path) -> tuple:
     its GGUF name).
     """
     path = Path(path)
-    raw, tensors, names, origin = _read(path)
+    meta, raw, tensors, names, origin = _read(path)
     config = config_from_raw(raw, path)
+    if meta.has("rope_freqs.weight"):
+        check_llama3_scaling(config, meta.read("rope_freqs.weight"), str(path))
     expected = expected_shapes(config)
     used = map_tensor_names(tensors, family_of(raw, path), path)
     for name in tensors:  # a tensor the config leaves unused (a q/k norm of a model without them) is an error

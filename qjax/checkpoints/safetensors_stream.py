@@ -27,6 +27,7 @@ import ml_dtypes
 import numpy as np
 
 from qjax.checkpoints.errors import CheckpointError
+from qjax.ops.host import transpose_into
 
 SAFETENSORS_DTYPES = {
     "BF16": np.dtype(ml_dtypes.bfloat16), "F16": np.dtype(np.float16), "F32": np.dtype(np.float32),
@@ -65,9 +66,10 @@ class TensorSource:
         """`stored[index]` (`stored.T[index]` with transpose, for 2-D tensors) as a new C-contiguous
         array in `dtype` whose data starts on an ALIGNMENT-byte boundary (`aligned_empty`).
 
-        One pass over the slice, CHUNK_BYTES of stored rows at a time: a chunk is copied (transposed
-        TRANSPOSE_ROWS stored rows at a time: numpy's plain transposed copy walks the source a whole
-        row per element, several times slower) and converted on the way (`converter`), then, with
+        One pass over the slice, CHUNK_BYTES of stored rows at a time: a chunk is copied and converted
+        on the way (`converter`; transposed by the native kernel, `qjax.ops.host.transpose_into`, where
+        one fits, else TRANSPOSE_ROWS stored rows at a time: numpy's plain transposed copy walks the
+        source a whole row per element, several times slower), then, with
         check_finite, its stored values are checked for NaN/Inf while they are in cache; a narrowing
         conversion (float32 -> float16 or bfloat16) is checked again on the output, for overflow.
         Raises CheckpointError naming the file and tensor when a value is not finite.
@@ -94,8 +96,9 @@ class TensorSource:
             chunks = [(r, block[r:r + step]) for r in range(0, block.shape[0], step)]
         for r, chunk in chunks:
             if transpose:
-                for i in range(0, chunk.shape[0], TRANSPOSE_ROWS):
-                    convert(out[:, r + i:r + i + TRANSPOSE_ROWS], chunk[i:i + TRANSPOSE_ROWS].T)
+                if not transpose_into(out[:, r:r + chunk.shape[0]], chunk):  # the native kernel, else numpy
+                    for i in range(0, chunk.shape[0], TRANSPOSE_ROWS):
+                        convert(out[:, r + i:r + i + TRANSPOSE_ROWS], chunk[i:i + TRANSPOSE_ROWS].T)
             elif chunk.ndim:
                 convert(out[r:r + chunk.shape[0]], chunk)
             if finite is not None and not finite(chunk):
@@ -122,7 +125,7 @@ def aligned_empty(shape: tuple, dtype) -> np.ndarray:
     return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
-_MADV_POPULATE_WRITE = 23  # Linux >= 5.14
+_MADV_NOHUGEPAGE, _MADV_POPULATE_WRITE = 15, 23  # Linux (the latter >= 5.14)
 _PAGE = mmap.PAGESIZE
 
 
@@ -140,13 +143,15 @@ def _madvise():
 
 def prefault(x: np.ndarray) -> None:
     """Makes the whole pages of a fresh array resident in one call (Linux's MADV_POPULATE_WRITE)
-    instead of one page fault per page on first write: the same memory, several times faster to
-    obtain (a no-op elsewhere, on older kernels, or for small arrays)."""
+    instead of one page fault per page on first write, and in base pages: numpy asks for huge pages
+    for large arrays, whose first touch can stall in the kernel's memory compaction, which costs
+    more than the fewer faults save. A no-op elsewhere, on older kernels, and for small arrays."""
     madvise = _madvise()
     if madvise is None or x.nbytes < 64 * _PAGE:
         return
     start = -(-x.ctypes.data // _PAGE) * _PAGE
     end = (x.ctypes.data + x.nbytes) // _PAGE * _PAGE
+    madvise(start, end - start, _MADV_NOHUGEPAGE)
     madvise(start, end - start, _MADV_POPULATE_WRITE)  # on failure (EINVAL: old kernel) pages fault as usual
 
 
@@ -184,8 +189,8 @@ def narrows(stored: np.dtype, dtype: np.dtype) -> bool:
 class FiniteCheck:
     """`check(x) -> bool`: whether a float array of `dtype` (any strides) holds no NaN or Inf, from its
     bits: a value is not finite when its bits without the sign reach the all-ones exponent. Runs
-    in two vectorised passes over a scratch buffer (fast for bfloat16, whose numpy ufuncs are slow);
-    always True for dtypes that are not floats."""
+    in two vectorised passes over a scratch buffer of at most CHUNK_BYTES-sized row blocks (fast for
+    bfloat16, whose numpy ufuncs are slow); always True for dtypes that are not floats."""
 
     MASKS: typing.ClassVar[dict] = {
         np.dtype(ml_dtypes.bfloat16): (np.uint16, 0x7FFF, 0x7F80), np.dtype(np.float16): (np.uint16, 0x7FFF, 0x7C00),
@@ -201,21 +206,14 @@ class FiniteCheck:
     def __call__(self, x: np.ndarray) -> bool:
         if self.dtype not in self.MASKS or x.size == 0:
             return True
-        bits, magnitude, exponent = self.MASKS[self.dtype]
         x = x.reshape(1) if x.ndim == 0 else x
+        if x.nbytes > CHUNK_BYTES and len(x) > 1:  # a cache-sized scratch buffer at a time
+            step = max(1, CHUNK_BYTES // x[:1].nbytes)
+            return all(self(x[r:r + step]) for r in range(0, len(x), step))
+        bits, magnitude, exponent = self.MASKS[self.dtype]
         scratch = np.empty(x.shape, bits)
         np.bitwise_and(x.view(bits), bits(magnitude), out=scratch)
         return bool(scratch.max() < bits(exponent))
-
-
-def all_finite(x: np.ndarray) -> bool:
-    """Whether a float array (bf16, f16, f32, f64) holds no NaN or Inf (True for other dtypes), checked
-    CHUNK_BYTES at a time (`FiniteCheck`)."""
-    check = FiniteCheck.of(x.dtype)
-    if x.ndim == 0 or x.size == 0:
-        return check(x)
-    step = max(1, CHUNK_BYTES // x[:1].nbytes)
-    return all(check(x[r:r + step]) for r in range(0, x.shape[0], step))
 
 
 def read_header(file: Path) -> dict[str, TensorSource]:

@@ -23,7 +23,7 @@ import jaxlib
 from qjax.cache import cache_root
 
 SOURCE_DIR = Path(__file__).resolve().parent
-SOURCES = ("attention_cpu.cc", "gemm_cpu.cc", "matvec_cpu.cc", "qmatvec_cpu.cc")
+SOURCES = ("attention_cpu.cc", "gemm_cpu.cc", "matvec_cpu.cc", "qmatvec_cpu.cc", "transpose_cpu.cc")
 HEADERS = ("few_rows.h", "parallel.h", "simd.h")
 LIBRARY_NAME = "libqjax_native.so"
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-fPIC", "-shared", "-fno-math-errno")

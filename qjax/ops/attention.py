@@ -77,7 +77,7 @@ def causal_attention(q, k, v, mask, softcap=None, alibi=None):
     """
     if softcap is not None or alibi is not None:
         return causal_chunked_attention(q, k, v, mask, softcap=softcap, alibi=alibi)
-    if not (kernels.native_allowed() and native_attention.supports(q.shape[-1])):
+    if not (kernels.native_allowed(q, k, v) and native_attention.supports(q.shape[-1])):
         return causal_chunked_attention(q, k, v, mask)
     return jax.lax.platform_dependent(q, k, v, mask, cpu=native_attention.causal_attention,
                                       default=causal_chunked_attention)

@@ -22,7 +22,7 @@ from qjax.ops import kernels
 def _native_kernels(x: jax.Array, ws: Sequence[jax.Array]) -> Optional[tuple[Callable, Callable]]:
     """(products, transposed product) of the CPU kernels that suit x (..., K) with every w in ws:
     `products(x, ws) -> [x @ w]` and `transposed(x, w) -> x @ w.T`; None when neither applies."""
-    if not kernels.native_allowed():
+    if not kernels.native_allowed(x, *ws):
         return None
     if all(native_matvec.supports(x, w) for w in ws):
         return native_matvec.matvec_many, native_matvec.matvec_nt

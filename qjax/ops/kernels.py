@@ -9,7 +9,9 @@ Modes (environment `QJAX_KERNELS`, or `use_kernels(mode)` for a block of code; d
              tpu -> Mosaic, cuda / rocm -> Triton, any other -> Pallas' interpreter); else XLA
   interpret  Pallas kernels run by Pallas' interpreter on any backend (tests and debugging)
 The C++ kernels (quantized and float products, fused attention) are consulted only in auto / native
-mode and when the backend is CPU (`native_allowed`), so a GPU or TPU host never compiles them. The
+mode and when the backend is CPU (`native_allowed`), so a GPU or TPU host never compiles them.
+Operands laid out over several devices of a mesh take the XLA path in every mode (`spans_devices`:
+the custom-call kernels are single-device), so a CPU or accelerator mesh needs no setting. The
 choice is made while tracing: a function already compiled keeps its path, so `use_kernels` clears
 JAX's compilation caches when it changes the mode.
 """
@@ -17,10 +19,12 @@ JAX's compilation caches when it changes the mode.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from typing import Callable, Iterator, Optional
 
 import jax
+from jax.sharding import AxisType
 
 MODES = ("auto", "xla", "native", "pallas", "interpret")
 ENV = "QJAX_KERNELS"
@@ -62,9 +66,30 @@ def backend_platform() -> str:
     return "gpu" if name in ("gpu", "cuda", "rocm") else name
 
 
-def kernel_platform() -> Optional[str]:
+def spans_devices(*operands) -> bool:
+    """Whether any operand (arrays, tracers, pytrees of them) lies on a mesh of more than one device,
+    as its abstract value records (inside jit too, where the mesh follows every value computed from
+    such an operand; mesh axes that `shard_map` made manual count as one device)."""
+    for leaf in jax.tree_util.tree_leaves(operands):
+        try:
+            mesh = jax.typeof(leaf).sharding.mesh
+        except (AttributeError, TypeError):
+            continue
+        if getattr(mesh, "empty", True):
+            continue
+        kinds = getattr(mesh, "axis_types", (None,) * len(mesh.axis_sizes))
+        if math.prod(n for n, kind in zip(mesh.axis_sizes, kinds) if kind != AxisType.Manual) > 1:
+            return True
+    return False
+
+
+def kernel_platform(*operands) -> Optional[str]:
     """Where `qjax.ops` looks up kernels in its table under the current mode: "cpu", "tpu", "gpu",
-    "pallas" (per lowering platform), "interpret", or None for the XLA path only."""
+    "pallas" (per lowering platform), "interpret", or None for the XLA path only. None too when any
+    of `operands` lies on several devices (`spans_devices`): the native and Pallas kernels are
+    single-device custom calls, which XLA would run on whole, gathered operands on every device."""
+    if spans_devices(*operands):
+        return None
     m = mode()
     if m == "xla":
         return None
@@ -75,10 +100,11 @@ def kernel_platform() -> Optional[str]:
     return backend_platform()
 
 
-def native_allowed() -> bool:
-    """Whether `qjax.ops` may consult the C++ CPU kernels now: the backend is CPU and the mode is
-    auto or native (asking builds them on first use, so nothing else may ask)."""
-    return kernel_platform() == "cpu"
+def native_allowed(*operands) -> bool:
+    """Whether `qjax.ops` may consult the C++ CPU kernels now, for `operands`: the backend is CPU, the
+    mode is auto or native and no operand lies on several devices (asking builds the kernels on
+    first use, so nothing else may ask)."""
+    return kernel_platform(*operands) == "cpu"
 
 
 def by_lowering_platform(args: tuple, applies: Callable[[str], bool], run: Callable, fallback: Callable):

@@ -34,7 +34,7 @@ def quantized_cache_attention(q: jax.Array, layer: Any, spec: Any, mask: jax.Arr
     no Pallas kernel is in force or applies. mask (B, 1, 1, S) bool; num_keys: slots written so far
     (int32, may be traced)."""
     kv = _kv_layout(layer, spec)
-    platform = kernels.kernel_platform()
+    platform = kernels.kernel_platform(q, layer)
     if kv is None or q.shape[1] != 1 or platform not in ("tpu", "gpu", "pallas", "interpret"):
         return None
     bits, group, symmetric = kv

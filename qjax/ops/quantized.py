@@ -161,8 +161,8 @@ TABLE: dict[tuple[str, str], tuple[Kernel, ...]] = {
 
 def select_kernel(x: jax.Array, qa: QArray, platform: Optional[str] = None) -> Kernel:
     """The kernel for x @ qa: the first applicable entry of TABLE[(platform, weight_type(qa))];
-    platform defaults to `kernels.kernel_platform()` (None or unknown platforms: the XLA path)."""
-    platform = kernels.kernel_platform() if platform is None else platform
+    platform defaults to `kernels.kernel_platform(x, qa)` (None or unknown platforms: the XLA path)."""
+    platform = kernels.kernel_platform(x, qa) if platform is None else platform
     for kernel in TABLE.get((platform, weight_type(qa)), (XLA,)):
         if kernel.applies(x, qa):
             return kernel
@@ -180,7 +180,7 @@ def integer_matmul(x: jax.Array, qa: QArray, act: act_quant.IntegerActivation) -
     """x (..., in) @ qa with x quantized per token, symmetric, to act.bits bits (`act`): integer
     arithmetic through Pallas where the mode puts a Pallas platform in force and qa suits it,
     else the same product simulated in float (fake-quantized x @ qa). Result in x's dtype."""
-    platform = kernels.kernel_platform()
+    platform = kernels.kernel_platform(x, qa)
 
     def run(x, qa, p, interpret):
         return pallas_integer_matmul(x, qa, bits=act.bits, platform=p, interpret=interpret)

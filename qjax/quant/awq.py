@@ -192,12 +192,6 @@ def scale_groups(config, layer: int) -> tuple[list[ScaleGroup], dict[str, str]]:
     return groups, skipped
 
 
-def _sub(tree: Mapping, path: str):
-    for key in path.split("/"):
-        tree = tree[key]
-    return tree
-
-
 def _replace(tree: Mapping, path: str, fn) -> dict:
     """A copy of the nested dict `tree` with the node at `path` replaced by fn(node)."""
     key, _, rest = path.partition("/")
@@ -265,7 +259,7 @@ def search_scale(block, x, absmean, group: ScaleGroup, sites: tuple, spec: Weigh
         module, inspect = block[group.inspect], group.inspect
         rel = tuple(site.split("/", 1)[1] for site in sites)
     else:
-        module, inspect, rel = _sub(block, group.inspect), "linear", ("",)
+        module, inspect, rel = site_node(block, group.inspect), "linear", ("",)
     losses = np.asarray(_search_losses(module, x, jnp.asarray(absmean, jnp.float32), inspect=inspect, sites=rel,
                                        spec=spec, config=config, kind=kind, n_grid=n_grid))
     if not np.all(np.isfinite(losses)):

@@ -75,7 +75,7 @@ def test_two_host_perplexity_equals_one_process(tmp_path):
 
 @pytest.mark.slow  # four suite runs (two of them 2-process): several minutes on 2 cores
 def test_two_host_suite_equals_one_process_and_resumes(tmp_path):
-    common = ["experiments/suite.py", "--config=configs/suite.py:tiny", "--config.recipes=('float','rtn:w4g128')",
+    common = ["experiments/suite.py", "--config=configs/suite.py:tiny", "--config.recipes=('float','rtn:w4g32')",
               "--config.tasks=('wikitext2','arc_easy')"]
 
     def where(name):

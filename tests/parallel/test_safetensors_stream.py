@@ -12,11 +12,12 @@ torch = pytest.importorskip("torch")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from qjax.checkpoints.errors import CheckpointError  # noqa: E402
-from qjax.checkpoints.safetensors_stream import ALIGNMENT, all_finite, read_header  # noqa: E402
+from qjax.checkpoints.safetensors_stream import ALIGNMENT, FiniteCheck, read_header  # noqa: E402
+from qjax.ops.kernels import use_kernels  # noqa: E402
 
 TORCH = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 INDEXES = [(), (slice(3, 40),), (slice(None), slice(16, 48)), (slice(5, 37), slice(1, 63)),
-           (slice(0, 16), slice(48, 64))]
+           (slice(0, 16), slice(48, 64)), (slice(None), slice(0, 67))]
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +41,15 @@ def _bits(x: np.ndarray) -> np.ndarray:
     return x.view({2: np.uint16, 4: np.uint32}[x.dtype.itemsize])
 
 
+@pytest.mark.parametrize("kernels", ["auto", "xla"])  # the native transpose where it applies; numpy's
 @pytest.mark.parametrize("stored_dtype", list(TORCH))
 @pytest.mark.parametrize("dtype", list(TORCH))
-def test_slices_equal_torch_reader_bit_for_bit(stored, stored_dtype, dtype):
+def test_slices_equal_torch_reader_bit_for_bit(stored, stored_dtype, dtype, kernels):
+    with use_kernels(kernels):
+        _check_slices(stored, stored_dtype, dtype)
+
+
+def _check_slices(stored, stored_dtype, dtype):
     reference = load_file(str(stored[stored_dtype]))
     sources = read_header(stored[stored_dtype])
     for name, transposes in (("m", (False, True)), ("v", (False,)), ("t", (False,))):
@@ -94,13 +101,14 @@ def test_read_slices_become_device_buffers_without_a_copy(stored):
     assert device.unsafe_buffer_pointer() == host.ctypes.data
 
 
-def test_all_finite_matches_numpy():
+def test_finite_check_matches_numpy():
     rng = np.random.default_rng(0)
     for dtype in (np.float16, np.float32, np.float64, jax.numpy.bfloat16):
+        finite = FiniteCheck.of(dtype)
         x = (rng.standard_normal((300, 257)) * 100).astype(dtype)
-        assert all_finite(x) and all_finite(x[:, ::3]) and all_finite(x[:0])
+        assert finite(x) and finite(x[:, ::3]) and finite(x[:0]) and finite(x[0, 0])
         for bad in (np.nan, np.inf, -np.inf):
             y = x.copy()
             y[299, 256] = bad
-            assert not all_finite(y) and not all_finite(y[:, ::-1]) and all_finite(y[:299])
-    assert all_finite(np.array([1, 2], np.int32))
+            assert not finite(y) and not finite(y[:, ::-1]) and finite(y[:299]) and not finite(y[299, 256])
+    assert FiniteCheck.of(np.int32)(np.array([1, 2], np.int32))

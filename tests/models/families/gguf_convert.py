@@ -11,6 +11,7 @@ Transforms per architecture (as the converter does them):
   qwen2moe / qwen3moe / olmoe: experts stacked (E, out, in);
   mamba: A = -exp(A_log), conv1d (C, 1, k) -> (C, k), lm_head dropped when equal to the embedding;
   stablelm: per-head q/k LayerNorms stacked (heads, head_dim);
+  llama with llama3 RoPE scaling: the per-frequency divisors as tensor rope_freqs;
   phi3 LongRoPE: factors as tensors rope_factors_{long,short}, attn factor and original context as metadata.
 Quantized files keep norms, MoE routers and rows that are no whole number of blocks in F32.
 """
@@ -167,17 +168,35 @@ def _tensors(arch: str, cfg, tensors: dict[str, np.ndarray]):
     if arch == "bloom" and "lm_head.weight" not in tensors:
         yield "lm_head.weight", tensors["transformer.word_embeddings.weight"]
     rope = _rope(cfg)
+    if arch == "llama" and rope.get("rope_type") == "llama3":  # per-frequency divisors, as the converter computes them
+        dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+        freqs = 1.0 / (np.float32(rope["rope_theta"]) ** (np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)))
+        old_len = rope["original_max_position_embeddings"]
+        low_wavelen, high_wavelen = old_len / rope["low_freq_factor"], old_len / rope["high_freq_factor"]
+        divisors = []
+        for freq in freqs:
+            wavelen = 2 * math.pi / freq
+            if wavelen < high_wavelen:
+                divisors.append(1.0)
+            elif wavelen > low_wavelen:
+                divisors.append(rope["factor"])
+            else:
+                smooth = ((old_len / wavelen - rope["low_freq_factor"])
+                          / (rope["high_freq_factor"] - rope["low_freq_factor"]))
+                divisors.append(1 / ((1 - smooth) / rope["factor"] + smooth))
+        yield "rope_freqs", np.asarray(divisors, np.float32)
     if arch == "phi3" and rope.get("rope_type") == "longrope":
         yield "rope_factors_long", np.asarray(rope["long_factor"], np.float32)
         yield "rope_factors_short", np.asarray(rope["short_factor"], np.float32)
 
 
 def convert(directory, out_path, *, cfg, qtype: gguf.GGMLQuantizationType = gguf.GGMLQuantizationType.F32,
-            drop: tuple = (), squeeze: bool = False) -> Path:
+            drop: tuple = (), squeeze: bool = False, per_expert: bool = False) -> Path:
     """Writes `directory`'s checkpoint (HF config object `cfg`) as a GGUF file at `out_path`;
     2-D and 3-D weights as `qtype` (norms, biases and 1-D tensors stay F32, as the converter keeps
     them); GGUF tensors named in `drop` are left out; `squeeze`: size-1 dims dropped, as older
-    converters wrote every tensor."""
+    converters wrote every tensor; `per_expert`: one tensor per expert `blk.{i}.ffn_{gate,up,down}.{e}`, as
+    llama.cpp wrote Mixtral before stacking them (April 2024)."""
     directory, out_path = Path(directory), Path(out_path)
     raw = json.loads((directory / "config.json").read_text())
     arch = ARCH[raw["architectures"][0]]
@@ -189,9 +208,15 @@ def convert(directory, out_path, *, cfg, qtype: gguf.GGMLQuantizationType = gguf
                           gguf.GGMLQuantizationType.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0,
                           gguf.GGMLQuantizationType.Q4_0: gguf.LlamaFileType.MOSTLY_Q4_0}[qtype])
     for hf_name, w in _tensors(arch, cfg, tensors):
+        if per_expert and ".experts." in hf_name:
+            kind = {"w1": "gate", "w3": "up", "w2": "down"}[hf_name.split(".")[-2]]
+            layer = hf_name.split(".")[2]
+            for e, we in enumerate(w):
+                writer.add_tensor(f"blk.{layer}.ffn_{kind}.{e}.weight", np.ascontiguousarray(we, np.float32))
+            continue
         if arch == "bloom":  # the converter drops BLOOM's "transformer." prefix before mapping names
             hf_name = hf_name.removeprefix("transformer.")
-        name = hf_name + ".weight" if hf_name.startswith("rope_factors") else names.get_name(
+        name = hf_name + ".weight" if hf_name.startswith("rope_") else names.get_name(
             hf_name, try_suffixes=(".weight", ".bias"))
         assert name is not None, f"llama.cpp's tensor map has no name for {hf_name}"
         if name in drop:

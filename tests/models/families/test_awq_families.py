@@ -75,7 +75,7 @@ AWQ_FAMILIES = {  # name -> groups the report must show as searched / as skipped
 }
 
 
-@pytest.mark.parametrize("name", [n if n == "qwen2_moe" else pytest.param(n, marks=pytest.mark.slow)
+@pytest.mark.parametrize("name", [n if n == "falcon" else pytest.param(n, marks=pytest.mark.slow)
                                   for n in AWQ_FAMILIES])
 def test_awq_w4_quantizes_every_linear(tmp_path, name):
     save_family(name, tmp_path)
@@ -97,3 +97,38 @@ def test_awq_w4_quantizes_every_linear(tmp_path, name):
         assert not isinstance(new["layers_0"]["moe"]["router"]["kernel"], QArray)
     tokens = np.random.default_rng(3).integers(0, VOCAB, size=(2, 12)).astype(np.int32)
     assert np.all(np.isfinite(np.asarray(forward(new, tokens, config)[0])))
+
+
+def _with_salient_channels(params, config):
+    """Every pre-linear norm scaled to make input channels 1, 5, 11 dominate (as in real LLMs)."""
+    params = dict(params)
+    for i in range(config.num_layers):
+        block = dict(params[f"layers_{i}"])
+        for norm in ("input_norm", "post_attn_norm"):
+            if norm in block:
+                s = np.full(config.hidden_size, -0.7 if config.norm == "rms_one_plus" else 0.3, np.float32)
+                s[[1, 5, 11]] = 5.0 if config.norm == "rms_one_plus" else 6.0
+                block[norm] = {**block[norm], "scale": s}
+        params[f"layers_{i}"] = block
+    return params
+
+
+@pytest.mark.slow  # ~2 min on 2 busy cores
+@pytest.mark.parametrize("name", ["gemma2", "falcon", "gpt_neox", "qwen2_moe"])
+def test_awq_beats_rtn_on_salient_channels(tmp_path, name):
+    """Held-out logits MSE of AWQ over RTN's at w3g16, as measured: gemma2 0.71, falcon 0.56,
+    gpt_neox 0.34, qwen2_moe 0.22 (the scales alone, clip=false: 0.63, 0.84, 0.59, 0.98)."""
+    save_family(name, tmp_path)
+    config, params, _ = load_model(str(tmp_path))
+    params = _with_salient_channels(params, config)
+    rng = np.random.default_rng(0)
+    calib = rng.integers(0, VOCAB, size=(8, 32)).astype(np.int32)
+    held_out = rng.integers(0, VOCAB, size=(4, 32)).astype(np.int32)
+    ref = np.asarray(forward(params, held_out, config)[0])
+
+    def mse(p):
+        return float(np.mean(np.square(np.asarray(forward(p, held_out, config)[0]) - ref)))
+
+    awq, _ = quantize(params, config, Recipe.parse("awq:w3g16"), calib, progress=False)
+    rtn, _ = quantize(params, config, Recipe.parse("rtn:w3g16"))
+    assert mse(awq) < 0.85 * mse(rtn)

@@ -31,6 +31,10 @@ GGUF_FAMILIES = {
     "gpt_neox": {}, "falcon": {}, "falcon_new": dict(bias=False), "bloom": {}, "qwen2_moe": {}, "qwen3_moe": {},
     "olmoe": {}, "mamba": {}, "stablelm_qk_parallel": {}, "phi3_longrope": {},
 }
+# Llama 3.1's RoPE scaling on the llama-architecture MoE: high-, in-between and low-frequency dims (wavelengths
+# 6 and 21 | 63 and 199 | 628 .. 19869 for head_dim 16, theta 1e4), written as llama.cpp's rope_freqs tensor
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 4.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 8.0, "original_max_position_embeddings": 256}
 # default suite: each of the converter's transforms once (Q/K permutation + stacked experts, the
 # Gemma norm shift + soft-capping + sliding layers, per-head and grouped fused qkv + ALiBi, shared
 # experts, Mamba's A and conv, stacked per-head q/k norms, LongRoPE factor tensors); the rest under -m slow
@@ -140,6 +144,60 @@ def test_older_converters_squeezed_tensors(converted, tmp_path):
     np.testing.assert_allclose(np.asarray(forward(params, tokens, config)[0]), expected, atol=1e-4, rtol=0)
 
 
+def test_mixtral_with_one_tensor_per_expert(converted, tmp_path):
+    """Mixtral GGUFs from before April 2024 hold blk.{i}.ffn_{gate,up,down}.{e}.weight, one per expert."""
+    directory, model, _ = converted("mixtral")
+    path = convert(directory, tmp_path / "per_expert.gguf", cfg=model.config, per_expert=True)
+    names = {t.name for t in gguf.GGUFReader(str(path)).tensors}
+    assert "blk.0.ffn_up.3.weight" in names and "blk.0.ffn_up_exps.weight" not in names
+    config, params = load_gguf(path)
+    tokens = _tokens()
+    with torch.no_grad():
+        expected = model(torch.from_numpy(tokens).long()).logits.numpy()
+    np.testing.assert_allclose(np.asarray(forward(params, tokens, config)[0]), expected, atol=1e-4, rtol=0)
+
+
+def test_llama3_rope_freqs(tmp_path):
+    """A Llama-3.1-style file (rope_freqs divisors) reads back as llama3 RoPE scaling: logits equal
+    transformers', and the recovered scaling gives the file's divisors."""
+    model = save_family("mixtral", tmp_path, rope_parameters=LLAMA3_ROPE)
+    path = convert(tmp_path, tmp_path / "llama3.gguf", cfg=model.config)
+    assert "rope_freqs.weight" in {t.name for t in gguf.GGUFReader(str(path)).tensors}
+    config, params = load_gguf(path)
+    assert config.rope_scaling.rope_type == "llama3" and config.rope_scaling.factor == 4.0
+    tokens = _tokens()
+    with torch.no_grad():
+        expected = model(torch.from_numpy(tokens).long()).logits.numpy()
+    np.testing.assert_allclose(np.asarray(forward(params, tokens, config)[0]), expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("theta, factor, low, high, original, in_between", [
+    (5e5, 8.0, 1.0, 4.0, 8192, 6),    # Llama 3.1 8B's (head_dim 128)
+    (1e4, 4.0, 1.0, 4.0, 1000, 1),
+    (1e4, 2.0, 1.0, 1.0001, 300, 0),  # the zones meet
+])
+def test_llama3_scaling_recovered_from_divisors(theta, factor, low, high, original, in_between):
+    """llama3_scaling finds a rope_scaling whose frequencies are the divisors' (transformers' rule as reference)."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+    from transformers import LlamaConfig
+
+    from qjax.checkpoints.gguf_families import llama3_scaling
+
+    dim = 128 if theta == 5e5 else 16
+    def inv_freq(params):
+        cfg = LlamaConfig(hidden_size=dim * 4, num_attention_heads=4, head_dim=dim, rope_parameters=params)
+        return ROPE_INIT_FUNCTIONS["llama3"](cfg, "cpu")[0].double().numpy()
+
+    plain = 1.0 / theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
+    wavelen = 2 * np.pi / plain
+    assert ((wavelen >= original / high) & (wavelen <= original / low)).sum() == in_between
+    truth = {"rope_type": "llama3", "rope_theta": theta, "factor": factor, "low_freq_factor": low,
+             "high_freq_factor": high, "original_max_position_embeddings": original}
+    divisors = (plain / inv_freq(truth)).astype(np.float32)
+    recovered = llama3_scaling(divisors, theta, dim, "test")
+    np.testing.assert_allclose(plain / inv_freq({**recovered, "rope_theta": theta}), divisors, rtol=1e-5)
+
+
 def test_unknown_architecture_is_named(tmp_path):
     path = tmp_path / "opt.gguf"
     writer = gguf.GGUFWriter(str(path), "opt")
@@ -160,14 +218,14 @@ def test_missing_tensor_is_named(converted, tmp_path, name, victim):
     directory, model, _ = converted(name)
     path = convert(directory, tmp_path / "broken.gguf", cfg=model.config, drop=(victim,))
     with pytest.raises(CheckpointError, match=rf"broken.gguf: tensor for layers_\d/\S+ is missing "
-                                              rf"\(checkpoint tensor {victim.replace('.', '[.]')}(\[0\])?\)"):
+                                              rf"\(checkpoint tensor {victim.replace('.', '[.]')}(\[0\])?( or \S+)?\)"):
         load_gguf(path)
 
 
 @pytest.mark.parametrize("extra, message", [
     ("blk.0.attn_q_norm.weight", "is not used by the MixtralForCausalLM model its metadata describes"),
     ("blk.0.ffn_extra.weight", "is not part of the llama layout"),
-    ("rope_freqs.weight", r"\(llama3-style RoPE frequency factors\) is not supported")])
+    ("rope_freqs.weight", r"has 64 entries, the rotary dim 16 needs 8")])
 def test_foreign_tensor_is_named(converted, tmp_path, extra, message):
     """A tensor the reader would not use (a q-norm in a model without q/k norms, an unknown name,
     RoPE factors it does not apply) is an error naming it, not silently ignored."""

@@ -1,0 +1,56 @@
+"""Transposes of 2-D numpy arrays in host memory by `transpose_cpu.cc` (called through ctypes,
+which releases the GIL for the copy): 16-bit values (bfloat16, float16) by 8x8 SIMD blocks, with
+bfloat16 -> float32 widened in the same pass, and 32-bit values (float32) by tiles. Checkpoint
+loading uses it for HF's (out, in) linears, which qjax keeps as (in, out)."""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from typing import Optional
+
+import jax.numpy as jnp
+import numpy as np
+
+from qjax import native
+
+_BF16, _F32 = np.dtype(jnp.bfloat16), np.dtype(np.float32)
+
+
+def kernel_name(stored: np.dtype, dtype: np.dtype) -> Optional[str]:
+    """The library function that transposes `stored` values into `dtype` ones, None for no such one."""
+    stored, dtype = np.dtype(stored), np.dtype(dtype)
+    if stored == dtype and not stored.hasobject:
+        return {2: "qjax_transpose_2byte", 4: "qjax_transpose_4byte"}.get(stored.itemsize)
+    return "qjax_transpose_bf16_to_f32" if (stored, dtype) == (_BF16, _F32) else None
+
+
+@functools.lru_cache(maxsize=None)
+def _function(name: str):
+    fn = getattr(native.require(), name)
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64]
+    fn.restype = None
+    return fn
+
+
+def _rows_contiguous(a: np.ndarray) -> bool:
+    return a.strides[1] == a.itemsize and a.strides[0] > 0 and a.strides[0] % a.itemsize == 0
+
+
+def transpose_into(out: np.ndarray, x: np.ndarray) -> bool:
+    """Writes x.T into `out` (x (R, C), out (C, R); out's dtype from x's by `kernel_name`) when a kernel
+    fits: the dtype pair has one, both arrays have contiguous rows, out is writable and the library
+    is available (`native.available()`: built, QJAX_NATIVE not 0). Returns False, having written
+    nothing, otherwise."""
+    name = kernel_name(x.dtype, out.dtype)
+    if (name is None or x.ndim != 2 or out.shape != x.shape[::-1] or not out.flags.writeable
+            or not native.available()):
+        return False
+    if x.size == 0:
+        return True
+    if not (_rows_contiguous(x) and _rows_contiguous(out)):
+        return False
+    rows, cols = x.shape
+    _function(name)(x.ctypes.data, rows, cols, x.strides[0] // x.itemsize, out.ctypes.data,
+                    out.strides[0] // out.itemsize)
+    return True

@@ -1,0 +1,114 @@
+// Host-memory transposes of 2-D arrays for checkpoint loading (HF stores linears as (out, in), qjax
+// as (in, out)), called through ctypes on numpy buffers (not an XLA kernel). 16-bit values move as
+// 8x8 blocks through SSE2 unpack instructions, 32 source rows at a time, so each destination row
+// receives whole cache lines per step; bfloat16 -> float32 widens in the same pass (exact: the bits
+// shifted left by 16). Without SSE2 the same loops run element by element.
+#include <cstdint>
+
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
+
+namespace {
+
+constexpr int64_t kGroupRows = 32;  // source rows per step: 64 destination bytes (16-bit) per row
+
+#if defined(__SSE2__)
+// out[k] = column k of the 8x8 block of 16-bit values at s (row stride ss, in elements).
+inline void Transpose8x8(const uint16_t* s, int64_t ss, __m128i out[8]) {
+  __m128i a[8], b[8], c[8];
+  for (int i = 0; i < 8; ++i) a[i] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i * ss));
+  for (int i = 0; i < 4; ++i) {
+    b[2 * i] = _mm_unpacklo_epi16(a[2 * i], a[2 * i + 1]);
+    b[2 * i + 1] = _mm_unpackhi_epi16(a[2 * i], a[2 * i + 1]);
+  }
+  c[0] = _mm_unpacklo_epi32(b[0], b[2]);
+  c[1] = _mm_unpackhi_epi32(b[0], b[2]);
+  c[2] = _mm_unpacklo_epi32(b[1], b[3]);
+  c[3] = _mm_unpackhi_epi32(b[1], b[3]);
+  c[4] = _mm_unpacklo_epi32(b[4], b[6]);
+  c[5] = _mm_unpackhi_epi32(b[4], b[6]);
+  c[6] = _mm_unpacklo_epi32(b[5], b[7]);
+  c[7] = _mm_unpackhi_epi32(b[5], b[7]);
+  for (int i = 0; i < 4; ++i) {
+    out[2 * i] = _mm_unpacklo_epi64(c[i], c[i + 4]);
+    out[2 * i + 1] = _mm_unpackhi_epi64(c[i], c[i + 4]);
+  }
+}
+#endif
+
+// dst[c * ds + r] = src[r * ss + c] (kWiden: as float32 bits from bfloat16 bits), r < rows, c < cols.
+template <typename Out, bool kWiden>
+void Transpose16(const uint16_t* src, int64_t rows, int64_t cols, int64_t ss, Out* dst, int64_t ds) {
+  auto one = [&](int64_t r, int64_t c) {
+    const uint16_t v = src[r * ss + c];
+    dst[c * ds + r] = kWiden ? static_cast<Out>(static_cast<uint32_t>(v) << 16) : static_cast<Out>(v);
+  };
+  const int64_t rows8 = rows / 8 * 8, cols8 = cols / 8 * 8;
+  for (int64_t r0 = 0; r0 < rows8; r0 += kGroupRows) {
+    const int64_t r1 = r0 + kGroupRows < rows8 ? r0 + kGroupRows : rows8;
+    for (int64_t c = 0; c < cols8; c += 8) {
+      for (int64_t r = r0; r < r1; r += 8) {
+#if defined(__SSE2__)
+        __m128i t[8];
+        Transpose8x8(src + r * ss + c, ss, t);
+        for (int k = 0; k < 8; ++k) {
+          Out* d = dst + (c + k) * ds + r;
+          if constexpr (kWiden) {
+            const __m128i zero = _mm_setzero_si128();
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(d), _mm_unpacklo_epi16(zero, t[k]));
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(d + 4), _mm_unpackhi_epi16(zero, t[k]));
+          } else {
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(d), t[k]);
+          }
+        }
+#else
+        for (int64_t i = r; i < r + 8; ++i)
+          for (int64_t j = c; j < c + 8; ++j) one(i, j);
+#endif
+      }
+    }
+  }
+  for (int64_t r = rows8; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) one(r, c);
+  for (int64_t r = 0; r < rows8; ++r)
+    for (int64_t c = cols8; c < cols; ++c) one(r, c);
+}
+
+// dst[c * ds + r] = src[r * ss + c] for 4-byte values, in 16x16 tiles.
+void Transpose32(const uint32_t* src, int64_t rows, int64_t cols, int64_t ss, uint32_t* dst, int64_t ds) {
+  constexpr int64_t kTile = 16;
+  for (int64_t r0 = 0; r0 < rows; r0 += kTile) {
+    const int64_t r1 = r0 + kTile < rows ? r0 + kTile : rows;
+    for (int64_t c0 = 0; c0 < cols; c0 += kTile) {
+      const int64_t c1 = c0 + kTile < cols ? c0 + kTile : cols;
+      for (int64_t c = c0; c < c1; ++c)
+        for (int64_t r = r0; r < r1; ++r) dst[c * ds + r] = src[r * ss + c];
+    }
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+// dst (cols, rows) = src (rows, cols) transposed, 2-byte values (bfloat16, float16). Strides count
+// elements between rows; the elements of a row are contiguous in both arrays.
+void qjax_transpose_2byte(const uint16_t* src, int64_t rows, int64_t cols, int64_t src_stride, uint16_t* dst,
+                          int64_t dst_stride) {
+  Transpose16<uint16_t, false>(src, rows, cols, src_stride, dst, dst_stride);
+}
+
+// As qjax_transpose_2byte, bfloat16 in, float32 out.
+void qjax_transpose_bf16_to_f32(const uint16_t* src, int64_t rows, int64_t cols, int64_t src_stride,
+                                uint32_t* dst, int64_t dst_stride) {
+  Transpose16<uint32_t, true>(src, rows, cols, src_stride, dst, dst_stride);
+}
+
+// As qjax_transpose_2byte, 4-byte values (float32).
+void qjax_transpose_4byte(const uint32_t* src, int64_t rows, int64_t cols, int64_t src_stride, uint32_t* dst,
+                          int64_t dst_stride) {
+  Transpose32(src, rows, cols, src_stride, dst, dst_stride);
+}
+
+}  // extern "C"
