@@ -167,6 +167,10 @@ class ModelConfig:
         if not 0.0 < self.rotary_fraction <= 1.0 or self.rotary_dim % 2:
             raise ValueError(f"ModelConfig.rotary_fraction={self.rotary_fraction} gives an odd or empty rotary "
                              f"dim {self.rotary_dim} of head_dim {self.head_dim}")
+        scaling = self.rope_scaling
+        if scaling is not None and scaling.rope_type == "longrope" and len(scaling.short_factor) != self.rotary_dim // 2:
+            raise ValueError(f"ModelConfig: longrope has {len(scaling.short_factor)} factors per frequency, the "
+                             f"rotary dim {self.rotary_dim} needs {self.rotary_dim // 2}")
         if self.num_experts and not 0 < self.num_experts_per_tok <= self.num_experts:
             raise ValueError(f"ModelConfig: num_experts_per_tok={self.num_experts_per_tok} must be in "
                              f"[1, num_experts={self.num_experts}]")

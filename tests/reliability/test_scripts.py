@@ -155,3 +155,35 @@ def test_standalone_script_killed_resumes_and_reruns_stale_rows(tmp_path, data_d
 
 
 pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+@pytest.mark.slow
+def test_longcontext_benchmark_rows_follow_their_data_files(tmp_path, data_dir):
+    """longcontext.py keys a LongEval row by the test-case files it read: the same files again compute
+    nothing, an edited copy of them computes a new row whose data_source names the new hash."""
+    import shutil
+    from pathlib import Path
+
+    source = Path(data_dir) / "longeval" / "topics"
+    copies = {}
+    for name in ("same", "edited"):
+        root = tmp_path / name
+        shutil.copytree(source, root / "longeval" / "topics")
+        copies[name] = root
+    edited = copies["edited"] / "longeval" / "topics" / "testcases" / "1_topics.jsonl"
+    edited.write_text(edited.read_text() + "\n")  # same cases, other bytes
+    results = tmp_path / "lc.jsonl"
+    args = ["experiments/longcontext.py", "--config=configs/longcontext.py:quick",
+            "--config.tasks=('longeval_topics',)", "--config.recipes=('float',)", "--config.benchmark_limit=1",
+            f"--config.results={results}"]
+    first = run_script(args, script_env(copies["same"]))
+    assert first.returncode == 0, first.stderr[-3000:]
+    rows = _rows(results)
+    assert rows and all(r["data_source"].startswith("file:longeval/topics/testcases/") for r in rows)
+    again = run_script(args, script_env(copies["same"]))
+    assert again.returncode == 0 and _rows(results) == rows, again.stdout[-2000:]
+    other = run_script(args, script_env(copies["edited"]))
+    assert other.returncode == 0, other.stderr[-3000:]
+    new = _rows(results)[len(rows):]
+    assert new and {r["run_id"] for r in new}.isdisjoint({r["run_id"] for r in rows})
+    assert all(r["data_source"] != rows[0]["data_source"] for r in new)

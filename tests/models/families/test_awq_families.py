@@ -75,7 +75,7 @@ AWQ_FAMILIES = {  # name -> groups the report must show as searched / as skipped
 }
 
 
-@pytest.mark.parametrize("name", [n if n == "qwen2_moe" else pytest.param(n, marks=pytest.mark.slow)
+@pytest.mark.parametrize("name", [n if n == "falcon" else pytest.param(n, marks=pytest.mark.slow)
                                   for n in AWQ_FAMILIES])
 def test_awq_w4_quantizes_every_linear(tmp_path, name):
     save_family(name, tmp_path)

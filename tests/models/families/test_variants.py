@@ -4,13 +4,15 @@ short or long factors (and its attention factor), the two tensor layouts of mult
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import numpy as np
+import pytest
 import torch
 from safetensors.numpy import load_file, save_file
 
-from qjax.checkpoints import load_model
+from qjax.checkpoints import CheckpointError, load_model
 from qjax.models import forward
 
 from family_tiny import VOCAB, save_family
@@ -31,6 +33,15 @@ def test_longrope_switches_to_long_factors_past_the_original_length(tmp_path):
         np.testing.assert_allclose(np.asarray(forward(params, tokens, config)[0]), expected, atol=1e-4, rtol=0)
         short_err = np.abs(np.asarray(forward(params, tokens, only_short)[0]) - expected).max()
         assert (short_err > 1e-3) == uses_long, (length, short_err)
+    raw = json.loads((tmp_path / "config.json").read_text())
+    raw["rope_parameters"]["long_factor"] = raw["rope_parameters"]["long_factor"][:-1]
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(CheckpointError, match="short_factor and long_factor of one length"):
+        load_model(str(tmp_path))
+    raw["rope_parameters"]["long_factor"] = raw["rope_parameters"]["short_factor"] = [1.0] * 3
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(CheckpointError, match="longrope has 3 factors per frequency, the rotary dim 8 needs 4"):
+        load_model(str(tmp_path))
 
 
 def test_multimodal_gemma3_reads_both_text_layouts(tmp_path):
