@@ -361,24 +361,33 @@ def restore_params(path: Union[str, os.PathLike], *, like: Optional[Mapping] = N
     arrays = path / ARRAYS_DIR
     if not arrays.is_dir():
         raise StoredParamsError(f"{path}: the array directory {ARRAYS_DIR}/ is missing")
-    asyncio_log = logging.getLogger("asyncio")
-    level = asyncio_log.level
-    asyncio_log.setLevel(logging.CRITICAL)  # Orbax's failed reads log "Event loop is closed" per array
+    # Failures become one StoredParamsError: Orbax's own reports of them are silenced meanwhile (its
+    # failed reads log "Event loop is closed" per array on asyncio, its metadata misses warn on absl)
+    quieted = {name: logging.getLogger(name).level for name in ("asyncio", "absl")}
+    for name in quieted:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         with ocp.PyTreeCheckpointer() as ckptr:
-            stored = ckptr.metadata(arrays).item_metadata.tree  # {..: ArrayMetadata (shape, dtype)}
+            found = ckptr.metadata(arrays).item_metadata
+            if found is None:  # Orbax warns and returns nothing when the files behind it are gone
+                raise StoredParamsError(f"{path}: the saved arrays cannot be read (their metadata in "
+                                        f"{ARRAYS_DIR}/ is missing or damaged)")
+            stored = found.tree  # {..: ArrayMetadata (shape, dtype)}
             if mesh is None:
                 restore_args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), stored)
             else:
                 restore_args = _sharded_restore_args(stored, meta["qarrays"], mesh, rules)
             tree = ckptr.restore(arrays, restore_args=restore_args)
         params = _join(tree, "", meta["qarrays"])
+    except StoredParamsError:
+        raise
     except Exception as e:  # Orbax / TensorStore raise many types; name the checkpoint and the first line
         _drop_closed_loop_reports()
         raise StoredParamsError(f"{path}: the saved arrays cannot be read ({type(e).__name__}: "
                                 f"{_first_line(e)})") from e
     finally:
-        asyncio_log.setLevel(level)
+        for name, level in quieted.items():
+            logging.getLogger(name).setLevel(level)
     if like is not None:
         check_tree_matches(params, like, where=str(path))
     return params
