@@ -40,19 +40,19 @@ def load_for_lm_eval(model: str, quant_config: Optional[str] = None, recipe: Opt
     from qjax.checkpoints import load_model
     from qjax.quant.calibration import dequantized
 
+    from qjax.quant.recipe import Recipe, apply_recipe
+
+    try:  # before any loading: a bad recipe fails at once
+        parsed = Recipe.parse(recipe.replace(";", ",")) if recipe else None
+    except ValueError as e:
+        raise ConfigError(f"--model_args recipe={recipe}: {e}") from None
     config, params, tokenizer = load_model(model)
     runtime, state = Runtime(compute_dtype=compute_dtype), None
     if quant_config:
         from qjax.quant.storage import restore_params
 
         params = restore_params(quant_config, like=params)  # StoredParamsError if not this model's
-    if recipe:
-        from qjax.quant.recipe import Recipe, apply_recipe
-
-        try:
-            parsed = Recipe.parse(recipe.replace(";", ","))
-        except ValueError as e:
-            raise ConfigError(f"--model_args recipe={recipe}: {e}") from None
+    if parsed is not None:
         applied = apply_recipe(parsed, params, config, tokenizer, compute_dtype=compute_dtype)
         params, runtime, state = applied.params, applied.runtime, applied.runtime_state
     return config, dequantized(params), tokenizer, runtime, state

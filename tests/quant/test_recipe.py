@@ -119,8 +119,9 @@ SITES = ("attn/q_proj", "attn/k_proj", "attn/v_proj", "attn/o_proj", "mlp/gate_p
     # (layer, site) -> (bits, group) of the stored QArray
     (r"gptq:w4g16,layers_0/.*:w8g16,layers_1/mlp/down_proj:w2g16",
      lambda layer, site: (8, 16) if layer == 0 else ((2, 16) if site == "mlp/down_proj" else (4, 16))),
-    (r"spqr:w3g16,layers_1/attn/.*:w2g8",
-     lambda layer, site: (2, 8) if (layer == 1 and site.startswith("attn")) else (3, 16)),
+    pytest.param(r"spqr:w3g16,layers_1/attn/.*:w2g8",  # SpQR's solve is the slow one (~18 s)
+                 lambda layer, site: (2, 8) if (layer == 1 and site.startswith("attn")) else (3, 16),
+                 marks=pytest.mark.slow),
 ])
 def test_mixed_precision_under_calibrated_methods(text, expected):
     params, tokens = tiny_params(), tiny_tokens(4, 16)
