@@ -22,10 +22,14 @@ Each reports its peak RSS (`getrusage` ru_maxrss, cross-checked with /proc's VmH
 forks them stays small, as Linux carries the parent's RSS at fork into the child's ru_maxrss), the
 RSS after importing jax and qjax (before loading) and the wall time. Target of issue 18: the new loader's peak RSS <= 1.3x the model's bytes
 in the target dtype, and its time <= 1.5x reading the files once. The files were just written, so
-all three read from the page cache (no cache dropping here: that needs root on a shared machine).
+by default every loader reads them from the page cache (the read floor is then a memory copy);
+with `--cold` each loader first evicts the checkpoint's files from the page cache
+(`posix_fadvise(POSIX_FADV_DONTNEED)` on each file, after an fsync; no root needed, nothing else is
+evicted), so every loader, the read floor included, reads from storage, as a first load does.
 
   .venv/bin/python benchmarks/load_memory.py                       # 22 layers (1.1B), new loader only
   .venv/bin/python benchmarks/load_memory.py --layers=4 --old      # old beside new (the old needs ~4x)
+  .venv/bin/python benchmarks/load_memory.py --cold               # every loader reads from storage
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ _DEVICES = flags.DEFINE_integer("devices", 8, "simulated CPU devices of the load
 _MESH = flags.DEFINE_string("mesh", "model:8", "mesh of the new loader")
 _OLD = flags.DEFINE_bool("old", False, "also run the previous whole-model loader (needs ~4x the model)")
 _WORKDIR = flags.DEFINE_string("workdir", None, "where to write the checkpoint (default: a temp dir)")
+_COLD = flags.DEFINE_bool("cold", False, "evict the checkpoint files from the page cache before each loader "
+                          "(posix_fadvise DONTNEED), so every loader reads from storage")
 _ROLE = flags.DEFINE_enum("role", "main", ["main", "write", "new", "old", "read", "alloc"], "internal: subprocess role")
 
 TINYLLAMA = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_attention_heads=32,
@@ -213,7 +219,20 @@ def child(role: str, folder: Path) -> dict:
             "devices": jax.device_count(), "end_rss_mib": _current_rss_mib(), "hwm_mib": _status_mib("VmHWM")}
 
 
+def evict(folder: Path) -> None:
+    """Drops the checkpoint's files from the page cache (their pages are clean after the fsync)."""
+    for file in sorted(folder.glob("*.safetensors")):
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
 def run_child(role: str, folder: Path) -> dict:
+    if _COLD.value and role != "write":
+        evict(folder)
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={_DEVICES.value}",
            "JAX_PLATFORMS": "cpu"}
     args = [sys.executable, __file__, f"--role={role}", f"--workdir={folder}", f"--dtype={_DTYPE.value}",
@@ -239,7 +258,8 @@ def main(argv):
         model_bytes = params * (2 if _DTYPE.value == "bfloat16" else 4)
         print(f"checkpoint: {params / 1e9:.3f}B params, {data_bytes / 2**20:.0f} MiB bf16 in {_SHARDS.value} "
               f"files (written in {time.perf_counter() - start:.0f} s); model in {_DTYPE.value}: "
-              f"{model_bytes / 2**20:.0f} MiB; {_DEVICES.value} CPU devices, mesh {_MESH.value}")
+              f"{model_bytes / 2**20:.0f} MiB; {_DEVICES.value} CPU devices, mesh {_MESH.value}; files "
+              f"{'evicted from the page cache before each loader (--cold)' if _COLD.value else 'in the page cache'}")
         read = run_child("read", folder)
         alloc = run_child("alloc", folder)
         print(f"{'loader':<8} {'seconds':>8} {'x read':>7} {'x alloc':>8} {'CPU s':>7} {'peak RSS MiB':>13} {'x model':>8} "
