@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from absl import app, flags
 
 from cli import run  # experiments/cli.py
@@ -41,6 +43,33 @@ def judge_notes(rows) -> list[str]:
             for judge, tasks in judges.items()]
 
 
+def reference_notes(rows) -> list[str]:
+    """For each model whose float reference is read from a quantized GGUF file (a built-in name or a
+    local path; hub ids are not fetched here): the grid its "float" weights already sit on."""
+    from qjax.checkpoints import CheckpointError
+    from qjax.checkpoints.gguf_reader import weight_types
+    from qjax.checkpoints.registry import BUILTIN_MODELS, resolve
+
+    notes = []
+    for model in sorted({row["model"] for row in rows}):
+        if model not in BUILTIN_MODELS and not Path(model).expanduser().exists():
+            continue
+        try:
+            path = resolve(model)
+            types = weight_types(path) if path.suffix == ".gguf" else {}
+        except CheckpointError:
+            continue
+        quantized = {t: n for t, n in types.items() if t not in ("F32", "F16", "BF16", "F64")}
+        if quantized:
+            kinds = ", ".join(f"{t} ({n} {'matrix' if n == 1 else 'matrices'})"
+                              for t, n in sorted(quantized.items()))
+            notes.append(f"{model}: the float reference is dequantized from a GGUF file stored as {kinds}, so its "
+                         f"weights already sit on that grid; a weight quantizer whose grid contains it (e.g. RTN "
+                         f"4-bit in groups of 32 for Q4_1) loses almost nothing, and losses of coarser grids are "
+                         f"measured from an already-quantized model.")
+    return notes
+
+
 def main(argv):
     del argv
     rows = load_rows(_RESULTS.value)
@@ -51,7 +80,7 @@ def main(argv):
                           memory=_measurement(_MEMORY.value), efficiency_task=_EFFICIENCY_TASK.value,
                           benchmarks=None if _BENCHMARKS.value is None else [
                               _measurement(b) for b in _BENCHMARKS.value],
-                          sources=_RESULTS.value, notes=judge_notes(rows))
+                          sources=_RESULTS.value, notes=reference_notes(rows) + judge_notes(rows))
     print(f"wrote {report}")
 
 

@@ -20,7 +20,7 @@ from qjax.checkpoints.errors import CheckpointError
 from qjax.checkpoints.gguf_families import Meta, arch_of, check_llama3_scaling, hf_names, unpermute_rope_rows
 from qjax.checkpoints.hf_reader import config_from_raw, family_of, map_tensor_names, params_from_tensors
 
-__all__ = ["open_gguf", "read_config", "hf_checkpoint", "load_gguf", "unpermute_rope_rows"]
+__all__ = ["open_gguf", "read_config", "hf_checkpoint", "load_gguf", "unpermute_rope_rows", "weight_types"]
 
 
 def open_gguf(path: str | Path):
@@ -34,6 +34,17 @@ def open_gguf(path: str | Path):
         return gguf.GGUFReader(str(path))
     except Exception as e:  # the reader raises ValueError, IndexError, struct errors on bad files
         raise CheckpointError(f"{path}: not a readable GGUF file (truncated or corrupt?): {e}") from e
+
+
+def weight_types(path: str | Path) -> dict[str, int]:
+    """{GGML type name (e.g. "Q4_1", "F32"): number of tensors} over the file's matrices (tensors of
+    two or more dimensions): the storage grid the file's weights sit on."""
+    counts: dict[str, int] = {}
+    for tensor in open_gguf(path).tensors:
+        if len(tensor.shape) >= 2:
+            name = getattr(tensor.tensor_type, "name", str(tensor.tensor_type))
+            counts[name] = counts.get(name, 0) + 1
+    return counts
 
 
 def metadata(reader, path: Path) -> Meta:
