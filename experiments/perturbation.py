@@ -42,7 +42,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from cli import run  # experiments/cli.py
+from cli import ConfigError, run  # experiments/cli.py
 try:  # run as a script (experiments/ on sys.path) or imported as experiments.*
     from multihost import setup_mesh
 except ImportError:
@@ -101,10 +101,13 @@ class Context:
 
     @classmethod
     def create(cls, cfg, data_dir: Optional[str]) -> "Context":
-        recipe = Recipe.parse(cfg.recipe)
+        try:
+            recipe = Recipe.parse(cfg.recipe)
+        except ValueError as e:
+            raise ConfigError(f"--config.recipe: {e}") from None
         if recipe.runtime().activations or recipe.kv is not None:
-            raise ValueError(f"perturbation studies perturb the weights and activations themselves: the base "
-                             f"recipe {recipe} may quantize weights only (no a<bits> / kv<bits>)")
+            raise ConfigError(f"--config.recipe={recipe}: perturbation studies perturb the weights and activations "
+                              f"themselves, so the base recipe may quantize weights only (no a<bits> / kv<bits>)")
         task = window_task(cfg)
         rid, source = base_identity(cfg, recipe, data_dir)  # reads the data: fails before the model loads
         out_dir = Path(cfg.results_dir)
@@ -115,7 +118,8 @@ class Context:
                                               data_dir=data_dir).params)
         windows = load_windows(tokenizer, cfg.dataset, cfg.split, cfg.seqlen, cfg.windows, data_dir)
         if len(windows) < cfg.windows:
-            raise ValueError(f"{cfg.dataset}/{cfg.split} has only {len(windows)} windows of {cfg.seqlen}")
+            raise ConfigError(f"--config.windows={cfg.windows}: {cfg.dataset}/{cfg.split} has only {len(windows)} "
+                              f"windows of {cfg.seqlen} tokens")
         return cls(cfg, config, params, jnp.asarray(windows), NLLEvaluator(config, cfg.window_batch),
                    store, out_dir, task, rid, source, stored_points(store, cfg.model, task, rid))
 

@@ -55,6 +55,9 @@ def test_user_errors_stop_at_start_with_one_line(tmp_path, data_dir):
         "--config.clipping.shares=(0.01, 1.5) is out of range: allowed in [0.0, 1.0]": [
             "experiments/perturbation.py", "--config=configs/perturbation.py:quick", "--study=clipping",
             "--config.clipping.shares=(0.01,1.5)", f"--config.results_dir={tmp_path / 'pert'}"],
+        "--config.recipe=kv4: perturbation studies perturb the weights and activations themselves": [
+            "experiments/perturbation.py", "--config=configs/perturbation.py:quick", "--config.recipe=kv4",
+            f"--config.results_dir={tmp_path / 'pert'}"],
     }
     procs = {expected: _start(args, {**env, "HF_HUB_OFFLINE": "1"}) for expected, args in probes.items()}
     verbose = _start(ppl + ["--config.batch_size=-2", "--verbose"], env)
