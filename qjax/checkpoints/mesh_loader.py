@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -34,6 +36,7 @@ from qjax.models.config import ModelConfig
 from qjax.parallel.rules import DEFAULT_RULES, Rule, param_spec
 
 LOAD_DTYPES = ("bfloat16", "float16", "float32")
+READ_AHEAD_BYTES = 512 << 20  # host bytes read ahead of placement (beyond the one parameter being placed)
 
 
 def place_tensor(source: TensorSource, shape: tuple, sharding: Optional[NamedSharding], dtype, *,
@@ -45,31 +48,127 @@ def place_tensor(source: TensorSource, shape: tuple, sharding: Optional[NamedSha
     (`TensorSource.read`), once per distinct slice, and placed; no compilation is involved. Raises
     CheckpointError for NaN or Inf.
     """
-    slices: dict = {}
+    return _Placement(source, shape, sharding, dtype, transpose).place()
 
-    def read(index):
-        key = tuple((s.start, s.stop, s.step) for s in index)
-        if key not in slices:
-            slices[key] = source.read(index, dtype, transpose)
-        return slices[key]
 
-    if sharding is None:
-        return jnp.asarray(read((slice(None),) * len(shape)))
-    out = jax.make_array_from_callback(shape, sharding, read)
-    out.block_until_ready()
-    return out
+@dataclasses.dataclass
+class _Placement:
+    """One parameter to place: its distinct device slices (`keys`: slice bounds -> index), read
+    (`read_all`, possibly on a worker thread) before or while `place` lays them out. A placement
+    no longer `wanted` (its path is not the config's) reads nothing."""
+
+    source: TensorSource
+    shape: tuple
+    sharding: Optional[NamedSharding]
+    dtype: np.dtype
+    transpose: bool
+    wanted: bool = True
+    slices: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        whole = (slice(None),) * len(self.shape)
+        indices = [whole] if self.sharding is None else self.sharding.addressable_devices_indices_map(self.shape).values()
+        self.keys = {_key(index): index for index in indices}
+
+    @property
+    def nbytes(self) -> int:
+        """Host bytes of the distinct slices this process reads."""
+        sizes = (np.prod([len(range(*s.indices(d))) for s, d in zip(index, self.shape)], dtype=np.int64)
+                 for index in self.keys.values())
+        return int(sum(sizes)) * np.dtype(self.dtype).itemsize
+
+    def read_all(self) -> None:
+        if self.wanted:
+            arrays = self.source.read_slices(list(self.keys.values()), self.dtype, self.transpose)
+            self.slices.update(zip(self.keys, arrays))
+
+    def place(self) -> jax.Array:
+        def read(index):
+            key = _key(index)
+            if key not in self.slices:
+                self.slices[key] = self.source.read(index, self.dtype, self.transpose)
+            return self.slices[key]
+
+        if self.sharding is None:
+            out = jnp.asarray(read((slice(None),) * len(self.shape)))
+        else:
+            out = jax.make_array_from_callback(self.shape, self.sharding, read)
+            out.block_until_ready()
+        self.slices.clear()
+        return out
+
+
+def _key(index: tuple) -> tuple:
+    return tuple((s.start, s.stop, s.step) for s in index)
+
+
+def reader_threads() -> int:
+    """Worker threads that read slices ahead of placement: the cores this process may use, at most 8
+    (copies out of the page cache stop scaling well before that)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, cores))
+
+
+class ReadAhead:
+    """Placements' slices read by `threads` worker threads, in order, ahead of their placement.
+
+    Entering starts the reads of the first placements (at most `ahead_bytes` of slices read and not
+    yet placed, but always the next one), so the caller can do other work meanwhile; iterating
+    yields each placement's array in order, placed once its reads are done (None for a placement no
+    longer `wanted`), and starts further reads as placements leave the window. With
+    threads <= 1 everything is read on the iterating thread. A read's error (CheckpointError for
+    NaN/Inf, OSError) is raised when its placement is reached; leaving the block early cancels the
+    queued reads and waits for the running ones.
+    """
+
+    def __init__(self, placements: Sequence[_Placement], threads: int, ahead_bytes: int):
+        self.placements, self.ahead_bytes = list(placements), ahead_bytes
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="qjax-load") if threads > 1 else None
+        self.futures: dict[int, Future] = {}
+        self.submitted = self.in_flight = 0
+
+    def __enter__(self) -> "ReadAhead":
+        self._fill()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            for future in self.futures.values():
+                future.cancel()
+            self.pool.shutdown(wait=True)
+
+    def _fill(self) -> None:
+        if self.pool is None:
+            return
+        while self.submitted < len(self.placements) and (not self.futures or self.in_flight < self.ahead_bytes):
+            p = self.placements[self.submitted]
+            self.futures[self.submitted] = self.pool.submit(p.read_all)
+            self.in_flight += p.nbytes
+            self.submitted += 1
+
+    def __iter__(self):
+        for i, p in enumerate(self.placements):
+            if self.pool is not None:
+                self.futures.pop(i).result()
+                self.in_flight -= p.nbytes
+            yield p.place() if p.wanted else None
+            p.slices.clear()
+            self._fill()
 
 
 def load_hf_dir_on_mesh(directory: str | Path, mesh: Optional[Mesh] = None, *, dtype: str = "bfloat16",
-                        rules: Sequence[Rule] = DEFAULT_RULES) -> tuple[ModelConfig, dict]:
+                        rules: Sequence[Rule] = DEFAULT_RULES, threads: Optional[int] = None
+                        ) -> tuple[ModelConfig, dict]:
     """(config, params) of an HF checkpoint directory, params as `dtype` arrays placed on `mesh`
     by `rules` (mesh None: each parameter whole on the default device, as `jnp.asarray` puts it).
 
     Tensor names map to qjax paths by the checkpoint's family (`hf_reader.map_tensor_names`);
     kernels are transposed from HF's (out, in). Tensors a family changes (`Family.tensor_fixes`:
-    fused q/k/v rows, a depthwise conv) are read whole (one tensor at a time) and placed after it.
-    Raises CheckpointError for a
-    missing tensor, a shape that disagrees with config.json, NaN/Inf values, or an unreadable file.
+    fused q/k/v rows, a depthwise conv) are read whole (one tensor at a time) and placed first.
+    The other parameters' slices are read by `threads` worker threads (None: `reader_threads()`;
+    1: all on this thread) at most READ_AHEAD_BYTES ahead of their placement (`place_all`).
+    Raises CheckpointError for a missing tensor, a shape that disagrees with config.json, NaN/Inf
+    values, or an unreadable file.
     """
     if dtype not in LOAD_DTYPES:
         raise ValueError(f"load dtype must be one of {LOAD_DTYPES}, got {dtype!r}")
@@ -81,29 +180,36 @@ def load_hf_dir_on_mesh(directory: str | Path, mesh: Optional[Mesh] = None, *, d
     sources = tensor_sources(directory)
     by_path = {path: sources[name] for name, path in map_tensor_names(sources, family, directory).items()}
     target = jnp.dtype(dtype)
-    wanted = []
-    for path, shape in expected_shapes(config).items():
-        name = family.hf_name(path)
-        named = "" if name == path else f" (checkpoint tensor {name})"
-        if path not in by_path:
-            raise CheckpointError(f"{directory}: tensor for {path} is missing{named}")
-        source = by_path[path]
-        transposed = path.endswith("/kernel") and len(source.shape) == 2
-        stored = source.shape[::-1] if transposed else source.shape
-        fix = fix_for(path)
-        if tuple(stored) != shape and fix is None:
-            raise CheckpointError(f"{directory}: tensor for {path} has shape {tuple(stored)}, but the config "
-                                  f"implies {shape}{named}")
-        wanted.append((path, shape, source, transposed, fix, named))
-    wanted.sort(key=lambda w: (str(w[2].file), w[2].offset))  # sequential reads, file by file
-    flat = {}
-    for path, shape, source, transposed, fix, named in wanted:
-        sharding = None if mesh is None else NamedSharding(mesh, param_spec(path, shape, mesh, rules))
-        if fix is not None:
-            flat[path] = _place_reordered(source, fix, shape, sharding, target, path.endswith("/kernel"),
-                                          f"{directory}: tensor for {path}", named)
-        else:
-            flat[path] = place_tensor(source, shape, sharding, target, transpose=transposed)
+
+    sharding = lambda path, shape: None if mesh is None else NamedSharding(mesh, param_spec(path, shape, mesh, rules))
+    kernel = lambda path: path.endswith("/kernel") and len(by_path[path].shape) == 2  # stored (out, in): transposed
+    # Reads start from the stored shapes (in file order: sequential reads) while the config's shapes are traced.
+    plain = {}
+    for path in sorted((p for p in by_path if fix_for(p) is None), key=lambda p: (str(by_path[p].file), by_path[p].offset)):
+        shape = tuple(by_path[path].shape[::-1] if kernel(path) else by_path[path].shape)
+        plain[path] = _Placement(by_path[path], shape, sharding(path, shape), target, kernel(path))
+    threads = reader_threads() if threads is None else threads
+    with ReadAhead(list(plain.values()), threads, READ_AHEAD_BYTES) as reads:
+        shapes = expected_shapes(config)
+        for path, shape in shapes.items():
+            name = family.hf_name(path)
+            named = "" if name == path else f" (checkpoint tensor {name})"
+            if path not in by_path:
+                raise CheckpointError(f"{directory}: tensor for {path} is missing{named}")
+            if path in plain and plain[path].shape != shape:
+                raise CheckpointError(f"{directory}: tensor for {path} has shape {plain[path].shape}, but the config "
+                                      f"implies {shape}{named}")
+        for path, p in plain.items():
+            p.wanted = path in shapes  # e.g. a layer beyond the config's, or an LM head tied to the embedding
+        flat = {}
+        for path in sorted((p for p in shapes if p not in plain), key=lambda p: (str(by_path[p].file), by_path[p].offset)):
+            name = family.hf_name(path)
+            flat[path] = _place_reordered(by_path[path], fix_for(path), shapes[path], sharding(path, shapes[path]),
+                                          target, path.endswith("/kernel"), f"{directory}: tensor for {path}",
+                                          "" if name == path else f" (checkpoint tensor {name})")
+        for path, array in zip(plain, reads):
+            if array is not None:
+                flat[path] = array
     return config, nest(flat)
 
 

@@ -68,13 +68,22 @@ class TensorSource:
 
         One pass over the slice, CHUNK_BYTES of stored rows at a time: a chunk is copied and converted
         on the way (`converter`; transposed by the native kernel, `qjax.ops.host.transpose_into`, where
-        one fits, else TRANSPOSE_ROWS stored rows at a time: numpy's plain transposed copy walks the
-        source a whole row per element, several times slower), then, with
-        check_finite, its stored values are checked for NaN/Inf while they are in cache; a narrowing
+        one fits, which checks the values for NaN/Inf in the same pass; else TRANSPOSE_ROWS stored rows
+        at a time: numpy's plain transposed copy walks the source a whole row per element, several
+        times slower), then, with check_finite, its stored values are checked for NaN/Inf while they
+        are in cache (`FiniteCheck`) unless the kernel did; a narrowing
         conversion (float32 -> float16 or bfloat16) is checked again on the output, for overflow.
         Raises CheckpointError naming the file and tensor when a value is not finite.
         """
+        return self.read_slices([index], dtype, transpose, check_finite)[0]
+
+    def read_slices(self, indices, dtype=None, transpose: bool = False, check_finite: bool = True) -> list:
+        """[`read(index, ...)` for each index], through one memory map of the tensor (unmapped on
+        return: the tensor's pages are then no longer this process's)."""
         data = self.mapped()
+        return [self._slice_of(data, index, dtype, transpose, check_finite) for index in indices]
+
+    def _slice_of(self, data: np.ndarray, index: tuple, dtype, transpose: bool, check_finite: bool) -> np.ndarray:
         dtype = np.dtype(dtype or self.dtype)
         index = tuple(index) + (slice(None),) * (len(self.shape) - len(index))
         if transpose:
@@ -95,15 +104,16 @@ class TensorSource:
             step = -(-step // TRANSPOSE_ROWS) * TRANSPOSE_ROWS if transpose else step
             chunks = [(r, block[r:r + step]) for r in range(0, block.shape[0], step)]
         for r, chunk in chunks:
-            if transpose:
-                if not transpose_into(out[:, r:r + chunk.shape[0]], chunk):  # the native kernel, else numpy
+            all_finite = transpose_into(out[:, r:r + chunk.shape[0]], chunk) if transpose else None  # native
+            if all_finite is None:  # numpy's copy, then the check
+                if transpose:
                     for i in range(0, chunk.shape[0], TRANSPOSE_ROWS):
                         convert(out[:, r + i:r + i + TRANSPOSE_ROWS], chunk[i:i + TRANSPOSE_ROWS].T)
-            elif chunk.ndim:
-                convert(out[r:r + chunk.shape[0]], chunk)
-            if finite is not None and not finite(chunk):
+                elif chunk.ndim:
+                    convert(out[r:r + chunk.shape[0]], chunk)
+                all_finite = finite is None or finite(chunk)
+            if check_finite and not all_finite:
                 raise CheckpointError(f"{self.file}: tensor {self.name} contains NaN or Inf")
-        del data, block, chunks  # unmap: the tensor's pages are no longer ours
         if check_finite and narrows(self.dtype, dtype) and not FiniteCheck.of(dtype)(out):
             raise CheckpointError(f"{self.file}: tensor {self.name} overflows {dtype.name} (values beyond its range)")
         return out

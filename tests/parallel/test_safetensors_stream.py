@@ -74,13 +74,15 @@ def test_nan_or_inf_is_rejected_only_in_slices_that_hold_it(tmp_path, stored_dty
         path = tmp_path / "bad.safetensors"
         save_file({"w": matrix.to(TORCH[stored_dtype])}, str(path))
         source = read_header(path)["w"]
-        with pytest.raises(CheckpointError, match=f"{path}: tensor w contains NaN or Inf"):
-            source.read((), np.float32)
-        with pytest.raises(CheckpointError, match="NaN or Inf"):
-            source.read((slice(0, 8),), np.float32, transpose=True)  # stored column 5 of every row
-        assert source.read((slice(0, 24), slice(0, 33)), np.float32, transpose=True).shape == (24, 33)
-        assert source.read((slice(34, 40),), np.float32).shape == (6, 24)
-        assert source.read((), np.float32, check_finite=False).shape == (40, 24)
+        for target in (np.float32, np.dtype(jax.numpy.dtype(stored_dtype))):  # the native transpose checks same-dtype too
+            with pytest.raises(CheckpointError, match=f"{path}: tensor w contains NaN or Inf"):
+                source.read((), target)
+            with pytest.raises(CheckpointError, match="NaN or Inf"):
+                source.read((slice(0, 8),), target, transpose=True)  # stored column 5 of every row
+            assert source.read((slice(0, 24), slice(0, 33)), target, transpose=True).shape == (24, 33)
+            assert source.read((slice(34, 40),), target).shape == (6, 24)
+            assert source.read((), target, check_finite=False).shape == (40, 24)
+            assert source.read((slice(0, 8),), target, transpose=True, check_finite=False).shape == (8, 40)
 
 
 def test_narrowing_overflow_is_rejected(tmp_path):
