@@ -8,7 +8,8 @@ split into `--shards` safetensors files with a model.safetensors.index.json, int
 `--devices` simulated CPU devices (so device buffers are host memory and count in the RSS):
 
 * new: `qjax.checkpoints.mesh_loader.load_hf_dir_on_mesh` onto the `--mesh` mesh (default model:8,
-  so each device holds 1/8 of every linear) in `--dtype`;
+  so each device holds 1/8 of every linear) in `--dtype`, its slices read by `reader_threads()`
+  worker threads ahead of placement; new1: the same on one thread (`threads=1`);
 * old (`--old`): what `load_model` did before this loader (`previous_loader`): every tensor read
   whole through safetensors into float32 numpy, the whole model collected, then `jnp.asarray` per
   leaf onto the default device, in `--dtype`;
@@ -55,7 +56,8 @@ _OLD = flags.DEFINE_bool("old", False, "also run the previous whole-model loader
 _WORKDIR = flags.DEFINE_string("workdir", None, "where to write the checkpoint (default: a temp dir)")
 _COLD = flags.DEFINE_bool("cold", False, "evict the checkpoint files from the page cache before each loader "
                           "(posix_fadvise DONTNEED), so every loader reads from storage")
-_ROLE = flags.DEFINE_enum("role", "main", ["main", "write", "new", "old", "read", "alloc"], "internal: subprocess role")
+_ROLE = flags.DEFINE_enum("role", "main", ["main", "write", "new", "new1", "old", "read", "alloc"],
+                          "internal: subprocess role")
 
 TINYLLAMA = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_attention_heads=32,
                  num_key_value_heads=4, max_position_embeddings=2048, rms_norm_eps=1e-5, rope_theta=10000.0,
@@ -201,14 +203,15 @@ def child(role: str, folder: Path) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from qjax.checkpoints.mesh_loader import load_hf_dir_on_mesh
+    from qjax.checkpoints.mesh_loader import load_hf_dir_on_mesh, reader_threads
     from qjax.parallel import make_mesh
 
     jnp.zeros(1).block_until_ready()
     base = _current_rss_mib()
     start, cpu = time.perf_counter(), _cpu_seconds()
-    if role == "new":
-        _, params = load_hf_dir_on_mesh(folder, make_mesh(_MESH.value), dtype=_DTYPE.value)
+    if role in ("new", "new1"):
+        threads = 1 if role == "new1" else None
+        _, params = load_hf_dir_on_mesh(folder, make_mesh(_MESH.value), dtype=_DTYPE.value, threads=threads)
     else:
         params = previous_loader(folder, _DTYPE.value)
     jax.block_until_ready(params)
@@ -216,7 +219,8 @@ def child(role: str, folder: Path) -> dict:
     leaves = jax.tree_util.tree_leaves(params)
     nbytes = sum(x.size * x.dtype.itemsize for x in leaves)
     return {"seconds": seconds, "cpu_seconds": _cpu_seconds() - cpu, "base_rss_mib": base, "peak_rss_mib": _rss_mib(), "param_bytes": nbytes,
-            "devices": jax.device_count(), "end_rss_mib": _current_rss_mib(), "hwm_mib": _status_mib("VmHWM")}
+            "devices": jax.device_count(), "end_rss_mib": _current_rss_mib(), "hwm_mib": _status_mib("VmHWM"),
+            "threads": reader_threads()}
 
 
 def evict(folder: Path) -> None:
@@ -268,7 +272,7 @@ def main(argv):
             print(f"{role:<8} {r['seconds']:>8.2f} {r['seconds'] / read['seconds']:>7.2f} "
                   f"{r['seconds'] / alloc['seconds']:>8.2f} {r['cpu_seconds']:>7.2f} "
                   f"{r['peak_rss_mib']:>13.0f} {'':>8} {'':>18} {'':>8} {r['hwm_mib']:>10.0f}")
-        for role in (["old"] if _OLD.value else []) + ["new"]:
+        for role in (["old"] if _OLD.value else []) + ["new1", "new"]:
             r = run_child(role, folder)
             above = r["peak_rss_mib"] - r["base_rss_mib"]
             print(f"{role:<8} {r['seconds']:>8.2f} {r['seconds'] / read['seconds']:>7.2f} "
@@ -277,6 +281,7 @@ def main(argv):
                   f"{r['peak_rss_mib'] * 2**20 / model_bytes:>8.2f} {above:>18.0f} {above * 2**20 / model_bytes:>8.2f} "
                   f"{r['hwm_mib']:>10.0f}")
             assert r["param_bytes"] == model_bytes, (r["param_bytes"], model_bytes)
+        print(f"new: {r['threads']} reader threads (reader_threads(): the usable cores, at most 8); new1: one")
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -48,11 +48,11 @@ def place_tensor(source: TensorSource, shape: tuple, sharding: Optional[NamedSha
     (`TensorSource.read`), once per distinct slice, and placed; no compilation is involved. Raises
     CheckpointError for NaN or Inf.
     """
-    return _Placement(source, shape, sharding, dtype, transpose).place()
+    return Placement(source, shape, sharding, dtype, transpose).place()
 
 
 @dataclasses.dataclass
-class _Placement:
+class Placement:
     """One parameter to place: its distinct device slices (`keys`: slice bounds -> index), read
     (`read_all`, possibly on a worker thread) before or while `place` lays them out. A placement
     no longer `wanted` (its path is not the config's) reads nothing."""
@@ -121,7 +121,7 @@ class ReadAhead:
     queued reads and waits for the running ones.
     """
 
-    def __init__(self, placements: Sequence[_Placement], threads: int, ahead_bytes: int):
+    def __init__(self, placements: Sequence[Placement], threads: int, ahead_bytes: int):
         self.placements, self.ahead_bytes = list(placements), ahead_bytes
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="qjax-load") if threads > 1 else None
         self.futures: dict[int, Future] = {}
@@ -187,7 +187,7 @@ def load_hf_dir_on_mesh(directory: str | Path, mesh: Optional[Mesh] = None, *, d
     plain = {}
     for path in sorted((p for p in by_path if fix_for(p) is None), key=lambda p: (str(by_path[p].file), by_path[p].offset)):
         shape = tuple(by_path[path].shape[::-1] if kernel(path) else by_path[path].shape)
-        plain[path] = _Placement(by_path[path], shape, sharding(path, shape), target, kernel(path))
+        plain[path] = Placement(by_path[path], shape, sharding(path, shape), target, kernel(path))
     threads = reader_threads() if threads is None else threads
     with ReadAhead(list(plain.values()), threads, READ_AHEAD_BYTES) as reads:
         shapes = expected_shapes(config)
