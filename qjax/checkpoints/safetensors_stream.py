@@ -66,13 +66,13 @@ class TensorSource:
         """`stored[index]` (`stored.T[index]` with transpose, for 2-D tensors) as a new C-contiguous
         array in `dtype` whose data starts on an ALIGNMENT-byte boundary (`aligned_empty`).
 
-        One pass over the slice, CHUNK_BYTES of stored rows at a time: a chunk is copied and converted
-        on the way (`converter`; transposed by the native kernel, `qjax.ops.host.transpose_into`, where
-        one fits, which checks the values for NaN/Inf in the same pass; else TRANSPOSE_ROWS stored rows
-        at a time: numpy's plain transposed copy walks the source a whole row per element, several
-        times slower), then, with check_finite, its stored values are checked for NaN/Inf while they
-        are in cache (`FiniteCheck`) unless the kernel did; a narrowing
-        conversion (float32 -> float16 or bfloat16) is checked again on the output, for overflow.
+        One pass over the slice: a 2-D slice read transposed goes to the native kernel
+        (`qjax.ops.host.transpose_into`: transposed, converted and checked for NaN/Inf in one call)
+        where one fits; otherwise numpy copies and converts it CHUNK_BYTES of stored rows at a time
+        (`converter`; transposed TRANSPOSE_ROWS stored rows at a time: numpy's plain transposed copy
+        walks the source a whole row per element, several times slower), each chunk checked for
+        NaN/Inf while it is in cache (`FiniteCheck`). With check_finite, a narrowing conversion
+        (float32 -> float16 or bfloat16) is checked again on the output, for overflow.
         Raises CheckpointError naming the file and tensor when a value is not finite.
         """
         return self.read_slices([index], dtype, transpose, check_finite)[0]
@@ -94,29 +94,36 @@ class TensorSource:
         else:
             block = data[index]
             out = aligned_empty(block.shape, dtype)
-        convert = converter(self.dtype, dtype)
-        finite = FiniteCheck.of(self.dtype) if check_finite else None
-        if block.ndim == 0 or block.size == 0:
-            convert(out, block)
-            chunks = [(0, block)]
-        else:
-            step = max(1, CHUNK_BYTES // block[:1].nbytes)
-            step = -(-step // TRANSPOSE_ROWS) * TRANSPOSE_ROWS if transpose else step
-            chunks = [(r, block[r:r + step]) for r in range(0, block.shape[0], step)]
-        for r, chunk in chunks:
-            all_finite = transpose_into(out[:, r:r + chunk.shape[0]], chunk) if transpose else None  # native
-            if all_finite is None:  # numpy's copy, then the check
-                if transpose:
-                    for i in range(0, chunk.shape[0], TRANSPOSE_ROWS):
-                        convert(out[:, r + i:r + i + TRANSPOSE_ROWS], chunk[i:i + TRANSPOSE_ROWS].T)
-                elif chunk.ndim:
-                    convert(out[r:r + chunk.shape[0]], chunk)
-                all_finite = finite is None or finite(chunk)
-            if check_finite and not all_finite:
-                raise CheckpointError(f"{self.file}: tensor {self.name} contains NaN or Inf")
+        all_finite = transpose_into(out, block) if transpose and block.size else None  # native: one call, checked
+        if all_finite is None:
+            all_finite = self._copy_chunks(out, block, transpose, check_finite)
+        if check_finite and not all_finite:
+            raise CheckpointError(f"{self.file}: tensor {self.name} contains NaN or Inf")
         if check_finite and narrows(self.dtype, dtype) and not FiniteCheck.of(dtype)(out):
             raise CheckpointError(f"{self.file}: tensor {self.name} overflows {dtype.name} (values beyond its range)")
         return out
+
+    def _copy_chunks(self, out: np.ndarray, block: np.ndarray, transpose: bool, check_finite: bool) -> bool:
+        """numpy's copy of `block` (transposed with transpose) into `out`, CHUNK_BYTES of stored rows at
+        a time, each chunk checked for NaN/Inf (with check_finite) while it is in cache. Returns
+        whether every checked value was finite."""
+        convert = converter(self.dtype, out.dtype)
+        finite = FiniteCheck.of(self.dtype) if check_finite else (lambda chunk: True)
+        if block.ndim == 0 or block.size == 0:
+            convert(out, block)
+            return finite(block)
+        step = max(1, CHUNK_BYTES // block[:1].nbytes)
+        step = -(-step // TRANSPOSE_ROWS) * TRANSPOSE_ROWS if transpose else step
+        for r in range(0, block.shape[0], step):
+            chunk = block[r:r + step]
+            if transpose:
+                for i in range(0, chunk.shape[0], TRANSPOSE_ROWS):
+                    convert(out[:, r + i:r + i + TRANSPOSE_ROWS], chunk[i:i + TRANSPOSE_ROWS].T)
+            else:
+                convert(out[r:r + chunk.shape[0]], chunk)
+            if not finite(chunk):
+                return False
+        return True
 
 
 TRANSPOSE_ROWS = 16

@@ -13,7 +13,18 @@
 
 namespace {
 
-constexpr int64_t kGroupRows = 32;  // source rows per step: 64 destination bytes (16-bit) per row
+#ifndef QJAX_TILE_ROWS
+#define QJAX_TILE_ROWS 128
+#endif
+#ifndef QJAX_TILE_COLS
+#define QJAX_TILE_COLS 128
+#endif
+// The 16-bit kernel walks tiles of kTileRows source rows x kTileCols source columns: each of the
+// tile's kTileCols destination rows receives 2 * kTileRows contiguous bytes per visit, and the
+// tile's pages (source rows and destination rows lie a row stride apart, usually one page or more)
+// stay within the TLB, which walking whole source rows (thousands of destination rows) would not.
+constexpr int64_t kTileRows = QJAX_TILE_ROWS;
+constexpr int64_t kTileCols = QJAX_TILE_COLS;
 
 #if defined(__SSE2__)
 // out[k] = column k of the 8x8 block of 16-bit values at s (row stride ss, in elements).
@@ -57,9 +68,11 @@ bool Transpose16(const uint16_t* src, int64_t rows, int64_t cols, int64_t ss, Ou
   const __m128i below = _mm_set1_epi16(static_cast<int16_t>(exp - 1));
   __m128i badv = _mm_setzero_si128();
 #endif
-  for (int64_t r0 = 0; r0 < rows8; r0 += kGroupRows) {
-    const int64_t r1 = r0 + kGroupRows < rows8 ? r0 + kGroupRows : rows8;
-    for (int64_t c = 0; c < cols8; c += 8) {
+  for (int64_t r0 = 0; r0 < rows8; r0 += kTileRows) {
+    const int64_t r1 = r0 + kTileRows < rows8 ? r0 + kTileRows : rows8;
+    for (int64_t c0 = 0; c0 < cols8; c0 += kTileCols) {
+    const int64_t c1 = c0 + kTileCols < cols8 ? c0 + kTileCols : cols8;
+    for (int64_t c = c0; c < c1; c += 8) {
       for (int64_t r = r0; r < r1; r += 8) {
 #if defined(__SSE2__)
         __m128i t[8];
@@ -80,6 +93,7 @@ bool Transpose16(const uint16_t* src, int64_t rows, int64_t cols, int64_t ss, Ou
           for (int64_t j = c; j < c + 8; ++j) one(i, j);
 #endif
       }
+    }
     }
   }
   for (int64_t r = rows8; r < rows; ++r)

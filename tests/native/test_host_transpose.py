@@ -1,6 +1,6 @@
 """The native host transpose (qjax.native.host_transpose, reached through qjax.ops.host) equals
 numpy's transpose bit for bit: 16-bit values, bfloat16 -> float32 (numpy's cast), 32-bit values,
-over shapes that are and are not multiples of its 8x8 blocks and 32-row steps, from strided views;
+over shapes that are and are not multiples of its 8x8 blocks and 128x128 tiles, from strided views;
 and its finite flag equals numpy's `isfinite` over the source, wherever a NaN or Inf sits."""
 
 import ml_dtypes
@@ -14,7 +14,7 @@ from qjax.ops.kernels import use_kernels
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="qjax's CPU kernels are unavailable")
 
-SHAPES = [(8, 8), (1, 1), (3, 70), (67, 64), (64, 67), (100, 41), (256, 40)]
+SHAPES = [(8, 8), (1, 1), (3, 70), (67, 64), (64, 67), (100, 41), (256, 40), (300, 270), (131, 264)]  # and past 128x128 tiles
 
 
 @pytest.mark.parametrize("stored, dtype", [(np.uint16, np.uint16), (ml_dtypes.bfloat16, ml_dtypes.bfloat16),
