@@ -20,7 +20,7 @@ try:  # run as a script (experiments/ on sys.path) or imported as experiments.*
 except ImportError:
     from experiments.multihost import is_primary, setup_mesh
 from qjax.checkpoints import load_model
-from qjax.data.provenance import corpus_sources, describe as describe_sources
+from qjax.data.provenance import calibration_identity, corpus_sources, describe as describe_sources
 from qjax.eval.perplexity import perplexity
 from qjax.eval.results import ResultStore, make_row, run_id
 from qjax.models import model_facts
@@ -48,7 +48,7 @@ def main(argv):
         task = f"{dataset}/{cfg.split}"
         rid = run_id(model=cfg.model, transform=name, task=task, seqlen=cfg.seqlen, max_windows=cfg.max_windows,
                      compute_dtype=cfg.compute_dtype, data=sources,
-                     calibration=cfg.calibration.to_dict() if recipe.calibrated else None)
+                     calibration=calibration_identity(cfg.calibration, _DATA_DIR.value) if recipe.calibrated else None)
         if store.has((cfg.model, name, task, "perplexity"), rid):
             say(f"{task}: already in {cfg.results} (run {rid}), skipped")
         else:

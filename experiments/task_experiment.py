@@ -93,9 +93,9 @@ def run_experiment(cfg, data_dir: Optional[str] = None, log: Callable[[str], Non
     share rows. cfg fields: see configs/knowledge.py. Returns rows appended."""
     from cli import ConfigError  # experiments/cli.py
     from qjax.checkpoints import load_model
-    from qjax.data.provenance import task_sources
+    from qjax.data.provenance import calibration_identity, task_sources
     from qjax.data.tasks import get_task
-    from qjax.eval.results import ResultStore
+    from qjax.eval.results import ResultStore, run_id
     from qjax.eval.tasks import run_tasks_into_store
     from qjax.quant.recipe import Recipe, apply_recipe
 
@@ -113,6 +113,8 @@ def run_experiment(cfg, data_dir: Optional[str] = None, log: Callable[[str], Non
         raise ConfigError(f"--config.recipe: {e}") from None
     config, params, tokenizer = load_model(cfg.model, mesh=mesh)
     extra_id = None if str(recipe) == "float" else str(recipe)  # float rows keep their run ids
+    if recipe.calibrated:  # the calibration's settings and data, so that other calibration data runs again
+        extra_id += f" calibrated:{run_id(calibration=calibration_identity(cfg.calibration, data_dir))}"
     transform, transform_id = cfg.transform or str(recipe), extra_id
     if cfg.quant_config:
         from qjax.quant.storage import params_digest, restore_params

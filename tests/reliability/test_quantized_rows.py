@@ -1,6 +1,7 @@
 """quantize.py and the task experiment on a tiny Llama: a rerun with other settings computes a new row
 instead of keeping the stale one, and two different checkpoints in folders of the same name get
-rows of their own."""
+rows of their own; perplexity.py and the task experiment run a calibrated recipe again when its
+calibration data changed."""
 
 from __future__ import annotations
 
@@ -51,6 +52,38 @@ def test_reruns_with_other_settings_and_same_named_checkpoints(tmp_path, data_di
     acc = [r for r in _rows(tasks) if r["metric"] == "acc"]
     assert len(acc) == 2 and acc[0]["transform"] != acc[1]["transform"]
     assert all(r["transform"].startswith("rtn_w4@") for r in acc)
+
+
+@pytest.mark.slow  # six script runs with GPTQ on a tiny model
+def test_other_calibration_data_runs_a_calibrated_recipe_again(tmp_path, data_dir):
+    from runtime_tiny import save_tiny_llama
+
+    model = tmp_path / "model"
+    save_tiny_llama(model)
+    env = script_env(data_dir)
+    calib = tmp_path / "calib.jsonl"
+    results = {"ppl": tmp_path / "p.jsonl", "tasks": tmp_path / "t.jsonl"}
+    common = ["--config.recipe=gptq:w4g16", f"--config.calibration.jsonl={calib}",
+              "--config.calibration.num_windows=2", "--config.calibration.seqlen=16"]
+    scripts = {"ppl": ["experiments/perplexity.py", "--config=configs/perplexity.py", f"--config.model={model}",
+                       "--config.seqlen=32", "--config.max_windows=1", *common, f"--config.results={results['ppl']}"],
+               "tasks": ["experiments/task_experiment.py", "--config=configs/knowledge.py", f"--model={model}",
+                         "--tasks=arc_easy", "--limit=2", *common, f"--results={results['tasks']}"]}
+
+    def write_calibration(words):
+        calib.write_text("".join(json.dumps({"text": " ".join(words * 40)}) + "\n" for _ in range(3)))
+
+    for kind, args in scripts.items():
+        write_calibration(["the", "cat", "sat"])
+        first = run_script(args, env)
+        assert first.returncode == 0, first.stderr[-3000:]
+        again = run_script(args, env)
+        assert again.returncode == 0 and "already in" in again.stdout, again.stdout[-2000:]
+        write_calibration(["a", "dog", "ran", "far"])  # same path and settings, other text
+        other = run_script(args, env)
+        assert other.returncode == 0 and "already in" not in other.stdout, other.stdout[-2000:]
+        ids = {r["run_id"] for r in _rows(results[kind])}
+        assert len(ids) == 2, (kind, ids)
 
 
 pytestmark = pytest.mark.filterwarnings("ignore")
