@@ -2,13 +2,14 @@
 
 For each parameter of the config (in the order its bytes lie on disk), the loader asks
 `jax.make_array_from_callback` for the parameter laid out by the partition rules
-(`qjax.parallel.rules`); the callback runs once per device this process holds and reads just that
-device's slice out of the memory-mapped file (`safetensors_stream.TensorSource.read`), converted to
-the target dtype (kernels transposed from HF's (out, in) on the way). Slices asked for by several
-devices (replicated dimensions) are read once per parameter. So a process's resident memory is what
-its devices hold in the target dtype plus one parameter's slices in flight: no step forms the whole
-model on the host, in float32 or otherwise, and a process of a multi-host mesh reads only its share
-of the bytes.
+(`qjax.parallel.rules`); the callback hands each device this process holds just that device's
+slice, read out of the memory-mapped file (`safetensors_stream.TensorSource.read_slices`), converted
+to the target dtype (kernels transposed from HF's (out, in) on the way). Slices asked for by several
+devices (replicated dimensions) are read once per parameter. Worker threads read the slices of the
+next parameters while this thread places the read ones (`ReadAhead`). So a process's resident
+memory is what its devices hold in the target dtype plus the slices read ahead (at most
+READ_AHEAD_BYTES beyond one parameter's): no step forms the whole model on the host, in float32 or
+otherwise, and a process of a multi-host mesh reads only its share of the bytes.
 
 Which HF tensor holds which qjax parameter is a separate concern (the checkpoint's family:
 `hf_families`, `hf_reader.map_tensor_names`); this module only reads and places.
@@ -63,7 +64,8 @@ class Placement:
     dtype: np.dtype
     transpose: bool
     wanted: bool = True
-    slices: dict = dataclasses.field(default_factory=dict)
+    slices: dict = dataclasses.field(default_factory=dict)  # key -> the slice read, until placed
+    keys: dict = dataclasses.field(init=False)  # key (slice bounds) -> index, one per distinct slice
 
     def __post_init__(self):
         whole = (slice(None),) * len(self.shape)
@@ -166,7 +168,8 @@ def load_hf_dir_on_mesh(directory: str | Path, mesh: Optional[Mesh] = None, *, d
     kernels are transposed from HF's (out, in). Tensors a family changes (`Family.tensor_fixes`:
     fused q/k/v rows, a depthwise conv) are read whole (one tensor at a time) and placed first.
     The other parameters' slices are read by `threads` worker threads (None: `reader_threads()`;
-    1: all on this thread) at most READ_AHEAD_BYTES ahead of their placement (`place_all`).
+    1: all on this thread) at most READ_AHEAD_BYTES ahead of their placement (`ReadAhead`), the first
+    of them while the config's shapes are traced.
     Raises CheckpointError for a missing tensor, a shape that disagrees with config.json, NaN/Inf
     values, or an unreadable file.
     """
@@ -181,13 +184,19 @@ def load_hf_dir_on_mesh(directory: str | Path, mesh: Optional[Mesh] = None, *, d
     by_path = {path: sources[name] for name, path in map_tensor_names(sources, family, directory).items()}
     target = jnp.dtype(dtype)
 
-    sharding = lambda path, shape: None if mesh is None else NamedSharding(mesh, param_spec(path, shape, mesh, rules))
-    kernel = lambda path: path.endswith("/kernel") and len(by_path[path].shape) == 2  # stored (out, in): transposed
+    def sharding(path: str, shape: tuple) -> Optional[NamedSharding]:
+        return None if mesh is None else NamedSharding(mesh, param_spec(path, shape, mesh, rules))
+
+    def on_disk(path: str) -> tuple:
+        return str(by_path[path].file), by_path[path].offset
+
     # Reads start from the stored shapes (in file order: sequential reads) while the config's shapes are traced.
     plain = {}
-    for path in sorted((p for p in by_path if fix_for(p) is None), key=lambda p: (str(by_path[p].file), by_path[p].offset)):
-        shape = tuple(by_path[path].shape[::-1] if kernel(path) else by_path[path].shape)
-        plain[path] = Placement(by_path[path], shape, sharding(path, shape), target, kernel(path))
+    for path in sorted((p for p in by_path if fix_for(p) is None), key=on_disk):
+        stored = by_path[path].shape
+        kernel = path.endswith("/kernel") and len(stored) == 2  # stored (out, in): read transposed
+        shape = tuple(stored[::-1] if kernel else stored)
+        plain[path] = Placement(by_path[path], shape, sharding(path, shape), target, kernel)
     threads = reader_threads() if threads is None else threads
     with ReadAhead(list(plain.values()), threads, READ_AHEAD_BYTES) as reads:
         shapes = expected_shapes(config)
@@ -202,7 +211,7 @@ def load_hf_dir_on_mesh(directory: str | Path, mesh: Optional[Mesh] = None, *, d
         for path, p in plain.items():
             p.wanted = path in shapes  # e.g. a layer beyond the config's, or an LM head tied to the embedding
         flat = {}
-        for path in sorted((p for p in shapes if p not in plain), key=lambda p: (str(by_path[p].file), by_path[p].offset)):
+        for path in sorted((p for p in shapes if p not in plain), key=on_disk):
             name = family.hf_name(path)
             flat[path] = _place_reordered(by_path[path], fix_for(path), shapes[path], sharding(path, shapes[path]),
                                           target, path.endswith("/kernel"), f"{directory}: tensor for {path}",
