@@ -1,7 +1,7 @@
 // Host-memory transposes of 2-D arrays for checkpoint loading (HF stores linears as (out, in), qjax
 // as (in, out)), called through ctypes on numpy buffers (not an XLA kernel). 16-bit values move as
-// 8x8 blocks through SSE2 unpack instructions, 32 source rows at a time, so each destination row
-// receives whole cache lines per step; bfloat16 -> float32 widens in the same pass (exact: the bits
+// 8x8 blocks through SSE2 unpack instructions, tile by tile (kTileRows x kTileCols source values), so
+// each destination row receives whole cache lines per visit; bfloat16 -> float32 widens in the same pass (exact: the bits
 // shifted left by 16). Without SSE2 the same loops run element by element. Every kernel also tells
 // whether all source values are finite floats, from their bits in the same pass: a value is not
 // finite when (bits & magnitude) >= exponent (its exponent all ones); magnitude 0 checks nothing.
@@ -13,18 +13,12 @@
 
 namespace {
 
-#ifndef QJAX_TILE_ROWS
-#define QJAX_TILE_ROWS 128
-#endif
-#ifndef QJAX_TILE_COLS
-#define QJAX_TILE_COLS 128
-#endif
 // The 16-bit kernel walks tiles of kTileRows source rows x kTileCols source columns: each of the
 // tile's kTileCols destination rows receives 2 * kTileRows contiguous bytes per visit, and the
 // tile's pages (source rows and destination rows lie a row stride apart, usually one page or more)
 // stay within the TLB, which walking whole source rows (thousands of destination rows) would not.
-constexpr int64_t kTileRows = QJAX_TILE_ROWS;
-constexpr int64_t kTileCols = QJAX_TILE_COLS;
+constexpr int64_t kTileRows = 128;
+constexpr int64_t kTileCols = 128;
 
 #if defined(__SSE2__)
 // out[k] = column k of the 8x8 block of 16-bit values at s (row stride ss, in elements).
@@ -71,29 +65,29 @@ bool Transpose16(const uint16_t* src, int64_t rows, int64_t cols, int64_t ss, Ou
   for (int64_t r0 = 0; r0 < rows8; r0 += kTileRows) {
     const int64_t r1 = r0 + kTileRows < rows8 ? r0 + kTileRows : rows8;
     for (int64_t c0 = 0; c0 < cols8; c0 += kTileCols) {
-    const int64_t c1 = c0 + kTileCols < cols8 ? c0 + kTileCols : cols8;
-    for (int64_t c = c0; c < c1; c += 8) {
-      for (int64_t r = r0; r < r1; r += 8) {
+      const int64_t c1 = c0 + kTileCols < cols8 ? c0 + kTileCols : cols8;
+      for (int64_t c = c0; c < c1; c += 8) {
+        for (int64_t r = r0; r < r1; r += 8) {
 #if defined(__SSE2__)
-        __m128i t[8];
-        Transpose8x8(src + r * ss + c, ss, t);
-        for (int k = 0; k < 8; ++k) {
-          badv = _mm_or_si128(badv, _mm_cmpgt_epi16(_mm_and_si128(t[k], magv), below));
-          Out* d = dst + (c + k) * ds + r;
-          if constexpr (kWiden) {
-            const __m128i zero = _mm_setzero_si128();
-            _mm_storeu_si128(reinterpret_cast<__m128i*>(d), _mm_unpacklo_epi16(zero, t[k]));
-            _mm_storeu_si128(reinterpret_cast<__m128i*>(d + 4), _mm_unpackhi_epi16(zero, t[k]));
-          } else {
-            _mm_storeu_si128(reinterpret_cast<__m128i*>(d), t[k]);
+          __m128i t[8];
+          Transpose8x8(src + r * ss + c, ss, t);
+          for (int k = 0; k < 8; ++k) {
+            badv = _mm_or_si128(badv, _mm_cmpgt_epi16(_mm_and_si128(t[k], magv), below));
+            Out* d = dst + (c + k) * ds + r;
+            if constexpr (kWiden) {
+              const __m128i zero = _mm_setzero_si128();
+              _mm_storeu_si128(reinterpret_cast<__m128i*>(d), _mm_unpacklo_epi16(zero, t[k]));
+              _mm_storeu_si128(reinterpret_cast<__m128i*>(d + 4), _mm_unpackhi_epi16(zero, t[k]));
+            } else {
+              _mm_storeu_si128(reinterpret_cast<__m128i*>(d), t[k]);
+            }
           }
-        }
 #else
-        for (int64_t i = r; i < r + 8; ++i)
-          for (int64_t j = c; j < c + 8; ++j) one(i, j);
+          for (int64_t i = r; i < r + 8; ++i)
+            for (int64_t j = c; j < c + 8; ++j) one(i, j);
 #endif
+        }
       }
-    }
     }
   }
   for (int64_t r = rows8; r < rows; ++r)
