@@ -3,9 +3,9 @@
 // 8x8 blocks through SSE2 unpack instructions, tile by tile (kTileRows x kTileCols source values),
 // so each destination row receives whole cache lines per visit; bfloat16 -> float32 widens in the
 // same pass (exact: the bits shifted left by 16). Without SSE2 the same loops run element by
-// element. Every kernel also tells
-// whether all source values are finite floats, from their bits in the same pass: a value is not
-// finite when (bits & magnitude) >= exponent (its exponent all ones); magnitude 0 checks nothing.
+// element. Every kernel also tells whether all source values are finite floats, from their bits in
+// the same pass: a value is not finite when (bits & magnitude) >= exponent (its exponent all ones);
+// magnitude 0 checks nothing.
 #include <cstdint>
 
 #if defined(__SSE2__)
