@@ -6,8 +6,8 @@
   * validates the config against the ranges its config file declares (`RANGES`, below) before main
     runs, so a bad value stops the run at start with a message naming the field and its allowed range;
   * turns the errors a user can cause (`USER_ERRORS`: checkpoint, data, config, results-file and
-    lock errors) into one line on stderr, `error: <message>`, and exit status 1; the traceback is
-    printed too with --verbose;
+    lock errors) into one line on stderr, `error: <message>`, and exit status 1, with nothing after
+    it; the traceback, and whatever the shutdown reports, are printed too with --verbose;
   * lists the flags defined in this folder's shared modules (e.g. task_experiment's --tasks, --limit)
     in the script's own --help, not only under --helpfull.
 
@@ -189,6 +189,17 @@ def report_error(error: BaseException, show_traceback: Optional[bool] = None) ->
     print(f"error: {message}", file=sys.stderr, flush=True)
 
 
+def _close_stderr() -> None:
+    """Points file descriptor 2 at /dev/null: after a user error's one line, what library threads
+    still report while the interpreter shuts down (Orbax's workers after a failed read schedule
+    callbacks on a closed asyncio loop; at shutdown those reports bypass `sys.unraisablehook`) would
+    follow it."""
+    sys.stderr.flush()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+
+
 def run(main: Callable[[list[str]], Any], *, config=None, ranges: Optional[Mapping[str, Any]] = None) -> None:
     """`absl.app.run(main)` with the behaviour of the module docstring. `config`: the script's
     config flag (its file's RANGES are checked, with `ranges` added)."""
@@ -201,6 +212,8 @@ def run(main: Callable[[list[str]], Any], *, config=None, ranges: Optional[Mappi
             return main(argv)
         except USER_ERRORS as e:
             report_error(e)
+            if not verbose():
+                _close_stderr()
             sys.exit(1)
 
     _adopt_shared_flags()
