@@ -2,7 +2,7 @@
 their placement) gives the same parameters as reading on one thread, bit for bit, and both equal the
 checkpoint's tensors as the `safetensors` package reads them (kernels transposed); a NaN found by a
 worker, a shape that disagrees with config.json, or a tensor the config does not use behave as in
-a one-thread load."""
+a one-thread load; reads never run more than the window ahead of placement."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from safetensors.numpy import load_file, save_file
 from qjax.checkpoints import CheckpointError
 from qjax.checkpoints import mesh_loader
 from qjax.checkpoints.mesh_loader import load_hf_dir_on_mesh
+from qjax.checkpoints.safetensors_stream import TensorSource, tensor_sources
 
 TINY = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
             num_key_value_heads=2, tie_word_embeddings=False)
@@ -60,13 +61,13 @@ def _flat(params) -> dict:
 def test_threads_give_the_one_thread_params_and_the_stored_tensors(tiny_dir, monkeypatch, ahead_bytes):
     monkeypatch.setattr(mesh_loader, "READ_AHEAD_BYTES", ahead_bytes)
     seen = set()
-    read_slices = mesh_loader.TensorSource.read_slices
+    read_slices = TensorSource.read_slices
 
     def recording(self, *args, **kwargs):
         seen.add(threading.current_thread().name.split("_")[0])
         return read_slices(self, *args, **kwargs)
 
-    monkeypatch.setattr(mesh_loader.TensorSource, "read_slices", recording)
+    monkeypatch.setattr(TensorSource, "read_slices", recording)
     _, one = load_hf_dir_on_mesh(tiny_dir, None, dtype="bfloat16", threads=1)
     assert seen == {"MainThread"}
     seen.clear()
@@ -120,3 +121,36 @@ def test_tensors_the_config_does_not_use_are_left_out(tiny_dir):
     for p, value in got.items():
         np.testing.assert_array_equal(value, want[p], err_msg=p)
     assert params["embed"]["embedding"].dtype == np.float32  # stored bfloat16, loaded as asked
+
+
+@pytest.mark.parametrize("ahead_bytes", [1, 3000, 1 << 30])
+def test_reads_run_at_most_the_window_ahead_of_placement(tmp_path, ahead_bytes):
+    """When a placement's read starts, the placements before it that are read or being read and not
+    yet placed hold less than `ahead_bytes` (or there are none): the window bounds the host memory
+    in flight to `ahead_bytes` plus one placement."""
+    rng = np.random.default_rng(0)
+    shapes = [(8, 16), (40, 16), (4, 16), (64, 16), (16, 16), (2, 16), (32, 16)]
+    save_file({f"t{i}": rng.standard_normal(s).astype(np.float32) for i, s in enumerate(shapes)},
+              str(tmp_path / "x.safetensors"))
+    sources = tensor_sources(tmp_path)
+    placements = [mesh_loader.Placement(sources[f"t{i}"], s, None, np.dtype(np.float32), False)
+                  for i, s in enumerate(shapes)]
+    lock, placed, seen = threading.Lock(), [], []
+    for k, p in enumerate(placements):
+        def read_all(p=p, k=k, read=p.read_all):
+            with lock:  # bytes of the placements submitted before this one and not yet placed
+                seen.append(sum(q.nbytes for q in placements[len(placed):k]))
+            read()
+        p.read_all = read_all
+    stored = load_file(str(tmp_path / "x.safetensors"))
+    with mesh_loader.ReadAhead(placements, 3, ahead_bytes) as reads:
+        for k, array in enumerate(reads):
+            np.testing.assert_array_equal(np.asarray(array), stored[f"t{k}"])
+            with lock:
+                placed.append(k)
+    assert len(seen) == len(shapes)
+    assert all(s == 0 or s < ahead_bytes for s in seen), seen
+    if ahead_bytes == 1:
+        assert max(seen) == 0  # one placement at a time
+    if ahead_bytes == 1 << 30:
+        assert max(seen) > 0  # everything may be read at once
