@@ -106,7 +106,7 @@ def _key(index: tuple) -> tuple:
 
 def reader_threads() -> int:
     """Worker threads that read slices ahead of placement: the cores this process may use, at most 8
-    (copies out of the page cache stop scaling well before that)."""
+    (`load_hf_dir_on_mesh(threads=)` sets another number)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(8, cores))
 
