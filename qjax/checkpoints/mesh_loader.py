@@ -40,18 +40,6 @@ LOAD_DTYPES = ("bfloat16", "float16", "float32")
 READ_AHEAD_BYTES = 512 << 20  # host bytes read ahead of placement (beyond the one parameter being placed)
 
 
-def place_tensor(source: TensorSource, shape: tuple, sharding: Optional[NamedSharding], dtype, *,
-                 transpose: bool = False) -> jax.Array:
-    """The global array `stored` (`stored.T` with transpose) of `shape` in `dtype`, laid out by
-    `sharding` (None: the whole tensor on the default device, uncommitted).
-
-    Each addressable device's slice is copied out of the memory map already transposed and converted
-    (`TensorSource.read`), once per distinct slice, and placed; no compilation is involved. Raises
-    CheckpointError for NaN or Inf.
-    """
-    return Placement(source, shape, sharding, dtype, transpose).place()
-
-
 @dataclasses.dataclass
 class Placement:
     """One parameter to place: its distinct device slices (`keys`: slice bounds -> index), read
@@ -85,16 +73,15 @@ class Placement:
             self.slices.update(zip(self.keys, arrays))
 
     def place(self) -> jax.Array:
-        def read(index):
-            key = _key(index)
-            if key not in self.slices:
-                self.slices[key] = self.source.read(index, self.dtype, self.transpose)
-            return self.slices[key]
-
+        """The parameter laid out by `sharding` (None: whole on the default device), its slices read
+        first (`read_all`) unless a worker already did; no compilation is involved. Raises
+        CheckpointError for NaN or Inf."""
+        if not self.slices:
+            self.read_all()
         if self.sharding is None:
-            out = jnp.asarray(read((slice(None),) * len(self.shape)))
+            out = jnp.asarray(next(iter(self.slices.values())))
         else:
-            out = jax.make_array_from_callback(self.shape, self.sharding, read)
+            out = jax.make_array_from_callback(self.shape, self.sharding, lambda index: self.slices[_key(index)])
             out.block_until_ready()
         self.slices.clear()
         return out
