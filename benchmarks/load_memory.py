@@ -14,6 +14,9 @@ split into `--shards` safetensors files with a model.safetensors.index.json, int
   whole through safetensors into float32 numpy, the whole model collected, then `jnp.asarray` per
   leaf onto the default device, in `--dtype`;
 * read: every file read once, in 64 MiB chunks, into a reused buffer (the I/O floor);
+* memory: a new array of its own for every tensor (`aligned_empty`, pre-faulted), kept, nothing read:
+  obtaining the memory the loaded model occupies, alone. On CPU devices every loader pays it (their
+  buffers are host memory), so `memory x read` bounds from below the `x read` any loader can reach;
 * alloc: every tensor's bytes read into a new array of its own, kept (`safetensors_stream.aligned_empty`,
   pre-faulted as the loader's are): the I/O plus obtaining the memory the loaded model occupies, the
   floor of any loader whose result lives in host memory (as CPU devices' buffers do). The new
@@ -56,7 +59,7 @@ _OLD = flags.DEFINE_bool("old", False, "also run the previous whole-model loader
 _WORKDIR = flags.DEFINE_string("workdir", None, "where to write the checkpoint (default: a temp dir)")
 _COLD = flags.DEFINE_bool("cold", False, "evict the checkpoint files from the page cache before each loader "
                           "(posix_fadvise DONTNEED), so every loader reads from storage")
-_ROLE = flags.DEFINE_enum("role", "main", ["main", "write", "new", "new1", "old", "read", "alloc"],
+_ROLE = flags.DEFINE_enum("role", "main", ["main", "write", "new", "new1", "old", "read", "memory", "alloc"],
                           "internal: subprocess role")
 
 TINYLLAMA = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_attention_heads=32,
@@ -185,13 +188,17 @@ def child(role: str, folder: Path) -> dict:
                     pass
         return {"seconds": time.perf_counter() - start, "cpu_seconds": _cpu_seconds() - cpu, "base_rss_mib": base,
                 "peak_rss_mib": _rss_mib(), "hwm_mib": _status_mib("VmHWM")}
-    if role == "alloc":
+    if role in ("memory", "alloc"):
         from qjax.checkpoints.safetensors_stream import aligned_empty, tensor_sources
 
         sources = sorted(tensor_sources(folder).values(), key=lambda t: (str(t.file), t.offset))
         base = _current_rss_mib()
         start, cpu = time.perf_counter(), _cpu_seconds()
         kept = []
+        if role == "memory":
+            kept = [aligned_empty((t.nbytes,), np.uint8) for t in sources]
+            return {"seconds": time.perf_counter() - start, "cpu_seconds": _cpu_seconds() - cpu,
+                    "base_rss_mib": base, "peak_rss_mib": _rss_mib(), "hwm_mib": _status_mib("VmHWM")}
         for file in sorted({t.file for t in sources}):
             with open(file, "rb", buffering=0) as f:
                 for t in (t for t in sources if t.file == file):
@@ -265,10 +272,11 @@ def main(argv):
               f"{model_bytes / 2**20:.0f} MiB; {_DEVICES.value} CPU devices, mesh {_MESH.value}; files "
               f"{'evicted from the page cache before each loader (--cold)' if _COLD.value else 'in the page cache'}")
         read = run_child("read", folder)
+        memory = run_child("memory", folder)
         alloc = run_child("alloc", folder)
         print(f"{'loader':<8} {'seconds':>8} {'x read':>7} {'x alloc':>8} {'CPU s':>7} {'peak RSS MiB':>13} {'x model':>8} "
               f"{'above imports MiB':>18} {'x model':>8} {'VmHWM MiB':>10}")
-        for role, r in (("read", read), ("alloc", alloc)):
+        for role, r in (("read", read), ("memory", memory), ("alloc", alloc)):
             print(f"{role:<8} {r['seconds']:>8.2f} {r['seconds'] / read['seconds']:>7.2f} "
                   f"{r['seconds'] / alloc['seconds']:>8.2f} {r['cpu_seconds']:>7.2f} "
                   f"{r['peak_rss_mib']:>13.0f} {'':>8} {'':>18} {'':>8} {r['hwm_mib']:>10.0f}")
