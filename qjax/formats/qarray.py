@@ -193,7 +193,10 @@ class QArray:
     """A quantized (in, out) kernel; invariants and reconstruction in the module docstring.
 
     Static (pytree_node=False): `spec` (WeightQuantSpec: bits, group size, grid, symmetric, ...),
-    `shape` (in, out) and `dtype` (name of the float dtype the kernel had).
+    `shape` (in, out), `dtype` (name of the float dtype the kernel had) and `mesh_axes`: None, or
+    (in_axis, out_axis), the mesh axis (or None) that the (in, out) dims of the codes and of the
+    statistics are split over, recorded where the QArray is laid out on a mesh
+    (`qjax.parallel.shard_params`), so that a product can run shard by shard.
 
     Data and invariants only: how a QArray is multiplied is chosen by `qjax.ops.linear`.
     """
@@ -206,6 +209,7 @@ class QArray:
     spec: WeightQuantSpec = struct.field(pytree_node=False)
     shape: tuple = struct.field(pytree_node=False)
     dtype: str = struct.field(pytree_node=False, default="float32")
+    mesh_axes: Optional[tuple] = struct.field(pytree_node=False, default=None)
 
     # ----------------------------------------------------------------------------------------------
     @classmethod

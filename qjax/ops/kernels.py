@@ -10,8 +10,10 @@ Modes (environment `QJAX_KERNELS`, or `use_kernels(mode)` for a block of code; d
   interpret  Pallas kernels run by Pallas' interpreter on any backend (tests and debugging)
 The C++ kernels (quantized and float products, fused attention) are consulted only in auto / native
 mode and when the backend is CPU (`native_allowed`), so a GPU or TPU host never compiles them.
-Operands laid out over several devices of a mesh take the XLA path in every mode (`spans_devices`:
-the custom-call kernels are single-device), so a CPU or accelerator mesh needs no setting. The
+Operands laid out over several devices of a mesh (`spans_devices`) never reach a kernel whole (the
+custom calls are single-device): under a Pallas platform (`shard_platform`) a quantized product
+whose weight records its layout runs the kernel shard by shard under `shard_map`; otherwise, and
+in the xla and native modes, it takes the XLA path, so a CPU mesh needs no setting. The
 choice is made while tracing: a function already compiled keeps its path, so `use_kernels` clears
 JAX's compilation caches when it changes the mode.
 """
@@ -66,10 +68,11 @@ def backend_platform() -> str:
     return "gpu" if name in ("gpu", "cuda", "rocm") else name
 
 
-def spans_devices(*operands) -> bool:
-    """Whether any operand (arrays, tracers, pytrees of them) lies on a mesh of more than one device,
-    as its abstract value records (inside jit too, where the mesh follows every value computed from
-    such an operand; mesh axes that `shard_map` made manual count as one device)."""
+def mesh_of(*operands):
+    """The mesh (a `Mesh`, or inside jit an `AbstractMesh`) of the first operand (arrays, tracers,
+    pytrees of them) that lies on more than one device, as its abstract value records (inside jit
+    too, where the mesh follows every value computed from such an operand; mesh axes that
+    `shard_map` made manual count as one device); None when every operand is on one device."""
     for leaf in jax.tree_util.tree_leaves(operands):
         try:
             mesh = jax.typeof(leaf).sharding.mesh
@@ -79,17 +82,35 @@ def spans_devices(*operands) -> bool:
             continue
         kinds = getattr(mesh, "axis_types", (None,) * len(mesh.axis_sizes))
         if math.prod(n for n, kind in zip(mesh.axis_sizes, kinds) if kind != AxisType.Manual) > 1:
-            return True
-    return False
+            return mesh
+    return None
+
+
+def spans_devices(*operands) -> bool:
+    """Whether any operand lies on a mesh of more than one device (`mesh_of`)."""
+    return mesh_of(*operands) is not None
 
 
 def kernel_platform(*operands) -> Optional[str]:
     """Where `qjax.ops` looks up kernels in its table under the current mode: "cpu", "tpu", "gpu",
     "pallas" (per lowering platform), "interpret", or None for the XLA path only. None too when any
     of `operands` lies on several devices (`spans_devices`): the native and Pallas kernels are
-    single-device custom calls, which XLA would run on whole, gathered operands on every device."""
+    single-device custom calls, which XLA would run on whole, gathered operands on every device
+    (`shard_platform` says which kernels run shard by shard instead)."""
     if spans_devices(*operands):
         return None
+    return _mode_platform()
+
+
+def shard_platform() -> Optional[str]:
+    """The Pallas platform key ("tpu", "gpu", "pallas", "interpret") under which `qjax.ops` runs a
+    product of operands laid out on a mesh shard by shard (`shard_map`, one kernel per device), or
+    None: the XLA path (the xla and native modes, a CPU backend in auto mode)."""
+    platform = _mode_platform()
+    return platform if platform in ("tpu", "gpu", "pallas", "interpret") else None
+
+
+def _mode_platform() -> Optional[str]:
     m = mode()
     if m == "xla":
         return None

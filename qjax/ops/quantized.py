@@ -11,6 +11,12 @@ Integer activations (`integer_matmul`, W8A8 / W4A8): `pallas_kernels.int8_matmul
 platform is in force, else the same product simulated in float (fake-quantized x @ dequantized W).
 The platform key comes from `qjax.ops.kernels` (its mode switch); "pallas" dispatches per lowering
 platform with `lax.platform_dependent`.
+Operands laid out on a mesh (`kernels.mesh_of`): when the QArray records its layout
+(`QArray.mesh_axes`, set by `qjax.parallel.shard_params`) and the mode puts a Pallas platform in
+force, each device runs the same Pallas kernel on its block under `shard_map` (`sharded_matmul`,
+`sharded_integer_matmul`): an out-split (column-parallel) weight gives out-split products, an
+in-split (row-parallel) one partial products summed over its axis (`psum`, float32); x's rows go
+over the mesh's other axes. Otherwise XLA's dequantizing path, which XLA partitions itself.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 import pallas_kernels
 from pallas_kernels import layout as pallas_layout
@@ -82,37 +89,152 @@ def pallas_operands(qa: QArray) -> dict:
                 zero=None if qa.zero is None else _stat(qa.zero, n_out), codebook=qa.codebook)
 
 
-def pallas_applies(x: jax.Array, qa: QArray, platform: str) -> bool:
-    """Whether `pallas_kernels.dequant_matmul` on `platform` ("tpu" / "gpu") serves x @ qa."""
+def pallas_applies(x: jax.Array, qa: QArray, platform: str, block: Optional[tuple] = None) -> bool:
+    """Whether `pallas_kernels.dequant_matmul` on `platform` ("tpu" / "gpu") serves x @ qa, or x's
+    block times qa's (in, out, rows per group) `block` (one device's share, `shard_block`)."""
+    n_in, n_out, group = block or (*qa.shape, qa.rows_per_group)
     return (qa.outliers is None and x.dtype in (jnp.float32, jnp.bfloat16)
             and (qa.codebook is None or qa.bits <= 4)
-            and pallas_layout.supports_codes(qa.shape[0], qa.shape[1], qa.bits, qa.rows_per_group, platform))
+            and pallas_layout.supports_codes(n_in, n_out, qa.bits, group, platform))
+
+
+def _k_splits(rows: int) -> int:
+    return DECODE_K_SPLITS if rows <= DECODE_ROWS else 1
+
+
+def pallas_product(x: jax.Array, ops: dict, *, bits: int, group: int, platform: str,
+                   interpret: bool = False) -> jax.Array:
+    """x (..., K) @ the weight of `pallas_operands`-style `ops` (codes (packed K, N), scale and zero
+    (groups, N), codebook) in groups of `group` rows, through the Pallas dequantizing matmul."""
+    x2 = x.reshape(-1, x.shape[-1])
+    y = pallas_kernels.dequant_matmul(x2, **ops, bits=bits, group_size=group, platform=platform,
+                                      interpret=interpret, k_splits=_k_splits(x2.shape[0]))
+    return y.reshape(*x.shape[:-1], ops["codes"].shape[-1])
 
 
 def pallas_matmul(x: jax.Array, qa: QArray, *, platform: str, interpret: bool = False) -> jax.Array:
     """x (..., in) @ qa through the Pallas dequantizing matmul (`pallas_applies` holds)."""
-    x2 = x.reshape(-1, qa.shape[0])
-    splits = DECODE_K_SPLITS if x2.shape[0] <= DECODE_ROWS else 1
-    y = pallas_kernels.dequant_matmul(x2, **pallas_operands(qa), bits=qa.bits, group_size=qa.rows_per_group,
-                                      platform=platform, interpret=interpret, k_splits=splits)
-    return y.reshape(*x.shape[:-1], qa.shape[1])
+    return pallas_product(x, pallas_operands(qa), bits=qa.bits, group=qa.rows_per_group, platform=platform,
+                          interpret=interpret)
 
 
-def integer_applies(qa: QArray, platform: str) -> bool:
-    """Whether `pallas_kernels.int8_matmul` on `platform` takes qa (4/8-bit uniform, no outliers)."""
+def integer_applies(qa: QArray, platform: str, block: Optional[tuple] = None) -> bool:
+    """Whether `pallas_kernels.int8_matmul` on `platform` takes qa (4/8-bit uniform, no outliers),
+    or qa's (in, out, rows per group) `block` (`shard_block`)."""
+    n_in, n_out, group = block or (*qa.shape, qa.rows_per_group)
     return (weight_type(qa) == "uniform" and qa.bits in pallas_kernels.INT_BITS
-            and pallas_layout.supports_codes(qa.shape[0], qa.shape[1], qa.bits, qa.rows_per_group, platform))
+            and pallas_layout.supports_codes(n_in, n_out, qa.bits, group, platform))
+
+
+def integer_product(xq: jax.Array, xs: jax.Array, ops: dict, *, bits: int, group: int, platform: str,
+                    interpret: bool = False) -> jax.Array:
+    """(xq * xs) (M, K) int8 codes times their (M, 1) scales @ the weight of `ops` (`pallas_product`),
+    in integer arithmetic: float32 (M, N)."""
+    return pallas_kernels.int8_matmul(xq, xs, ops["codes"], ops["scale"], ops.get("zero"), bits=bits,
+                                      group_size=group, platform=platform, interpret=interpret,
+                                      k_splits=_k_splits(xq.shape[0]))
 
 
 def pallas_integer_matmul(x: jax.Array, qa: QArray, *, bits: int, platform: str, interpret: bool = False):
     """x (..., in) quantized per token to `bits`-bit int8 codes, times qa in integer arithmetic."""
+    xq, xs = pallas_kernels.quantize_rows(x.reshape(-1, qa.shape[0]), bits)
+    y = integer_product(xq, xs, pallas_operands(qa), bits=qa.bits, group=qa.rows_per_group, platform=platform,
+                        interpret=interpret)
+    return y.reshape(*x.shape[:-1], qa.shape[1]).astype(x.dtype)
+
+
+# --- operands laid out on a mesh: one Pallas kernel per device -----------------------------------
+def shard_block(qa: QArray, mesh) -> tuple:
+    """(in, out, rows per group) of one device's block of qa, split over `mesh` as qa.mesh_axes
+    records (a group never straddles two blocks: `qjax.parallel.rules`)."""
+    a_in, a_out = qa.mesh_axes
+    n_in = qa.shape[0] // (mesh.shape[a_in] if a_in is not None else 1)
+    n_out = qa.shape[1] // (mesh.shape[a_out] if a_out is not None else 1)
+    return n_in, n_out, min(qa.rows_per_group, n_in)
+
+
+def _per_shard_platform(qa: QArray, mesh, applies: Callable[[str, tuple], bool]) -> Optional[tuple[str, bool]]:
+    """(platform, interpret) for running x @ qa shard by shard on `mesh`, or None (the XLA path):
+    qa records its layout (`QArray.mesh_axes`, in and out not over the same axis), the mode puts a
+    Pallas platform in force (`kernels.shard_platform`) and `applies(platform, block)` holds for one
+    device's block (in "pallas" mode: on both tpu and gpu, as the lowering platform picks one)."""
+    platform = kernels.shard_platform()
+    if platform is None or qa.mesh_axes is None or qa.codes.ndim != 2:
+        return None
+    a_in, a_out = qa.mesh_axes
+    if a_in is not None and a_in == a_out:
+        return None
+    block = shard_block(qa, mesh)
+    if platform == "pallas":
+        return ("pallas", False) if applies("tpu", block) and applies("gpu", block) else None
+    platform, interpret = ("tpu", True) if platform == "interpret" else (platform, False)
+    return (platform, interpret) if applies(platform, block) else None
+
+
+def _on_shards(mesh, qa: QArray, rows: int, xs: tuple, body: Callable) -> jax.Array:
+    """`body(*x_blocks, ops_block) -> (rows_block, out_block)` run on every device under `shard_map`,
+    each x of `xs` (rows, K) split as the weight's in dim (its K over in_axis; a (rows, 1) x, per-row
+    scales, not), the weight's `pallas_operands` as qa.mesh_axes records, the rows over the mesh's
+    other axes when their size divides `rows` (else every device takes all rows). Partial products
+    of an in-split weight are summed over in_axis in float32. Returns float32 (rows, out)."""
+    a_in, a_out = qa.mesh_axes
+    others = tuple(a for a in mesh.axis_names if a not in (a_in, a_out) and mesh.shape[a] > 1)
+    lead = others if others and rows % math.prod(mesh.shape[a] for a in others) == 0 else None
+    ops = {k: v for k, v in pallas_operands(qa).items() if v is not None}
+    stat = P(a_in if ops["scale"].shape[0] > 1 else None, a_out)
+    op_specs = {k: (P(a_in, a_out) if k == "codes" else P() if k == "codebook" else stat) for k in ops}
+    x_specs = tuple(P(lead, a_in if x.shape[-1] > 1 else None) for x in xs)
+
+    def run(*args):
+        y = body(*args[:-1], args[-1]).astype(jnp.float32)
+        return y if a_in is None else jax.lax.psum(y, a_in)
+
+    return jax.shard_map(run, mesh=mesh, in_specs=(*x_specs, op_specs), out_specs=P(lead, a_out),
+                         check_vma=False)(*xs, ops)
+
+
+def sharded_matmul(x: jax.Array, qa: QArray, mesh) -> jax.Array:
+    """x (..., in) @ qa whose operands lie on `mesh`: the Pallas dequantizing matmul per device
+    where `_per_shard_platform` finds one (`_on_shards`), else the XLA path. Result in x's dtype."""
+    found = _per_shard_platform(qa, mesh, lambda p, block: pallas_applies(x, qa, p, block))
+    if found is None:
+        return dequantized_matmul(x, qa)
+    platform, interpret = found
+    group = shard_block(qa, mesh)[2]
+
+    def block_product(xb, ops):
+        if platform != "pallas":
+            return pallas_product(xb, ops, bits=qa.bits, group=group, platform=platform, interpret=interpret)
+        return kernels.by_lowering_platform(
+            (xb, ops), lambda p: True,
+            lambda xb, ops, p, interp: pallas_product(xb, ops, bits=qa.bits, group=group, platform=p,
+                                                      interpret=interp), None)
+
     x2 = x.reshape(-1, qa.shape[0])
-    xq, xs = pallas_kernels.quantize_rows(x2, bits)
-    ops = pallas_operands(qa)
-    splits = DECODE_K_SPLITS if x2.shape[0] <= DECODE_ROWS else 1
-    y = pallas_kernels.int8_matmul(xq, xs, ops["codes"], ops["scale"], ops["zero"], bits=qa.bits,
-                                   group_size=qa.rows_per_group, platform=platform, interpret=interpret,
-                                   k_splits=splits)
+    y = _on_shards(mesh, qa, x2.shape[0], (x2,), block_product)
+    return y.reshape(*x.shape[:-1], qa.shape[1]).astype(x.dtype)
+
+
+def sharded_integer_matmul(x: jax.Array, qa: QArray, mesh, bits: int) -> Optional[jax.Array]:
+    """`integer_matmul`'s integer arithmetic for operands on `mesh`: x quantized per token over all
+    its features (as on one device), then `pallas_kernels.int8_matmul` per device (`_on_shards`);
+    None where `_per_shard_platform` finds no kernel."""
+    found = _per_shard_platform(qa, mesh, lambda p, block: integer_applies(qa, p, block))
+    if found is None:
+        return None
+    platform, interpret = found
+    group = shard_block(qa, mesh)[2]
+
+    def block_product(xq, xs, ops):
+        if platform != "pallas":
+            return integer_product(xq, xs, ops, bits=qa.bits, group=group, platform=platform, interpret=interpret)
+        return kernels.by_lowering_platform(
+            (xq, xs, ops), lambda p: True,
+            lambda xq, xs, ops, p, interp: integer_product(xq, xs, ops, bits=qa.bits, group=group, platform=p,
+                                                           interpret=interp), None)
+
+    xq, xs = pallas_kernels.quantize_rows(x.reshape(-1, qa.shape[0]), bits)
+    y = _on_shards(mesh, qa, xq.shape[0], (xq, xs), block_product)
     return y.reshape(*x.shape[:-1], qa.shape[1]).astype(x.dtype)
 
 
@@ -173,6 +295,9 @@ def qarray_matmul(x: jax.Array, qa: QArray) -> jax.Array:
     """x (..., in) -> (..., out) in x's dtype, equal to x @ qa.dequantize() (module docstring)."""
     if x.shape[-1] != qa.shape[0]:
         raise ValueError(f"qarray_matmul: x has {x.shape[-1]} features, the weight expects {qa.shape[0]}")
+    mesh = kernels.mesh_of(x, qa)
+    if mesh is not None:
+        return sharded_matmul(x, qa, mesh)
     return select_kernel(x, qa).run(x, qa)
 
 
@@ -180,6 +305,10 @@ def integer_matmul(x: jax.Array, qa: QArray, act: act_quant.IntegerActivation) -
     """x (..., in) @ qa with x quantized per token, symmetric, to act.bits bits (`act`): integer
     arithmetic through Pallas where the mode puts a Pallas platform in force and qa suits it,
     else the same product simulated in float (fake-quantized x @ qa). Result in x's dtype."""
+    mesh = kernels.mesh_of(x, qa)
+    if mesh is not None:
+        y = sharded_integer_matmul(x, qa, mesh, act.bits)
+        return qarray_matmul(act.fake_quant(x), qa) if y is None else y
     platform = kernels.kernel_platform(x, qa)
 
     def run(x, qa, p, interpret):

@@ -81,17 +81,26 @@ def param_spec(path: str, shape: Sequence[int], mesh: Mesh, rules: Sequence[Rule
     return fit_axes(rule_axes(path, len(shape), rules), shape, mesh)
 
 
-def _qarray_shardings(qa: QArray, axes: tuple, mesh: Mesh) -> QArray:
-    """A QArray-shaped tree of NamedShardings for `qa` whose float kernel has `axes` (module docstring)."""
-    lead, (a_in, a_out) = axes[:-2], axes[-2:]  # lead: a stacked layer axis (never sharded)
+def qarray_mesh_axes(qa: QArray, axes: tuple, mesh: Mesh) -> tuple:
+    """(in_axis, out_axis): the mesh axes (or None) a QArray whose float kernel has rule `axes`
+    ((..., in, out)) is split over on `mesh`: the kernel's, less any that would cut a packing chunk
+    or a group (in) or that does not divide the dimension (module docstring)."""
+    a_in, a_out = axes[-2:]
     n_in, n_out = qa.shape
     g = qa.rows_per_group
     m_in = mesh.shape[a_in] if a_in is not None else 1
     per_shard = n_in // m_in
     in_ok = (a_in is not None and n_in % m_in == 0 and per_shard % 8 == 0
              and (g >= n_in or per_shard % g == 0))
-    in_axis = a_in if in_ok else None
-    out_axis = a_out if a_out is not None and n_out % mesh.shape[a_out] == 0 else None
+    return (a_in if in_ok else None, a_out if a_out is not None and n_out % mesh.shape[a_out] == 0 else None)
+
+
+def _qarray_shardings(qa: QArray, axes: tuple, mesh: Mesh) -> QArray:
+    """A QArray-shaped tree of NamedShardings for `qa` whose float kernel has `axes` (module
+    docstring); its static fields (`mesh_axes` included) are qa's."""
+    lead = axes[:-2]  # a stacked layer axis (never sharded)
+    in_axis, out_axis = qarray_mesh_axes(qa, axes, mesh)
+    n_out = qa.shape[1]
     none = (None,) * len(lead)
 
     def named(*spec):
@@ -128,8 +137,24 @@ def param_shardings(params: Any, mesh: Mesh, rules: Sequence[Rule] = DEFAULT_RUL
     return jax.tree_util.tree_map_with_path(one, params, is_leaf=lambda x: isinstance(x, QArray))
 
 
+def with_mesh_axes(params: Any, mesh: Mesh, rules: Sequence[Rule] = DEFAULT_RULES) -> Any:
+    """`params` with every QArray's `mesh_axes` set to the (in, out) axes `rules` lay it out over on
+    `mesh` (`qarray_mesh_axes`); the arrays are not moved. `qjax.ops` runs the product of a QArray
+    so recorded shard by shard (Pallas kernels per device); one without a record, on a mesh, takes
+    the XLA path."""
+
+    def one(path, x):
+        if not isinstance(x, QArray):
+            return x
+        return x.replace(mesh_axes=qarray_mesh_axes(x, rule_axes(_path_str(path), x.codes.ndim, rules), mesh))
+
+    return jax.tree_util.tree_map_with_path(one, params, is_leaf=lambda x: isinstance(x, QArray))
+
+
 def shard_params(params: Any, mesh: Mesh, rules: Sequence[Rule] = DEFAULT_RULES) -> Any:
-    """`params` placed on `mesh` by `rules` (every process must pass the same values)."""
+    """`params` placed on `mesh` by `rules` (every process must pass the same values), each QArray
+    with its layout recorded (`with_mesh_axes`)."""
+    params = with_mesh_axes(params, mesh, rules)
     return jax.device_put(params, param_shardings(params, mesh, rules))
 
 

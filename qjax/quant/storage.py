@@ -31,7 +31,7 @@ from jax.sharding import Mesh
 from qjax.formats.qarray import Outliers, QArray, QStat
 from qjax.quant.rules import flatten_params
 from qjax.formats.spec import WeightQuantSpec
-from qjax.parallel.rules import DEFAULT_RULES, Rule, param_shardings
+from qjax.parallel.rules import DEFAULT_RULES, Rule, param_shardings, with_mesh_axes
 
 FORMAT_VERSION = 1
 META_FILE = "qjax_quant.json"
@@ -379,6 +379,7 @@ def restore_params(path: Union[str, os.PathLike], *, like: Optional[Mapping] = N
                 restore_args = _sharded_restore_args(stored, meta["qarrays"], mesh, rules)
             tree = ckptr.restore(arrays, restore_args=restore_args)
         params = _join(tree, "", meta["qarrays"])
+        params = params if mesh is None else with_mesh_axes(params, mesh, rules)
     except StoredParamsError:
         raise
     except Exception as e:  # Orbax / TensorStore raise many types; name the checkpoint and the first line

@@ -1,0 +1,115 @@
+"""On 8 devices (data:4, model:2): quantized products whose weights are laid out over the model axis
+run one Pallas kernel per device (shard_map), equal the float64 product of the dequantized weight,
+and lower for TPU (Mosaic) and CUDA (Triton); without a recorded layout they take the XLA path."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import qjax.parallel as qp
+from qjax.formats import QArray, WeightQuantSpec
+from qjax.models import forward
+from qjax.ops import kernels
+from qjax.ops.act_quant import IntegerActivation
+from qjax.ops.quantized import integer_matmul, qarray_matmul
+from qjax.quant.rtn import quantize_rtn
+
+from conftest import random_tokens
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "pallas"))
+from pallas_helpers import assert_close, exported_calls, lowered_kernel, random_qarray, xla_product  # noqa: E402
+
+# (parameter name, (in, out), bits, group, grid): column-parallel (None, model) and row-parallel (model, None)
+CASES = [("q_proj", (256, 512), 4, 32, "uniform"), ("o_proj", (512, 256), 4, 32, "uniform"),
+         ("down_proj", (512, 256), 8, None, "uniform"), ("gate_proj", (256, 512), 4, 64, "nf4")]
+
+
+def _placed(mesh, name, qa, record=True):
+    params = {"layers_0": {"block": {name: {"kernel": qa}}}}  # the partition rules go by the linear's name
+    placed = (qp.shard_params(params, mesh) if record
+              else jax.device_put(params, qp.param_shardings(params, mesh)))  # layout not recorded
+    return jax.tree_util.tree_leaves(placed, is_leaf=lambda x: isinstance(x, QArray))[0]
+
+
+def _jaxpr(fn, *args) -> str:
+    return str(jax.make_jaxpr(fn)(*args))
+
+
+@pytest.mark.parametrize("name,shape,bits,group,grid", CASES)
+def test_sharded_product_runs_a_pallas_kernel_per_device(mesh42, name, shape, bits, group, grid):
+    qa = random_qarray(np.random.default_rng(0), *shape, bits, group, grid=grid)
+    sq = _placed(mesh42, name, qa)
+    row_parallel = name in ("o_proj", "down_proj")
+    assert sq.mesh_axes == (("model", None) if row_parallel else (None, "model"))
+    x = jax.random.normal(jax.random.key(1), (8, 3, shape[0]), jnp.float32)
+    xs = jax.device_put(x, NamedSharding(mesh42, P("data")))
+    with kernels.use_kernels("interpret"):
+        program = _jaxpr(qarray_matmul, xs, sq)
+        y = jax.jit(qarray_matmul)(xs, sq)
+    assert "shard_map" in program and "pallas_call" in program
+    assert y.sharding.spec == (P("data") if row_parallel else P("data", None, "model"))
+    assert_close(y, xla_product(x, qa), 1e-5, name)
+
+
+def test_layout_not_recorded_takes_the_xla_path(mesh42):
+    qa = random_qarray(np.random.default_rng(1), 256, 512, 4, 32)
+    sq = _placed(mesh42, "q_proj", qa, record=False)
+    assert sq.mesh_axes is None and sq.codes.sharding.spec == P(None, "model")
+    x = jax.random.normal(jax.random.key(2), (8, 256), jnp.float32)
+    with kernels.use_kernels("interpret"):
+        program = _jaxpr(qarray_matmul, x, sq)
+        y = qarray_matmul(x, sq)
+    assert "pallas_call" not in program and "shard_map" not in program
+    assert_close(y, xla_product(x, qa), 1e-5)
+
+
+@pytest.mark.parametrize("name", ["q_proj", "o_proj"])
+def test_sharded_integer_product_equals_one_device(mesh42, name):
+    """W8A8 per shard: x quantized per token over all its features, as one device does."""
+    shape = (256, 512) if name == "q_proj" else (512, 256)
+    qa = random_qarray(np.random.default_rng(2), *shape, 8, None, asymmetric=False)
+    sq = _placed(mesh42, name, qa)
+    x = jax.random.normal(jax.random.key(3), (8, shape[0]), jnp.float32)
+    act = IntegerActivation(bits=8)
+    with kernels.use_kernels("interpret"):
+        program = _jaxpr(lambda x, w: integer_matmul(x, w, act), x, sq)
+        got = integer_matmul(jax.device_put(x, NamedSharding(mesh42, P("data"))), sq, act)
+        want = integer_matmul(x, qa, act)  # one device, same kernel
+    assert "shard_map" in program and "pallas_call" in program
+    assert_close(got, want, 1e-6, name)
+
+
+def test_sharded_quantized_forward_with_pallas_equals_one_device(tiny, mesh42):
+    config, params = tiny
+    spec = WeightQuantSpec(bits=4, group_size=16)
+    qparams = jax.tree_util.tree_map_with_path(
+        lambda path, w: quantize_rtn(w, spec) if "layers_" in jax.tree_util.keystr(path)
+        and jax.tree_util.keystr(path).endswith("['kernel']") else w, params)
+    tokens = random_tokens((4, 16), config.vocab_size)
+    want, _ = forward(qparams, tokens, config)  # one device, the XLA path (CPU backend)
+    sharded = qp.shard_params(qparams, mesh42)
+    with kernels.use_kernels("interpret"):
+        program = _jaxpr(lambda p, t: forward(p, t, config)[0], sharded, qp.shard_batch(tokens, mesh42))
+        got, _ = forward(sharded, qp.shard_batch(tokens, mesh42), config)
+    linears = 7 * config.num_layers
+    assert program.count("pallas_call") >= linears, program.count("pallas_call")
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
+
+
+@pytest.mark.parametrize("platform", ["tpu", "cuda"])
+@pytest.mark.parametrize("name", ["q_proj", "o_proj"])
+def test_sharded_product_lowers_per_device_for_accelerators(mesh42, platform, name):
+    shape = (256, 512) if name == "q_proj" else (512, 256)
+    sq = _placed(mesh42, name, random_qarray(np.random.default_rng(4), *shape, 4, 32))
+    xs = jax.device_put(jnp.ones((8, shape[0]), jnp.bfloat16), NamedSharding(mesh42, P("data")))
+    with kernels.use_kernels("pallas"):
+        calls = exported_calls(qarray_matmul, (xs, sq), platform)
+    assert lowered_kernel("tpu" if platform == "tpu" else "gpu") in calls, calls
