@@ -26,7 +26,9 @@ Quantized kernels (`qjax.formats.QArray`) follow their kernel's rule, field by f
   second-level QStats, outliers, codebook   replicated (small; outliers are scattered at their
                                global (row, col), which XLA resolves on whichever shard holds them).
 Then `dequantize` of the sharded QArray is computed shard-locally and is laid out as the float
-kernel would be.
+kernel would be. `shard_params` also records the (in, out) axes in each QArray's static
+`mesh_axes` (`with_mesh_axes`): inside jit the layout of an array is not known while tracing, and
+`qjax.ops` reads the record to run a Pallas kernel per device.
 """
 
 from __future__ import annotations

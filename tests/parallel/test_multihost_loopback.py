@@ -136,7 +136,9 @@ _SHARDED_SAVE_RESTORE = _QUANTIZED_PARAMS + textwrap.dedent('''
     save_params(sys.argv[3], sharded)
     restored = restore_params(sys.argv[3], mesh=mesh, like=reference)
     is_q = lambda x: isinstance(x, QArray)
-    assert jax.tree_util.tree_structure(restored) == jax.tree_util.tree_structure(reference)  # specs, shapes
+    # specs, shapes, and each QArray's layout recorded as shard_params records it (QArray.mesh_axes)
+    assert jax.tree_util.tree_structure(restored) == jax.tree_util.tree_structure(sharded)
+    assert restored["layers_0"]["mlp"]["down_proj"]["kernel"].mesh_axes == ("model", None)
     want = jax.tree_util.tree_leaves_with_path(reference)
     got = jax.tree_util.tree_leaves(restored)
     layouts = jax.tree_util.tree_leaves(qp.param_shardings(reference, mesh))
