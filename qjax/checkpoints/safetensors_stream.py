@@ -19,7 +19,6 @@ import json
 import mmap
 import struct
 import sys
-import typing
 from pathlib import Path
 from typing import Optional
 
@@ -27,7 +26,7 @@ import ml_dtypes
 import numpy as np
 
 from qjax.checkpoints.errors import CheckpointError
-from qjax.ops.host import transpose_into
+from qjax.ops.host import finite_masks, transpose_into
 
 SAFETENSORS_DTYPES = {
     "BF16": np.dtype(ml_dtypes.bfloat16), "F16": np.dtype(np.float16), "F32": np.dtype(np.float32),
@@ -195,9 +194,14 @@ def converter(stored: np.dtype, dtype: np.dtype):
     return cast
 
 
+def is_float(dtype) -> bool:
+    """Whether `dtype` is a float dtype (numpy's, or an ml_dtypes one such as bfloat16)."""
+    return finite_masks(dtype) != finite_masks(np.int8)  # the masks that flag nothing
+
+
 def narrows(stored: np.dtype, dtype: np.dtype) -> bool:
     """Whether converting float `stored` values to `dtype` can overflow (dtype's range is smaller)."""
-    if np.dtype(stored) not in FiniteCheck.MASKS or np.dtype(dtype) not in FiniteCheck.MASKS:
+    if not (is_float(stored) and is_float(dtype)):
         return False
     return float(ml_dtypes.finfo(dtype).max) < float(ml_dtypes.finfo(stored).max)
 
@@ -207,12 +211,8 @@ class FiniteCheck:
     """`check(x) -> bool`: whether a float array of `dtype` (any strides) holds no NaN or Inf, from its
     bits: a value is not finite when its bits without the sign reach the all-ones exponent. Runs
     in two vectorised passes over a scratch buffer of at most CHUNK_BYTES-sized row blocks (fast for
-    bfloat16, whose numpy ufuncs are slow); always True for dtypes that are not floats."""
-
-    MASKS: typing.ClassVar[dict] = {
-        np.dtype(ml_dtypes.bfloat16): (np.uint16, 0x7FFF, 0x7F80), np.dtype(np.float16): (np.uint16, 0x7FFF, 0x7C00),
-        np.dtype(np.float32): (np.uint32, 0x7FFFFFFF, 0x7F800000),
-        np.dtype(np.float64): (np.uint64, 0x7FFFFFFFFFFFFFFF, 0x7FF0000000000000)}
+    bfloat16, whose numpy ufuncs are slow), with the bit masks of `qjax.ops.host.finite_masks` (the
+    native transpose's); always True for dtypes that are not floats."""
 
     dtype: np.dtype
 
@@ -221,13 +221,14 @@ class FiniteCheck:
         return cls(np.dtype(dtype))
 
     def __call__(self, x: np.ndarray) -> bool:
-        if self.dtype not in self.MASKS or x.size == 0:
+        if not is_float(self.dtype) or x.size == 0:
             return True
         x = x.reshape(1) if x.ndim == 0 else x
         if x.nbytes > CHUNK_BYTES and len(x) > 1:  # a cache-sized scratch buffer at a time
             step = max(1, CHUNK_BYTES // x[:1].nbytes)
             return all(self(x[r:r + step]) for r in range(0, len(x), step))
-        bits, magnitude, exponent = self.MASKS[self.dtype]
+        bits = _BITS[self.dtype.itemsize]
+        magnitude, exponent = finite_masks(self.dtype)
         scratch = np.empty(x.shape, bits)
         np.bitwise_and(x.view(bits), bits(magnitude), out=scratch)
         return bool(scratch.max() < bits(exponent))

@@ -8,6 +8,7 @@ from typing import Optional
 import numpy as np
 
 from qjax.native import host_transpose
+from qjax.native.host_transpose import finite_masks  # noqa: F401 (bit masks of the finite check, for callers above)
 from qjax.ops import kernels
 
 
