@@ -22,6 +22,7 @@ over the mesh's other axes. Otherwise XLA's dequantizing path, which XLA partiti
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Callable, Optional
 
@@ -193,49 +194,45 @@ def _on_shards(mesh, qa: QArray, rows: int, xs: tuple, body: Callable) -> jax.Ar
                          check_vma=False)(*xs, ops)
 
 
+def _per_shard(qa: QArray, mesh, applies: Callable[[str, tuple], bool], product: Callable,
+               inputs: Callable[[], tuple]) -> Optional[jax.Array]:
+    """`product(*x_blocks, ops_block, bits=, group=, platform=, interpret=)` run on every device
+    (`_on_shards`) over the (rows, K) arrays `inputs()` gives, on the platform `_per_shard_platform`
+    finds for `applies` (in "pallas" mode: per lowering platform); None, computing nothing, where
+    it finds none. Returns float32 (rows, out)."""
+    found = _per_shard_platform(qa, mesh, applies)
+    if found is None:
+        return None
+    platform, interpret = found
+    kernel = functools.partial(product, bits=qa.bits, group=shard_block(qa, mesh)[2])
+    if platform == "pallas":
+        def block(*args):
+            return kernels.by_lowering_platform(
+                args, lambda p: True, lambda *a: kernel(*a[:-2], platform=a[-2], interpret=a[-1]), None)
+    else:
+        def block(*args):
+            return kernel(*args, platform=platform, interpret=interpret)
+    xs = inputs()
+    return _on_shards(mesh, qa, xs[0].shape[0], xs, block)
+
+
 def sharded_matmul(x: jax.Array, qa: QArray, mesh) -> jax.Array:
     """x (..., in) @ qa whose operands lie on `mesh`: the Pallas dequantizing matmul per device
-    where `_per_shard_platform` finds one (`_on_shards`), else the XLA path. Result in x's dtype."""
-    found = _per_shard_platform(qa, mesh, lambda p, block: pallas_applies(x, qa, p, block))
-    if found is None:
+    where `_per_shard_platform` finds one, else the XLA path. Result in x's dtype."""
+    y = _per_shard(qa, mesh, lambda p, block: pallas_applies(x, qa, p, block), pallas_product,
+                   lambda: (x.reshape(-1, qa.shape[0]),))
+    if y is None:
         return dequantized_matmul(x, qa)
-    platform, interpret = found
-    group = shard_block(qa, mesh)[2]
-
-    def block_product(xb, ops):
-        if platform != "pallas":
-            return pallas_product(xb, ops, bits=qa.bits, group=group, platform=platform, interpret=interpret)
-        return kernels.by_lowering_platform(
-            (xb, ops), lambda p: True,
-            lambda xb, ops, p, interp: pallas_product(xb, ops, bits=qa.bits, group=group, platform=p,
-                                                      interpret=interp), None)
-
-    x2 = x.reshape(-1, qa.shape[0])
-    y = _on_shards(mesh, qa, x2.shape[0], (x2,), block_product)
     return y.reshape(*x.shape[:-1], qa.shape[1]).astype(x.dtype)
 
 
 def sharded_integer_matmul(x: jax.Array, qa: QArray, mesh, bits: int) -> Optional[jax.Array]:
     """`integer_matmul`'s integer arithmetic for operands on `mesh`: x quantized per token over all
-    its features (as on one device), then `pallas_kernels.int8_matmul` per device (`_on_shards`);
-    None where `_per_shard_platform` finds no kernel."""
-    found = _per_shard_platform(qa, mesh, lambda p, block: integer_applies(qa, p, block))
-    if found is None:
-        return None
-    platform, interpret = found
-    group = shard_block(qa, mesh)[2]
-
-    def block_product(xq, xs, ops):
-        if platform != "pallas":
-            return integer_product(xq, xs, ops, bits=qa.bits, group=group, platform=platform, interpret=interpret)
-        return kernels.by_lowering_platform(
-            (xq, xs, ops), lambda p: True,
-            lambda xq, xs, ops, p, interp: integer_product(xq, xs, ops, bits=qa.bits, group=group, platform=p,
-                                                           interpret=interp), None)
-
-    xq, xs = pallas_kernels.quantize_rows(x.reshape(-1, qa.shape[0]), bits)
-    y = _on_shards(mesh, qa, xq.shape[0], (xq, xs), block_product)
-    return y.reshape(*x.shape[:-1], qa.shape[1]).astype(x.dtype)
+    its features (as on one device), then `pallas_kernels.int8_matmul` per device; None where
+    `_per_shard_platform` finds no kernel."""
+    y = _per_shard(qa, mesh, lambda p, block: integer_applies(qa, p, block), integer_product,
+                   lambda: pallas_kernels.quantize_rows(x.reshape(-1, qa.shape[0]), bits))
+    return None if y is None else y.reshape(*x.shape[:-1], qa.shape[1]).astype(x.dtype)
 
 
 # --- the table ----------------------------------------------------------------------------------
