@@ -10,12 +10,13 @@ from qjax.parallel.data import (batch_multiple, batch_sharding, padded_batch_siz
 from qjax.parallel.distributed import initialize, is_primary, primary_value, sync
 from qjax.parallel.mesh import (AXES, DATA, MODEL, active_mesh, data_size, describe, make_mesh, mesh_shape,
                                 parse_mesh_spec, set_mesh, use_mesh)
-from qjax.parallel.rules import (DEFAULT_RULES, cache_shardings, fit_axes, param_shardings, param_spec, rule_axes,
+from qjax.parallel.rules import (DEFAULT_RULES, cache_shardings, fit_axes, param_shardings, param_spec, params_mesh,
+                                 rule_axes,
                                  shard_cache, shard_params, with_mesh_axes)
 from qjax.parallel.setup import setup
 
 __all__ = ["AXES", "DATA", "MODEL", "DEFAULT_RULES", "active_mesh", "batch_multiple", "batch_sharding",
            "cache_shardings", "data_size", "describe", "fit_axes", "initialize", "is_primary", "make_mesh",
-           "mesh_shape", "padded_batch_size", "primary_value", "place_batch", "spread_batches", "spread_rows", "unspread_rows", "param_shardings", "param_spec", "parse_mesh_spec",
+           "mesh_shape", "padded_batch_size", "primary_value", "place_batch", "spread_batches", "spread_rows", "unspread_rows", "param_shardings", "param_spec", "params_mesh", "parse_mesh_spec",
            "process_slice", "replicate", "rule_axes", "set_mesh", "setup", "shard_batch", "shard_cache",
            "shard_params", "sync", "to_host", "use_mesh", "with_mesh_axes"]

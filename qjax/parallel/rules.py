@@ -153,6 +153,16 @@ def with_mesh_axes(params: Any, mesh: Mesh, rules: Sequence[Rule] = DEFAULT_RULE
     return jax.tree_util.tree_map_with_path(one, params, is_leaf=lambda x: isinstance(x, QArray))
 
 
+def params_mesh(params: Any) -> Optional[Mesh]:
+    """The mesh of the first array of `params` laid out by a NamedSharding over more than one
+    device (e.g. by `shard_params`), else None."""
+    for leaf in jax.tree_util.tree_leaves(params):
+        sharding = getattr(leaf, "sharding", None)
+        if isinstance(sharding, NamedSharding) and sharding.mesh.size > 1:
+            return sharding.mesh
+    return None
+
+
 def shard_params(params: Any, mesh: Mesh, rules: Sequence[Rule] = DEFAULT_RULES) -> Any:
     """`params` placed on `mesh` by `rules` (every process must pass the same values), each QArray
     with its layout recorded (`with_mesh_axes`)."""

@@ -9,6 +9,9 @@ weight spec (`Recipe.assign`):
   specs (per-layer mixed precision), so it needs `calibration_tokens` (N, T) and quantizes
   decoder-block linears only.
 Activation and KV-cache specs are not applied here: they are the forward's (`Recipe.runtime()`).
+Params on a mesh (`qjax.parallel.params_mesh`) come back on it, laid out by the default partition
+rules with every QArray's layout recorded (`qjax.parallel.shard_params`), so that its products can
+run a kernel per device.
 
 The report holds: recipe text and hash, method, bits and group_size (None when the rules give the
 linears different specs), the number of quantized linears, their bytes and float bytes, bits_per_param
@@ -31,6 +34,7 @@ import numpy as np
 
 from qjax.models.config import ModelConfig
 from qjax.ops.runtime import Runtime
+from qjax.parallel.rules import params_mesh, shard_params
 from qjax.quant.calibration import quantize_blockwise
 from qjax.quant.registry import get_method
 from qjax.quant.rules import flatten_params, replace_leaves
@@ -142,6 +146,9 @@ def quantize(params: Mapping, config: ModelConfig, recipe: "Recipe",
     if calibration_tokens is not None and needs:
         details["calibration"] = {"windows": int(calibration_tokens.shape[0]),
                                   "seqlen": int(calibration_tokens.shape[1])}
+    mesh = params_mesh(params)
+    if mesh is not None:  # quantized weights laid out by the partition rules, their layouts recorded
+        new = shard_params(new, mesh)
     specs = set(assignment.weights.values())
     common = specs.pop() if len(specs) == 1 else None
     report = {"recipe": str(recipe), "recipe_hash": recipe.hash, "method": recipe.method,

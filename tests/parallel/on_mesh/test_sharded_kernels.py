@@ -113,3 +113,23 @@ def test_sharded_product_lowers_per_device_for_accelerators(mesh42, platform, na
     with kernels.use_kernels("pallas"):
         calls = exported_calls(qarray_matmul, (xs, sq), platform)
     assert lowered_kernel("tpu" if platform == "tpu" else "gpu") in calls, calls
+
+
+def test_quantize_on_a_mesh_lays_out_and_records_the_quantized_weights(tiny, mesh42):
+    """A recipe applied to params on a mesh gives QArrays laid out by the partition rules, each with
+    its layout recorded, so the forward runs a Pallas kernel per device without another step."""
+    from qjax.quant.quantize import quantize
+    from qjax.quant.recipe import Recipe
+
+    config, params = tiny
+    got, _ = quantize(qp.shard_params(params, mesh42), config, Recipe.parse("rtn:w4g16"), progress=False)
+    leaves = jax.tree_util.tree_leaves_with_path(got, is_leaf=lambda x: isinstance(x, QArray))
+    qarrays = {jax.tree_util.keystr(path): leaf for path, leaf in leaves if isinstance(leaf, QArray)}
+    assert len(qarrays) == 7 * config.num_layers
+    layouts = qp.param_shardings(got, mesh42)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(layouts, is_leaf=lambda x: isinstance(x, QArray)):
+        if isinstance(leaf, QArray):
+            qa = qarrays[jax.tree_util.keystr(path)]
+            row_parallel = "o_proj" in jax.tree_util.keystr(path) or "down_proj" in jax.tree_util.keystr(path)
+            assert qa.mesh_axes == (("model", None) if row_parallel else (None, "model")), path
+            assert qa.codes.sharding == leaf.codes and qa.scale.sharding == leaf.scale, path
