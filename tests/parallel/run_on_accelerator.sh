@@ -20,4 +20,11 @@ CUDA_VISIBLE_DEVICES=${ONE_DEVICE:-0} TPU_VISIBLE_CHIPS=${ONE_DEVICE:-0} TPU_PRO
   $PY experiments/perplexity.py --config.max_windows=8 --config.results="$OUT/ppl_one.jsonl" 2>&1 | tee -a "$OUT/perplexity.log"
 echo "== perplexity, mesh $MESH on $N devices" | tee -a "$OUT/perplexity.log"
 $PY experiments/perplexity.py --config.max_windows=8 --config.mesh="$MESH" --config.results="$OUT/ppl_mesh.jsonl" 2>&1 | tee -a "$OUT/perplexity.log"
-grep -h '"value"' "$OUT"/ppl_*.jsonl | $PY -c 'import json,sys; v=[json.loads(l)["value"] for l in sys.stdin]; print("ppl one device / mesh:", v, "rel diff", abs(v[0]-v[1])/v[0])' | tee -a "$OUT/perplexity.log"
+grep -h '"value"' "$OUT"/ppl_one.jsonl "$OUT"/ppl_mesh.jsonl | $PY -c 'import json,sys; v=[json.loads(l)["value"] for l in sys.stdin]; print("ppl one device / mesh:", v, "rel diff", abs(v[0]-v[1])/v[0])' | tee -a "$OUT/perplexity.log"
+# RTN W4 g128 on the mesh: XLA's dequantizing path, then one Pallas kernel per device (QArray.mesh_axes)
+for KERNELS in xla pallas; do
+  echo "== perplexity, rtn:w4g128, mesh $MESH, QJAX_KERNELS=$KERNELS" | tee -a "$OUT/perplexity.log"
+  QJAX_KERNELS=$KERNELS $PY experiments/perplexity.py --config.max_windows=8 --config.mesh="$MESH" --config.recipe=rtn:w4g128 \
+    --config.results="$OUT/ppl_w4_$KERNELS.jsonl" 2>&1 | tee -a "$OUT/perplexity.log"
+done
+cat "$OUT"/ppl_w4_xla.jsonl "$OUT"/ppl_w4_pallas.jsonl | $PY -c 'import json,sys; r=[json.loads(l) for l in sys.stdin]; print("rtn:w4g128 ppl xla / pallas per device:", [x["value"] for x in r], "rel diff", abs(r[0]["value"]-r[1]["value"])/r[0]["value"], "seconds", [round(x["seconds"], 1) for x in r])' | tee -a "$OUT/perplexity.log"

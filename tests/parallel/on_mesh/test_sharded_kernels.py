@@ -43,15 +43,16 @@ def _jaxpr(fn, *args) -> str:
     return str(jax.make_jaxpr(fn)(*args))
 
 
+@pytest.mark.parametrize("mode", ["interpret", "pallas"])  # pallas: the native kernels on GPU / TPU, else interpreted
 @pytest.mark.parametrize("name,shape,bits,group,grid", CASES)
-def test_sharded_product_runs_a_pallas_kernel_per_device(mesh42, name, shape, bits, group, grid):
+def test_sharded_product_runs_a_pallas_kernel_per_device(mesh42, name, shape, bits, group, grid, mode):
     qa = random_qarray(np.random.default_rng(0), *shape, bits, group, grid=grid)
     sq = _placed(mesh42, name, qa)
     row_parallel = name in ("o_proj", "down_proj")
     assert sq.mesh_axes == (("model", None) if row_parallel else (None, "model"))
     x = jax.random.normal(jax.random.key(1), (8, 3, shape[0]), jnp.float32)
     xs = jax.device_put(x, NamedSharding(mesh42, P("data")))
-    with kernels.use_kernels("interpret"):
+    with kernels.use_kernels(mode):
         program = _jaxpr(qarray_matmul, xs, sq)
         y = jax.jit(qarray_matmul)(xs, sq)
     assert "shard_map" in program and "pallas_call" in program
