@@ -25,7 +25,7 @@ from qjax.quant.rtn import quantize_rtn
 from conftest import random_tokens
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "pallas"))
-from pallas_helpers import assert_close, exported_calls, lowered_kernel, random_qarray, xla_product  # noqa: E402
+from pallas_helpers import DISABLED, assert_close, exported_calls, lowered_kernel, random_qarray, xla_product  # noqa: E402
 
 # (parameter name, (in, out), bits, group, grid): column-parallel (None, model) and row-parallel (model, None)
 CASES = [("q_proj", (256, 512), 4, 32, "uniform"), ("o_proj", (512, 256), 4, 32, "uniform"),
@@ -43,8 +43,9 @@ def _jaxpr(fn, *args) -> str:
     return str(jax.make_jaxpr(fn)(*args))
 
 
-@pytest.mark.parametrize("mode", ["interpret", "pallas"])  # pallas: the native kernels on GPU / TPU, else interpreted
-@pytest.mark.parametrize("name,shape,bits,group,grid", CASES)
+# mode pallas: the native kernels on GPU / TPU (tpu's variant interpreted elsewhere)
+@pytest.mark.parametrize("name,shape,bits,group,grid,mode",
+                         [(*case, "interpret") for case in CASES] + [(*case, "pallas") for case in CASES[:2]])
 def test_sharded_product_runs_a_pallas_kernel_per_device(mesh42, name, shape, bits, group, grid, mode):
     qa = random_qarray(np.random.default_rng(0), *shape, bits, group, grid=grid)
     sq = _placed(mesh42, name, qa)
@@ -134,3 +135,21 @@ def test_quantize_on_a_mesh_lays_out_and_records_the_quantized_weights(tiny, mes
             row_parallel = "o_proj" in jax.tree_util.keystr(path) or "down_proj" in jax.tree_util.keystr(path)
             assert qa.mesh_axes == (("model", None) if row_parallel else (None, "model")), path
             assert qa.codes.sharding == leaf.codes and qa.scale.sharding == leaf.scale, path
+
+
+@pytest.mark.parametrize("platform", ["tpu", "cuda"])
+def test_quantized_forward_on_a_mesh_lowers_one_kernel_per_linear(tiny, mesh42, platform):
+    """The whole forward of a model quantized on the mesh, exported for TPU / CUDA: every linear of
+    every block is a Mosaic / Triton kernel inside its shard_map (none falls back to XLA)."""
+    from qjax.quant.quantize import quantize
+    from qjax.quant.recipe import Recipe
+
+    config, params = tiny
+    # groups of 32: the Triton variant needs K blocks of at least 16 packed units per group segment
+    qparams, _ = quantize(qp.shard_params(params, mesh42), config, Recipe.parse("rtn:w4g32"), progress=False)
+    tokens = qp.shard_batch(random_tokens((8, 16), config.vocab_size), mesh42)
+    with kernels.use_kernels("pallas"):
+        exported = jax.export.export(jax.jit(lambda p, t: forward(p, t, config)[0]), platforms=[platform],
+                                     disabled_checks=DISABLED)(qparams, tokens)
+    kernel = lowered_kernel("tpu" if platform == "tpu" else "gpu")
+    assert exported.mlir_module().count(f"custom_call @{kernel}") == 7 * config.num_layers
