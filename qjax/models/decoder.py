@@ -37,6 +37,7 @@ import numpy as np
 from qjax.models import kv_cache as kv_cache_lib
 from qjax.ops.attention import blocked_attention, causal_attention, grouped_attention
 from qjax.ops.kv_attention import quantized_cache_attention
+from qjax.parallel.rules import CACHE_AXES
 from qjax.models.config import ModelConfig
 from qjax.models import mamba
 from qjax.models.layers import FUSE_MIN_ROWS, Linear, Norm, PerHeadNorm, sibling_linears
@@ -125,7 +126,7 @@ class Attention(nn.Module):
             layer_cache = spec.write_layer(layer_cache, k, v, cache_start)
             out = None  # a decode step over a packed quantized cache: a Pallas kernel where one is in force
             if mods["softcap"] is None and mods["alibi"] is None:
-                out = quantized_cache_attention(q, layer_cache, spec, mask, cache_start + t)
+                out = quantized_cache_attention(q, layer_cache, spec, mask, cache_start + t, mesh_axes=CACHE_AXES)
             if out is None:
                 k, v = spec.read_layer(layer_cache, x.dtype)
                 if t >= BLOCKED_MIN_QUERIES:  # a prefill chunk: only the slots written so far

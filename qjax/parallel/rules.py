@@ -170,17 +170,21 @@ def shard_params(params: Any, mesh: Mesh, rules: Sequence[Rule] = DEFAULT_RULES)
     return jax.device_put(params, param_shardings(params, mesh, rules))
 
 
+CACHE_AXES = (DATA, None, MODEL)  # mesh axes of a KV cache layer's (batch, slots, kv_heads) dims
+
+
 def cache_shardings(cache: dict, mesh: Mesh) -> dict:
     """NamedShardings for a KV cache (`qjax.models.kv_cache`): every per-layer leaf whose layout is
-    (batch, slots, kv_heads, ...) over (data, -, model); other per-layer leaves over data on the
-    batch axis; key_mask (batch, slots) over data; length replicated. Stacked caches (a leading (L,)
-    axis on "layers" leaves, `stack_cache`) keep that axis unsharded."""
+    (batch, slots, kv_heads, ...) over CACHE_AXES (data, -, model); other per-layer leaves over data
+    on the batch axis; key_mask (batch, slots) over data; length replicated. Stacked caches (a
+    leading (L,) axis on "layers" leaves, `stack_cache`) keep that axis unsharded. The decoder's
+    attention over a quantized cache runs its kernel per device in this layout."""
     stacked = isinstance(cache["layers"], dict)
 
     def layer_leaf(x):
         lead = (None,) if stacked else ()
         body = x.shape[len(lead):]
-        axes = (DATA, None, MODEL) if len(body) >= 3 else (DATA,)
+        axes = CACHE_AXES if len(body) >= 3 else (DATA,)
         axes = axes + (None,) * (len(body) - len(axes))
         return NamedSharding(mesh, fit_axes(lead + axes, x.shape, mesh))
 

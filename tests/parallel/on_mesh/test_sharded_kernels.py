@@ -153,3 +153,33 @@ def test_quantized_forward_on_a_mesh_lowers_one_kernel_per_linear(tiny, mesh42, 
                                      disabled_checks=DISABLED)(qparams, tokens)
     kernel = lowered_kernel("tpu" if platform == "tpu" else "gpu")
     assert exported.mlir_module().count(f"custom_call @{kernel}") == 7 * config.num_layers
+
+
+def test_quantized_kv_decode_runs_the_kernel_per_device(tiny, mesh42):
+    """A decode step over a KV4 cache laid out by cache_shardings (batch over data, KV heads over
+    model) runs the flash-decoding kernel per device and equals the same kernel on one device."""
+    from qjax.models import init_cache
+    from qjax.ops import Runtime
+    from qjax.quant.kv import QuantKVSpec
+
+    config, params = tiny
+    spec = QuantKVSpec(4, 16)
+    rt = Runtime(kv_cache=spec)
+    tokens = random_tokens((8, 12), config.vocab_size, seed=5)
+
+    def decode(params, tokens, cache):
+        _, cache = forward(params, tokens, config, rt, cache=cache)  # prefill writes the cache
+        return forward(params, tokens[:, :1], config, rt, cache=cache)[0]  # one step reads it
+
+    with kernels.use_kernels("interpret"):
+        want = decode(params, tokens, init_cache(config, 8, 16, spec=spec))
+        sharded = (qp.shard_params(params, mesh42), qp.shard_batch(tokens, mesh42),
+                   qp.shard_cache(init_cache(config, 8, 16, spec=spec), mesh42))
+        program = _jaxpr(lambda p, t, c: forward(p, t[:, :1], config, rt, cache=c)[0], *sharded)
+        got = decode(*sharded)
+    assert "shard_map" in program and program.count("pallas_call") == config.num_layers
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
+    with kernels.use_kernels("pallas"):  # and it lowers for TPU: one Mosaic kernel per layer, per device
+        exported = jax.export.export(jax.jit(lambda p, t, c: forward(p, t[:, :1], config, rt, cache=c)[0]),
+                                     platforms=["tpu"])(*sharded)
+    assert exported.mlir_module().count("custom_call @tpu_custom_call") == config.num_layers
