@@ -6,6 +6,8 @@ A quantized cache layer (as `qjax.quant.kv.QuantKVSpec` writes it) holds k_codes
 asymmetric grid, k_min / v_min; its spec has `bits`, `group_size` and `symmetric`. The kernel serves
 one query token per sequence (T = 1, a decode step); everything else, and every mode without a Pallas
 platform, returns None and the caller reads the cache back (`spec.read_layer`) and attends in XLA.
+On a mesh the kernel runs once per device on its sequences and KV heads (`shard_map`), in the
+layout the caller names (`mesh_axes`).
 """
 
 from __future__ import annotations
