@@ -45,7 +45,8 @@ def _jaxpr(fn, *args) -> str:
 
 # mode pallas: the native kernels on GPU / TPU (tpu's variant interpreted elsewhere)
 @pytest.mark.parametrize("name,shape,bits,group,grid,mode",
-                         [(*case, "interpret") for case in CASES] + [(*case, "pallas") for case in CASES[:2]])
+                         [(*case, "interpret") for case in CASES]
+                         + [pytest.param(*case, "pallas", marks=pytest.mark.slow) for case in CASES[:2]])
 def test_sharded_product_runs_a_pallas_kernel_per_device(mesh42, name, shape, bits, group, grid, mode):
     qa = random_qarray(np.random.default_rng(0), *shape, bits, group, grid=grid)
     sq = _placed(mesh42, name, qa)
@@ -73,7 +74,7 @@ def test_layout_not_recorded_takes_the_xla_path(mesh42):
     assert_close(y, xla_product(x, qa), 1e-5)
 
 
-@pytest.mark.parametrize("name", ["q_proj", "o_proj"])
+@pytest.mark.parametrize("name", [pytest.param("q_proj", marks=pytest.mark.slow), "o_proj"])
 def test_sharded_integer_product_equals_one_device(mesh42, name):
     """W8A8 per shard: x quantized per token over all its features, as one device does."""
     shape = (256, 512) if name == "q_proj" else (512, 256)
@@ -117,36 +118,25 @@ def test_sharded_product_lowers_per_device_for_accelerators(mesh42, platform, na
     assert lowered_kernel("tpu" if platform == "tpu" else "gpu") in calls, calls
 
 
-def test_quantize_on_a_mesh_lays_out_and_records_the_quantized_weights(tiny, mesh42):
+@pytest.mark.parametrize("platform", ["tpu", pytest.param("cuda", marks=pytest.mark.slow)])
+def test_quantize_on_a_mesh_records_layouts_and_the_forward_lowers_one_kernel_per_linear(tiny, mesh42, platform):
     """A recipe applied to params on a mesh gives QArrays laid out by the partition rules, each with
-    its layout recorded, so the forward runs a Pallas kernel per device without another step."""
-    from qjax.quant.quantize import quantize
-    from qjax.quant.recipe import Recipe
-
-    config, params = tiny
-    got, _ = quantize(qp.shard_params(params, mesh42), config, Recipe.parse("rtn:w4g16"), progress=False)
-    leaves = jax.tree_util.tree_leaves_with_path(got, is_leaf=lambda x: isinstance(x, QArray))
-    qarrays = {jax.tree_util.keystr(path): leaf for path, leaf in leaves if isinstance(leaf, QArray)}
-    assert len(qarrays) == 7 * config.num_layers
-    layouts = qp.param_shardings(got, mesh42)
-    for path, leaf in jax.tree_util.tree_leaves_with_path(layouts, is_leaf=lambda x: isinstance(x, QArray)):
-        if isinstance(leaf, QArray):
-            qa = qarrays[jax.tree_util.keystr(path)]
-            row_parallel = "o_proj" in jax.tree_util.keystr(path) or "down_proj" in jax.tree_util.keystr(path)
-            assert qa.mesh_axes == (("model", None) if row_parallel else (None, "model")), path
-            assert qa.codes.sharding == leaf.codes and qa.scale.sharding == leaf.scale, path
-
-
-@pytest.mark.parametrize("platform", ["tpu", "cuda"])
-def test_quantized_forward_on_a_mesh_lowers_one_kernel_per_linear(tiny, mesh42, platform):
-    """The whole forward of a model quantized on the mesh, exported for TPU / CUDA: every linear of
-    every block is a Mosaic / Triton kernel inside its shard_map (none falls back to XLA)."""
+    its layout recorded; the whole forward, exported for TPU / CUDA, then has every linear of every
+    block as a Mosaic / Triton kernel inside its shard_map (none falls back to XLA)."""
     from qjax.quant.quantize import quantize
     from qjax.quant.recipe import Recipe
 
     config, params = tiny
     # groups of 32: the Triton variant needs K blocks of at least 16 packed units per group segment
     qparams, _ = quantize(qp.shard_params(params, mesh42), config, Recipe.parse("rtn:w4g32"), progress=False)
+    is_q = lambda x: isinstance(x, QArray)  # noqa: E731
+    layouts = dict(jax.tree_util.tree_leaves_with_path(qp.param_shardings(qparams, mesh42), is_leaf=is_q))
+    quantized = [(path, qa) for path, qa in jax.tree_util.tree_leaves_with_path(qparams, is_leaf=is_q) if is_q(qa)]
+    assert len(quantized) == 7 * config.num_layers
+    for path, qa in quantized:
+        row_parallel = any(name in jax.tree_util.keystr(path) for name in ("o_proj", "down_proj"))
+        assert qa.mesh_axes == (("model", None) if row_parallel else (None, "model")), path
+        assert qa.codes.sharding == layouts[path].codes and qa.scale.sharding == layouts[path].scale, path
     tokens = qp.shard_batch(random_tokens((8, 16), config.vocab_size), mesh42)
     with kernels.use_kernels("pallas"):
         exported = jax.export.export(jax.jit(lambda p, t: forward(p, t, config)[0]), platforms=[platform],
