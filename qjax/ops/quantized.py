@@ -145,13 +145,21 @@ def pallas_integer_matmul(x: jax.Array, qa: QArray, *, bits: int, platform: str,
 
 
 # --- operands laid out on a mesh: one Pallas kernel per device -----------------------------------
-def shard_block(qa: QArray, mesh) -> tuple:
+def shard_block(qa: QArray, mesh) -> Optional[tuple]:
     """(in, out, rows per group) of one device's block of qa, split over `mesh` as qa.mesh_axes
-    records (a group never straddles two blocks: `qjax.parallel.rules`)."""
+    records; None when that split does not fit this mesh (an axis it lacks, a size that does not
+    divide a dim or the packed codes' rows, a group straddling two blocks), as for a QArray
+    recorded on another mesh."""
     a_in, a_out = qa.mesh_axes
-    n_in = qa.shape[0] // (mesh.shape[a_in] if a_in is not None else 1)
-    n_out = qa.shape[1] // (mesh.shape[a_out] if a_out is not None else 1)
-    return n_in, n_out, min(qa.rows_per_group, n_in)
+    if any(a is not None and a not in mesh.axis_names for a in (a_in, a_out)):
+        return None
+    m_in, m_out = (mesh.shape[a] if a is not None else 1 for a in (a_in, a_out))
+    if qa.shape[0] % m_in or qa.codes.shape[0] % m_in or qa.shape[1] % m_out:
+        return None
+    n_in, group = qa.shape[0] // m_in, qa.rows_per_group
+    if group < qa.shape[0] and n_in % group:
+        return None
+    return n_in, qa.shape[1] // m_out, min(group, n_in)
 
 
 def _per_shard_platform(qa: QArray, mesh, applies: Callable[[str, tuple], bool]) -> Optional[tuple[str, bool]]:
@@ -166,6 +174,8 @@ def _per_shard_platform(qa: QArray, mesh, applies: Callable[[str, tuple], bool])
     if a_in is not None and a_in == a_out:
         return None
     block = shard_block(qa, mesh)
+    if block is None:
+        return None
     if platform == "pallas":
         return ("pallas", False) if applies("tpu", block) and applies("gpu", block) else None
     platform, interpret = ("tpu", True) if platform == "interpret" else (platform, False)

@@ -1,8 +1,9 @@
 """Runs tests/parallel/on_mesh/ on 8 simulated CPU devices in a fresh process.
 
 XLA_FLAGS must be set before jax is imported, so the 8-device tests cannot share this process.
-QJAX_NATIVE=0 there: sharded operands take the XLA path anyway (`qjax.ops.kernels.spans_devices`),
-and so the single-device references compared with them do too. A second process checks that
+QJAX_NATIVE=0 there: sharded operands never reach the native CPU kernels (`qjax.ops.kernels.spans_devices`;
+in the Pallas modes they may reach Pallas kernels per device), and so the single-device references
+compared with them take XLA's path too. A second process checks that
 choice with the native kernels built: a forward over sharded params calls none of them.
 """
 

@@ -74,6 +74,22 @@ def test_layout_not_recorded_takes_the_xla_path(mesh42):
     assert_close(y, xla_product(x, qa), 1e-5)
 
 
+def test_layout_recorded_on_another_mesh_takes_the_xla_path(mesh42):
+    """Recorded on data:4,model:2, moved to model:8, where a block of 512 / 8 rows would cut its groups
+    of 128 (so the rules keep its rows whole): the record does not fit, the product takes XLA's path."""
+    qa = random_qarray(np.random.default_rng(5), 512, 256, 4, 128)
+    recorded = qp.shard_params({"layers_0": {"block": {"o_proj": {"kernel": qa}}}}, mesh42)
+    moved = jax.device_put(recorded, qp.param_shardings(recorded, qp.make_mesh("model:8")))
+    sq = moved["layers_0"]["block"]["o_proj"]["kernel"]
+    assert sq.mesh_axes == ("model", None) and sq.codes.sharding.spec == P()
+    x = jax.random.normal(jax.random.key(6), (8, 512), jnp.float32)
+    with kernels.use_kernels("interpret"):
+        program = _jaxpr(qarray_matmul, x, sq)
+        y = qarray_matmul(x, sq)
+    assert "pallas_call" not in program
+    assert_close(y, xla_product(x, qa), 1e-5)
+
+
 @pytest.mark.parametrize("name", [pytest.param("q_proj", marks=pytest.mark.slow), "o_proj"])
 def test_sharded_integer_product_equals_one_device(mesh42, name):
     """W8A8 per shard: x quantized per token over all its features, as one device does."""
