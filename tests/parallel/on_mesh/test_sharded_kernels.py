@@ -106,7 +106,10 @@ def test_sharded_integer_product_equals_one_device(mesh42, name):
     assert_close(got, want, 1e-6, name)
 
 
-def test_sharded_quantized_forward_with_pallas_equals_one_device(tiny, mesh42):
+@pytest.mark.parametrize("stacked", [False, True])  # True: layers stacked and scanned (stack_layers)
+def test_sharded_quantized_forward_with_pallas_equals_one_device(tiny, mesh42, stacked):
+    from qjax.models.decoder import stack_layers
+
     config, params = tiny
     spec = WeightQuantSpec(bits=4, group_size=16)
     qparams = jax.tree_util.tree_map_with_path(
@@ -114,12 +117,12 @@ def test_sharded_quantized_forward_with_pallas_equals_one_device(tiny, mesh42):
         and jax.tree_util.keystr(path).endswith("['kernel']") else w, params)
     tokens = random_tokens((4, 16), config.vocab_size)
     want, _ = forward(qparams, tokens, config)  # one device, the XLA path (CPU backend)
-    sharded = qp.shard_params(qparams, mesh42)
+    sharded = qp.shard_params(stack_layers(qparams, config) if stacked else qparams, mesh42)
     with kernels.use_kernels("interpret"):
         program = _jaxpr(lambda p, t: forward(p, t, config)[0], sharded, qp.shard_batch(tokens, mesh42))
         got, _ = forward(sharded, qp.shard_batch(tokens, mesh42), config)
-    linears = 7 * config.num_layers
-    assert program.count("pallas_call") >= linears, program.count("pallas_call")
+    linears = 7 if stacked else 7 * config.num_layers  # stacked: one scan body holds every layer's
+    assert program.count("pallas_call") == linears, program.count("pallas_call")
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
 
 
