@@ -45,7 +45,8 @@ def _jaxpr(fn, *args) -> str:
 
 # mode pallas: the native kernels on GPU / TPU (tpu's variant interpreted elsewhere)
 @pytest.mark.parametrize("name,shape,bits,group,grid,mode",
-                         [(*case, "interpret") for case in CASES]
+                         [(*case, "interpret") for case in CASES[:2]]
+                         + [pytest.param(*case, "interpret", marks=pytest.mark.slow) for case in CASES[2:]]
                          + [pytest.param(*case, "pallas", marks=pytest.mark.slow) for case in CASES[:2]])
 def test_sharded_product_runs_a_pallas_kernel_per_device(mesh42, name, shape, bits, group, grid, mode):
     qa = random_qarray(np.random.default_rng(0), *shape, bits, group, grid=grid)
@@ -106,7 +107,7 @@ def test_sharded_integer_product_equals_one_device(mesh42, name):
     assert_close(got, want, 1e-6, name)
 
 
-@pytest.mark.parametrize("stacked", [False, True])  # True: layers stacked and scanned (stack_layers)
+@pytest.mark.parametrize("stacked", [False, pytest.param(True, marks=pytest.mark.slow)])  # True: stack_layers, scanned
 def test_sharded_quantized_forward_with_pallas_equals_one_device(tiny, mesh42, stacked):
     from qjax.models.decoder import stack_layers
 
@@ -126,7 +127,7 @@ def test_sharded_quantized_forward_with_pallas_equals_one_device(tiny, mesh42, s
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
 
 
-@pytest.mark.parametrize("platform", ["tpu", "cuda"])
+@pytest.mark.parametrize("platform", ["tpu", pytest.param("cuda", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("name", ["q_proj", "o_proj"])
 def test_sharded_product_lowers_per_device_for_accelerators(mesh42, platform, name):
     shape = (256, 512) if name == "q_proj" else (512, 256)
