@@ -42,7 +42,8 @@ def quantized_cache_attention(q: jax.Array, layer: Any, spec: Any, mask: jax.Arr
     (batch, slots, kv_heads) dims (`qjax.parallel.rules.CACHE_AXES`): each device attends its
     sequences with its KV heads and the query heads they serve. An axis missing from the mesh, or
     whose size does not divide B (batch) or both KVH and H (heads), is left whole; slots are never
-    split. Without mesh_axes, None (the caller reads the cache back in XLA)."""
+    split. Without mesh_axes, or when neither batch nor heads split, None (the caller reads the
+    cache back in XLA, which XLA partitions)."""
     kv = _kv_layout(layer, spec)
     mesh = kernels.mesh_of(q, layer)
     platform = kernels.kernel_platform(q, layer) if mesh is None else kernels.shard_platform()
@@ -78,8 +79,9 @@ def quantized_cache_attention(q: jax.Array, layer: Any, spec: Any, mask: jax.Arr
     return attend(*args) if mesh is None else _on_cache_shards(mesh, mesh_axes, attend, args)
 
 
-def _on_cache_shards(mesh, mesh_axes: tuple, attend, args: tuple) -> jax.Array:
-    """`attend(q, layer, key_mask, num_keys)` on every device's block (`quantized_cache_attention`)."""
+def _on_cache_shards(mesh, mesh_axes: tuple, attend, args: tuple) -> Optional[jax.Array]:
+    """`attend(q, layer, key_mask, num_keys)` on every device's block (`quantized_cache_attention`);
+    None when neither the batch nor the heads split over the mesh (every device would attend all)."""
     q, layer, key_mask, num_keys = args
     batch_axis, _, heads_axis = mesh_axes
     kvh = layer["k_codes"].shape[2]
@@ -89,6 +91,8 @@ def _on_cache_shards(mesh, mesh_axes: tuple, attend, args: tuple) -> jax.Array:
 
     b_axis = fitted(batch_axis, q.shape[0])
     h_axis = fitted(heads_axis, q.shape[2], kvh)
+    if b_axis is None and h_axis is None:
+        return None
     heads = P(b_axis, None, h_axis)
     layer_specs = jax.tree_util.tree_map(lambda _: heads, layer)
     return jax.shard_map(attend, mesh=mesh, in_specs=(heads, layer_specs, P(b_axis, None), P()), out_specs=heads,

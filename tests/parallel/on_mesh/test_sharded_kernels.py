@@ -193,3 +193,19 @@ def test_quantized_kv_decode_runs_the_kernel_per_device(tiny, mesh42):
         exported = jax.export.export(jax.jit(lambda p, t, c: forward(p, t[:, :1], config, rt, cache=c)[0]),
                                      platforms=["tpu"])(*sharded)
     assert exported.mlir_module().count("custom_call @tpu_custom_call") == config.num_layers
+
+
+def test_kv_decode_splitting_neither_batch_nor_heads_reads_the_cache_back(mesh42):
+    """One sequence (batch 1 does not split over data:4) with one KV head (does not split over
+    model:2): no per-device kernel, which would attend everything on every device; None tells the
+    caller to read the cache back in XLA."""
+    from qjax.ops.kv_attention import quantized_cache_attention
+    from qjax.parallel.rules import CACHE_AXES
+    from qjax.quant.kv import QuantKVSpec
+
+    spec = QuantKVSpec(4, 16)
+    layer = qp.shard_cache({"layers": [spec.init_layer(1, 16, 1, 16, jnp.float32)],
+                            "key_mask": jnp.ones((1, 16), bool)}, mesh42)["layers"][0]
+    q = jnp.ones((1, 1, 2, 16), jnp.float32)
+    with kernels.use_kernels("interpret"):
+        assert quantized_cache_attention(q, layer, spec, jnp.ones((1, 1, 1, 16), bool), 8, CACHE_AXES) is None
