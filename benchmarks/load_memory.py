@@ -194,11 +194,11 @@ def child(role: str, folder: Path) -> dict:
         sources = sorted(tensor_sources(folder).values(), key=lambda t: (str(t.file), t.offset))
         base = _current_rss_mib()
         start, cpu = time.perf_counter(), _cpu_seconds()
-        kept = []
         if role == "memory":
             kept = [aligned_empty((t.nbytes,), np.uint8) for t in sources]
             return {"seconds": time.perf_counter() - start, "cpu_seconds": _cpu_seconds() - cpu,
                     "base_rss_mib": base, "peak_rss_mib": _rss_mib(), "hwm_mib": _status_mib("VmHWM")}
+        kept = []
         for file in sorted({t.file for t in sources}):
             with open(file, "rb", buffering=0) as f:
                 for t in (t for t in sources if t.file == file):

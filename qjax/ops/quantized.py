@@ -312,17 +312,17 @@ def integer_matmul(x: jax.Array, qa: QArray, act: act_quant.IntegerActivation) -
     """x (..., in) @ qa with x quantized per token, symmetric, to act.bits bits (`act`): integer
     arithmetic through Pallas where the mode puts a Pallas platform in force and qa suits it,
     else the same product simulated in float (fake-quantized x @ qa). Result in x's dtype."""
+    def simulated(x, qa):
+        return qarray_matmul(act.fake_quant(x), qa)
+
     mesh = kernels.mesh_of(x, qa)
     if mesh is not None:
         y = sharded_integer_matmul(x, qa, mesh, act.bits)
-        return qarray_matmul(act.fake_quant(x), qa) if y is None else y
+        return simulated(x, qa) if y is None else y
     platform = kernels.kernel_platform(x, qa)
 
     def run(x, qa, p, interpret):
         return pallas_integer_matmul(x, qa, bits=act.bits, platform=p, interpret=interpret)
-
-    def simulated(x, qa):
-        return qarray_matmul(act.fake_quant(x), qa)
 
     if platform in ("tpu", "gpu") and integer_applies(qa, platform):
         return run(x, qa, platform, False)
