@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import sys
@@ -19,7 +20,11 @@ from perturb_tiny import CONFIG, tiny_params, tiny_windows
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@functools.lru_cache(maxsize=None)
 def _load_experiment():
+    """experiments/perturbation.py as a module, executed once per session: executing it again
+    defines its absl flags again, which absl refuses when the new module object happens to reuse
+    the id of the collected old one (DuplicateFlagError, seen once in a fresh-clone run)."""
     spec = importlib.util.spec_from_file_location("perturbation_experiment",
                                                   ROOT / "experiments" / "perturbation.py")
     module = importlib.util.module_from_spec(spec)
